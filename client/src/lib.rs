@@ -3,8 +3,10 @@
 //! The same code runs natively (bot workers, the simulator, `easel train`, the relay's
 //! evaluator) and in the browser as WebAssembly; `web.rs` is the only wasm-bindgen surface.
 
+pub mod checkpoint;
 pub mod model;
 pub mod optim;
+pub mod schedule;
 pub mod trainer;
 
 pub use easel_protocol::{LENET5_28, ModelSpec};
