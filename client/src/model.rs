@@ -119,6 +119,9 @@ mod flop_tests {
     #[test]
     fn train_flops_count_every_gemm() {
         // forward 281,640 MACs; backward: conv1 dW 86,400, conv2 dW+dX 307,200, dense 83,280.
-        assert_eq!(super::train_flops_per_sample(), 2 * (281_640 + 86_400 + 307_200 + 83_280));
+        assert_eq!(
+            super::train_flops_per_sample(),
+            2 * (281_640 + 86_400 + 307_200 + 83_280)
+        );
     }
 }

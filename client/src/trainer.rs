@@ -21,4 +21,10 @@ pub trait Trainer {
     fn poll_losses(&mut self) -> Vec<f32>;
     /// Wait until every queued step has finished and every loss has been reported.
     fn finish(&mut self) -> Vec<f32>;
+
+    /// GPU command counts of one training step: `(compute dispatches, readbacks)`.
+    /// `None` for backends that issue no GPU commands.
+    fn step_counters(&self) -> Option<(u32, u32)> {
+        None
+    }
 }

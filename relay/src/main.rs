@@ -1,6 +1,10 @@
-//! The `easel` command.
+//! The `easel` command: train one worker locally, benchmark it, or (later) run the relay.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod local;
 
 #[derive(Parser)]
 #[command(
@@ -15,13 +19,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train one worker on the 8,000 training digits and report accuracy on the 2,000 test digits.
+    Train(local::TrainArgs),
+    /// Measure training speed.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Print the model's layer table and parameter layout.
     Model,
 }
 
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Steady-state training samples/s with the data resident on the device.
+    Train(local::BenchArgs),
+}
+
+/// Which device trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Pure Rust on one CPU thread.
+    Cpu,
+    /// WGSL compute shaders through wgpu (Vulkan, Metal, DX12 or WebGPU).
+    Gpu,
+}
+
+/// Options every command that reads the data shares.
+#[derive(clap::Args, Debug)]
+pub struct DataArgs {
+    /// The Easel MNIST file (default: $EASEL_DATA, else data/mnist.bin in the source tree).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Model => print!("{}", easel_client::LENET5_28.canonical_text()),
+        Command::Train(args) => local::train(args),
+        Command::Bench {
+            what: BenchCommand::Train(args),
+        } => local::bench(args),
+        Command::Model => {
+            print!("{}", easel_client::LENET5_28.canonical_text());
+            Ok(())
+        }
     }
-    Ok(())
 }
