@@ -8,6 +8,8 @@ pub mod model;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use easel_protocol::{LENET5_28, ModelSpec};
 pub use optim::Sgd;
