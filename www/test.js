@@ -5,6 +5,7 @@ import init, { compare_gpu_with_cpu } from './pkg/easel_client.js';
 const query = new URLSearchParams(location.search);
 const steps = Number(query.get('steps') ?? 5);
 const seed = Number(query.get('seed') ?? 1);
+const batch = Number(query.get('batch') ?? 32);
 
 window.easelTest = { done: false };
 
@@ -14,7 +15,7 @@ async function main() {
   if (!resp.ok) throw new Error(`HTTP ${resp.status} for /data/mnist.bin`);
   const data = new Uint8Array(await resp.arrayBuffer());
   const t0 = performance.now();
-  const result = await compare_gpu_with_cpu(data, steps, seed);
+  const result = await compare_gpu_with_cpu(data, steps, seed, batch);
   result.seconds = (performance.now() - t0) / 1000;
   return result;
 }

@@ -528,8 +528,8 @@ async fn read_params(state: &Rc<RefCell<State>>) -> Result<Vec<f32>, JsValue> {
 }
 
 /// Trains the same `steps` steps on WebGPU and on the CPU, from the same initial parameters
-/// (`seed`) over the same batches of 32 training digits, and resolves to
-/// `{max_abs_diff, rel_l2_diff, moved, adapter, steps, gpu_losses, cpu_losses}`.
+/// (`seed`) over the same batches of `batch` training digits (32 if left out), and resolves to
+/// `{max_abs_diff, rel_l2_diff, moved, adapter, steps, batch, lr, gpu_losses, cpu_losses}`.
 ///
 /// `rel_l2_diff` is `|gpu - cpu| / |cpu|` over the final parameter vectors and `moved` is
 /// `|cpu - initial| / |initial|`, which shows that the steps changed the model at all. It
@@ -539,9 +539,10 @@ pub async fn compare_gpu_with_cpu(
     data: Uint8Array,
     steps: u32,
     seed: u32,
+    batch: Option<u32>,
 ) -> Result<JsValue, JsValue> {
-    const BATCH: usize = 32;
     const LR: f32 = 0.05;
+    let batch = batch.unwrap_or(32).clamp(1, 1024) as usize;
     let Mnist { train, .. } = parse_data(&data)?;
     let (gpu, adapter) = open_gpu().await.map_err(js_err)?;
     let seed = u64::from(seed);
@@ -552,7 +553,7 @@ pub async fn compare_gpu_with_cpu(
         &train.labels,
         &initial,
         Sgd::default(),
-        BATCH,
+        batch,
     )
     .map_err(js_err)?;
     let mut cpu_trainer = CpuTrainer::new(
@@ -560,15 +561,15 @@ pub async fn compare_gpu_with_cpu(
         &train.labels,
         &initial,
         Sgd::default(),
-        BATCH,
+        batch,
     );
     let order: Vec<u32> = (0..)
         .flat_map(|epoch| epoch_order(train.len(), seed, epoch))
-        .take(steps as usize * BATCH)
+        .take(steps as usize * batch)
         .collect();
-    for batch in order.chunks(BATCH) {
-        gpu_trainer.step(batch, LR);
-        cpu_trainer.step(batch, LR);
+    for indices in order.chunks(batch) {
+        gpu_trainer.step(indices, LR);
+        cpu_trainer.step(indices, LR);
     }
     let gpu_losses = gpu_trainer.finish_async().await;
     let gpu_params = gpu_trainer.read_params().await;
@@ -602,7 +603,7 @@ pub async fn compare_gpu_with_cpu(
     set(&out, "moved", moved / initial_norm);
     set(&out, "adapter", adapter);
     set(&out, "steps", steps);
-    set(&out, "batch", BATCH as u32);
+    set(&out, "batch", batch as u32);
     set(&out, "lr", LR);
     set(
         &out,
