@@ -80,7 +80,7 @@ impl CpuTrainer {
     }
 }
 
-/// A short description of the CPU and of the SIMD the GEMMs use.
+/// A short description of the CPU and of the SIMD its GEMMs use.
 fn cpu_description() -> String {
     #[cfg(target_arch = "wasm32")]
     {
@@ -92,16 +92,17 @@ fn cpu_description() -> String {
     }
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     {
-        let simd = if std::arch::is_x86_feature_detected!("avx512f") {
-            " avx512"
-        } else if std::arch::is_x86_feature_detected!("fma") {
-            " avx2+fma"
+        // The kernel matrixmultiply picks at run time (its AVX-512 kernel is compiled out).
+        let simd = if std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("avx2")
+        {
+            "avx2+fma"
         } else if std::arch::is_x86_feature_detected!("avx") {
-            " avx"
+            "avx"
         } else {
-            ""
+            "sse2"
         };
-        format!("CPU ({}{simd}, 1 thread)", std::env::consts::ARCH)
+        format!("CPU ({} {simd}, 1 thread)", std::env::consts::ARCH)
     }
     #[cfg(not(any(target_arch = "wasm32", target_arch = "x86", target_arch = "x86_64")))]
     {

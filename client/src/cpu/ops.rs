@@ -672,25 +672,26 @@ pub fn maxpool2_forward<F: Float>(
         x.len() <= u32::MAX as usize,
         "maxpool2_forward: x too large"
     );
-    let mut o = 0;
+    let (mut ys, mut args) = (y.chunks_exact_mut(ow), argmax.chunks_exact_mut(ow));
     for pl in 0..planes {
-        let base = pl * h * w;
         for oy in 0..oh {
-            let r0 = base + 2 * oy * w;
-            let r1 = r0 + w;
+            let r0 = pl * h * w + 2 * oy * w;
+            let (top, bottom) = (&x[r0..r0 + 2 * ow], &x[r0 + w..r0 + w + 2 * ow]);
+            let (yrow, arow) = (ys.next().expect("y row"), args.next().expect("argmax row"));
             for ox in 0..ow {
-                let i0 = r0 + 2 * ox;
-                let mut best = x[i0];
-                let mut arg = i0;
-                for i in [i0 + 1, r1 + 2 * ox, r1 + 2 * ox + 1] {
-                    if x[i] > best {
-                        best = x[i];
-                        arg = i;
-                    }
-                }
-                y[o] = best;
-                argmax[o] = arg as u32;
-                o += 1;
+                // Window order: top-left, top-right, bottom-left, bottom-right. Selects, not
+                // branches: the winner is data-dependent and would defeat branch prediction.
+                let (a, b) = (top[2 * ox], top[2 * ox + 1]);
+                let (c, d) = (bottom[2 * ox], bottom[2 * ox + 1]);
+                let (top_best, top_arg) = if b > a { (b, 1) } else { (a, 0) };
+                let (bot_best, bot_arg) = if d > c { (d, 1) } else { (c, 0) };
+                let (best, from) = if bot_best > top_best {
+                    (bot_best, r0 + w + 2 * ox + bot_arg)
+                } else {
+                    (top_best, r0 + 2 * ox + top_arg)
+                };
+                yrow[ox] = best;
+                arow[ox] = from as u32;
             }
         }
     }
@@ -1112,6 +1113,36 @@ pub(crate) mod tests {
         maxpool2_forward(1, 3, 5, &x, &mut y, &mut a);
         assert_eq!(y, [1.0, 2.0]);
         assert_eq!(a, [0, 3]);
+    }
+
+    #[test]
+    fn maxpool2_forward_matches_a_sequential_first_max_scan_on_many_ties() {
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let (planes, h, w) = (5, 6, 8);
+        // Values from {0, 1, 2}: most windows have ties.
+        let x: Vec<f32> = (0..planes * h * w)
+            .map(|_| rng.random_range(0..3u8) as f32)
+            .collect();
+        let mut y = vec![0.0f32; planes * 3 * 4];
+        let mut a = vec![0u32; y.len()];
+        maxpool2_forward(planes, h, w, &x, &mut y, &mut a);
+        let mut o = 0;
+        for pl in 0..planes {
+            for oy in 0..3 {
+                for ox in 0..4 {
+                    let i0 = pl * h * w + 2 * oy * w + 2 * ox;
+                    let window = [i0, i0 + 1, i0 + w, i0 + w + 1];
+                    let mut best = window[0];
+                    for &i in &window[1..] {
+                        if x[i] > x[best] {
+                            best = i;
+                        }
+                    }
+                    assert_eq!((y[o], a[o]), (x[best], best as u32), "output {o}");
+                    o += 1;
+                }
+            }
+        }
     }
 
     #[test]
