@@ -4,11 +4,13 @@
 //! evaluator) and in the browser as WebAssembly; `web.rs` is the only wasm-bindgen surface.
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod model;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
+pub use cpu::CpuTrainer;
 pub use easel_protocol::{LENET5_28, ModelSpec};
 pub use optim::Sgd;
 pub use trainer::Trainer;
