@@ -4,6 +4,7 @@
 //! evaluator) and in the browser as WebAssembly; `web.rs` is the only wasm-bindgen surface.
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod model;
 pub mod optim;
 pub mod schedule;
@@ -11,6 +12,7 @@ pub mod trainer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
+pub use cpu::CpuTrainer;
 pub use easel_protocol::{LENET5_28, ModelSpec};
 pub use optim::Sgd;
 pub use trainer::Trainer;

@@ -1,8 +1,28 @@
-//! The one owner of Easel's shared formats.
+//! The one owner of Easel's shared formats and merging rules.
 //!
-//! Today it holds [`ModelSpec`], the description of the one model every part of Easel trains,
-//! averages and checkpoints as a single flat `f32` vector. The wire messages join it here.
+//! - [`model_spec`]: the one model every part of Easel trains, averages and checkpoints as a
+//!   single flat `f32` vector, and its layout hash.
+//! - [`codec`]: how a vector is compressed into a payload and decoded back (fp32, fp16,
+//!   QSGD, top-k, top-k + QSGD, error feedback).
+//! - [`frame`] and [`message`]: the binary WebSocket messages, bytes <-> frame <-> message.
+//! - [`aggregate`]: asynchronous elastic averaging with staleness accounting, pure.
+//!
+//! PROTOCOL.md at the repository root describes the wire format byte by byte.
 
+pub mod aggregate;
+pub mod codec;
+pub mod frame;
+pub mod message;
 pub mod model_spec;
+mod wire;
 
+pub use aggregate::{
+    Applied, CenterRing, Decision, Policy, Reason, Staleness, alpha_eff, apply_push, distance,
+    easgd_apply, easgd_pull, norm, validate_push,
+};
+pub use codec::{Codec, CodecError, ErrorFeedback, encoded_len};
+pub use message::{
+    Ack, Backend, Center, ClientKind, Control, ErrorMessage, Hyper, Limits, Message, ModelInfo,
+    Outcome, ProtocolError, Push, Shard, Welcome,
+};
 pub use model_spec::{LENET5_28, LayerKind, LayerSpec, ModelSpec, TensorSpec};

@@ -1,0 +1,611 @@
+//! Asynchronous elastic averaging with staleness accounting, as pure functions.
+//!
+//! The relay, the native bots and the simulator all merge models with this module; there is
+//! no second copy of these rules anywhere. The rules (see `shared/SEEDS.md`):
+//!
+//! - A worker trains `K` local steps from the center version `v` it last received, then
+//!   sends `x_i - center(v)`, compressed. The relay rebuilds `x_i = center(v) + delta` from
+//!   its [`CenterRing`] of recent versions.
+//! - Staleness `tau = current version - v`. A push with `tau > tau_max` is refused and the
+//!   worker resynchronises. Otherwise it is weighted by `alpha_eff = alpha * s(tau)`, with
+//!   `s` one of the [`Staleness`] functions.
+//! - The relay applies the elastic step against its *current* center,
+//!   `x~ <- x~ + alpha_eff (x_i - x~)` ([`easgd_apply`]), and answers with the new center,
+//!   toward which the worker pulls, `x_i <- x_i - alpha (x_i - x~)` ([`easgd_pull`]).
+//!
+//! [`apply_push`] does a whole push on the relay's side and returns what the staleness
+//! ledger records, including the elastic-consistency distances ([`distance`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::message::code;
+
+/// How much a stale push still counts: `s(tau)`, in `[0, 1]` and non-increasing in `tau`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Staleness {
+    /// `s(tau) = 1`: staleness is ignored (up to the cut-off).
+    Constant,
+    /// `s(tau) = 1 / (1 + tau)`.
+    Inverse,
+    /// `s(tau) = (1 + tau)^(-a)`, `a >= 0`.
+    Polynomial { a: f32 },
+    /// `s(tau) = 1` for `tau <= b`, else `1 / (a (tau - b) + 1)`, `a >= 0`.
+    Hinge { a: f32, b: u32 },
+}
+
+impl Staleness {
+    /// `s(tau)`. Always in `[0, 1]` and non-increasing in `tau`; a negative or NaN `a`
+    /// (which [`Staleness::validate`] refuses) is treated as 0.
+    pub fn weight(&self, tau: u64) -> f32 {
+        let tau = tau as f64;
+        let w = match *self {
+            Staleness::Constant => 1.0,
+            Staleness::Inverse => 1.0 / (1.0 + tau),
+            Staleness::Polynomial { a } => {
+                let a = f64::from(a.max(0.0));
+                if tau == 0.0 || a == 0.0 {
+                    1.0
+                } else {
+                    (-a * tau.ln_1p()).exp()
+                }
+            }
+            Staleness::Hinge { a, b } => {
+                let b = f64::from(b);
+                if tau <= b {
+                    1.0
+                } else {
+                    1.0 / (f64::from(a.max(0.0)) * (tau - b) + 1.0)
+                }
+            }
+        };
+        (w as f32).clamp(0.0, 1.0)
+    }
+
+    /// Checks the parameters: `a` finite and non-negative.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        match *self {
+            Staleness::Polynomial { a } | Staleness::Hinge { a, .. }
+                if !(a.is_finite() && a >= 0.0) =>
+            {
+                Err("staleness exponent or slope must be finite and >= 0")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `alpha * s(tau)`: the weight a push with staleness `tau` gets in [`easgd_apply`].
+pub fn alpha_eff(alpha: f32, staleness: Staleness, tau: u64) -> f32 {
+    alpha * staleness.weight(tau)
+}
+
+/// The relay's elastic step: `center <- center + alpha_eff (worker - center)`, computed as
+/// `(1 - alpha_eff) center + alpha_eff worker` so that `alpha_eff = 1` gives exactly the
+/// worker and `alpha_eff = 0` leaves the center exactly as it was.
+///
+/// # Panics
+/// If the slices differ in length (validate pushes first: [`validate_push`]).
+pub fn easgd_apply(center: &mut [f32], worker: &[f32], alpha_eff: f32) {
+    assert_eq!(center.len(), worker.len(), "center and worker lengths");
+    for (c, w) in center.iter_mut().zip(worker) {
+        *c = (1.0 - alpha_eff) * *c + alpha_eff * *w;
+    }
+}
+
+/// The worker's elastic step: `worker <- worker - alpha (worker - center)`, computed as
+/// `(1 - alpha) worker + alpha center`. With the center from before [`easgd_apply`] and the
+/// same `alpha`, the two steps together keep `center + worker` unchanged: EASGD's symmetric
+/// exchange.
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn easgd_pull(worker: &mut [f32], center: &[f32], alpha: f32) {
+    assert_eq!(center.len(), worker.len(), "center and worker lengths");
+    for (w, c) in worker.iter_mut().zip(center) {
+        *w = (1.0 - alpha) * *w + alpha * *c;
+    }
+}
+
+/// The Euclidean norm, accumulated in `f64`.
+pub fn norm(v: &[f32]) -> f32 {
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt() as f32
+}
+
+/// `||a - b||`, accumulated in `f64`: for instance `||x_i - x~||`, how far a worker is from
+/// the current center, or `||center(v) - x~||`, how far the center moved while the worker
+/// computed on version `v` (the elastic-consistency distance between its view and the model
+/// its update is applied to). Compares the common prefix if the lengths differ.
+pub fn distance(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = f64::from(x) - f64::from(y);
+            d * d
+        })
+        .sum::<f64>()
+        .sqrt() as f32
+}
+
+/// Why a push was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Reason {
+    /// The update's length is not the model's.
+    #[error("update has {found} values, the model {expected}")]
+    WrongLength { expected: usize, found: usize },
+    /// The update holds a NaN or an infinity (the first at `index`).
+    #[error("update value {index} is not finite")]
+    NonFinite { index: usize },
+    /// `||delta||` is above the room's limit.
+    #[error("update norm {norm} exceeds {max}")]
+    NormTooLarge { norm: f32, max: f32 },
+    /// `tau > tau_max`.
+    #[error("staleness {tau} exceeds tau_max {tau_max}")]
+    TooStale { tau: u64, tau_max: u32 },
+    /// The base version is older than any the ring still holds: the worker must resync.
+    #[error("base version {base} evicted (oldest kept {oldest})")]
+    Evicted { base: u64, oldest: u64 },
+    /// The base version is newer than the newest center: the worker must resync.
+    #[error("base version {base} is newer than the center {current}")]
+    FutureBase { base: u64, current: u64 },
+}
+
+impl Reason {
+    /// The error code for this reason ([`crate::message::code`]).
+    pub fn code(&self) -> u16 {
+        match self {
+            Reason::WrongLength { .. } => code::WRONG_LENGTH,
+            Reason::NonFinite { .. } => code::NON_FINITE,
+            Reason::NormTooLarge { .. } => code::NORM_TOO_LARGE,
+            Reason::TooStale { .. } => code::TOO_STALE,
+            Reason::Evicted { .. } | Reason::FutureBase { .. } => code::RESYNC,
+        }
+    }
+
+    /// Whether the worker must replace its model with the current center before pushing
+    /// again (too stale, or a base version the relay cannot rebase from).
+    pub fn needs_resync(&self) -> bool {
+        matches!(
+            self,
+            Reason::TooStale { .. } | Reason::Evicted { .. } | Reason::FutureBase { .. }
+        )
+    }
+}
+
+/// The outcome of [`validate_push`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Apply with weight `alpha_eff`; `tau <= tau_max`.
+    Accept { tau: u32, alpha_eff: f32 },
+    /// Leave the center untouched.
+    Refuse(Reason),
+}
+
+/// A room's rules for accepting pushes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Policy {
+    /// The elastic coefficient `alpha`, in `[0, 1]`.
+    pub alpha: f32,
+    pub staleness: Staleness,
+    /// Pushes with `tau > tau_max` are refused.
+    pub tau_max: u32,
+    /// Pushes with `||delta|| > max_norm` are refused.
+    pub max_norm: f32,
+}
+
+/// Decides whether a push whose delta is `delta`, computed from center version `base`,
+/// may be applied when the current version is `current` and the model has `expected_len`
+/// values. Checks in order: base not in the future, `tau <= tau_max`, length, every value
+/// finite, `||delta|| <= max_norm`.
+pub fn validate_push(
+    policy: &Policy,
+    current: u64,
+    base: u64,
+    delta: &[f32],
+    expected_len: usize,
+) -> Decision {
+    let Some(tau) = current.checked_sub(base) else {
+        return Decision::Refuse(Reason::FutureBase { base, current });
+    };
+    if tau > u64::from(policy.tau_max) {
+        return Decision::Refuse(Reason::TooStale {
+            tau,
+            tau_max: policy.tau_max,
+        });
+    }
+    if delta.len() != expected_len {
+        return Decision::Refuse(Reason::WrongLength {
+            expected: expected_len,
+            found: delta.len(),
+        });
+    }
+    if let Some(index) = delta.iter().position(|v| !v.is_finite()) {
+        return Decision::Refuse(Reason::NonFinite { index });
+    }
+    let n = norm(delta);
+    if n > policy.max_norm || policy.max_norm.is_nan() {
+        return Decision::Refuse(Reason::NormTooLarge {
+            norm: n,
+            max: policy.max_norm,
+        });
+    }
+    Decision::Accept {
+        tau: tau as u32,
+        alpha_eff: alpha_eff(policy.alpha, policy.staleness, tau),
+    }
+}
+
+/// The last few center versions, oldest first, so that a push made against an older
+/// version can be rebased: `x_i = center(v) + delta`.
+///
+/// Choose a capacity above `tau_max`, or pushes the staleness rule would accept come back
+/// [`Reason::Evicted`].
+#[derive(Clone, Debug)]
+pub struct CenterRing {
+    capacity: usize,
+    entries: VecDeque<(u64, Arc<[f32]>)>,
+}
+
+impl CenterRing {
+    /// A ring holding at most `capacity` versions (at least 1), starting with `center` as
+    /// `version`.
+    pub fn new(capacity: usize, version: u64, center: Arc<[f32]>) -> CenterRing {
+        let mut entries = VecDeque::with_capacity(capacity.max(1));
+        entries.push_back((version, center));
+        CenterRing {
+            capacity: capacity.max(1),
+            entries,
+        }
+    }
+
+    /// Adds a newer version, evicting the oldest when full.
+    ///
+    /// # Panics
+    /// If `version` is not greater than the newest version.
+    pub fn push(&mut self, version: u64, center: Arc<[f32]>) {
+        assert!(
+            version > self.newest().0,
+            "center versions must increase: {version} after {}",
+            self.newest().0
+        );
+        if self.entries.len() == self.capacity {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((version, center));
+    }
+
+    /// The newest version and its center: the current center.
+    pub fn newest(&self) -> (u64, &Arc<[f32]>) {
+        let (v, c) = self.entries.back().expect("a ring is never empty");
+        (*v, c)
+    }
+
+    /// The oldest version still held.
+    pub fn oldest(&self) -> u64 {
+        self.entries.front().expect("a ring is never empty").0
+    }
+
+    /// How many versions are held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Always false: a ring holds at least its newest version.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The center of `version`, or why it is not there.
+    pub fn get(&self, version: u64) -> Result<&Arc<[f32]>, Reason> {
+        let (newest, _) = self.newest();
+        if version > newest {
+            return Err(Reason::FutureBase {
+                base: version,
+                current: newest,
+            });
+        }
+        let oldest = self.oldest();
+        if version < oldest {
+            return Err(Reason::Evicted {
+                base: version,
+                oldest,
+            });
+        }
+        // Versions increase but need not be consecutive: search.
+        match self.entries.binary_search_by_key(&version, |(v, _)| *v) {
+            Ok(i) => Ok(&self.entries[i].1),
+            Err(_) => Err(Reason::Evicted {
+                base: version,
+                oldest,
+            }),
+        }
+    }
+
+    /// `center(base) + delta`: the worker's model.
+    pub fn rebase(&self, base: u64, delta: &[f32]) -> Result<Vec<f32>, Reason> {
+        let c = self.get(base)?;
+        if c.len() != delta.len() {
+            return Err(Reason::WrongLength {
+                expected: c.len(),
+                found: delta.len(),
+            });
+        }
+        Ok(c.iter().zip(delta).map(|(c, d)| c + d).collect())
+    }
+}
+
+/// What one applied push did: the figures the staleness ledger records.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Applied {
+    /// Staleness: the version the push was applied to minus its base version.
+    pub tau: u32,
+    pub alpha_eff: f32,
+    /// The new center's version.
+    pub version: u64,
+    /// `||delta||`, the size of the update as sent.
+    pub delta_norm: f32,
+    /// `||x_i - x~||` against the center the push was applied to.
+    pub worker_distance: f32,
+    /// `||center(base) - x~||`: how far the center moved between the worker's view and the
+    /// model its update was applied to (the elastic-consistency distance).
+    pub view_distance: f32,
+}
+
+/// A whole push on the relay's side: validates it ([`validate_push`]), rebases the delta
+/// on its base version, applies the elastic step to the newest center and adds the result
+/// to the ring as the next version. On refusal the ring is untouched.
+pub fn apply_push(
+    ring: &mut CenterRing,
+    policy: &Policy,
+    base: u64,
+    delta: &[f32],
+) -> Result<Applied, Reason> {
+    let (current, center) = ring.newest();
+    let (tau, alpha_eff) = match validate_push(policy, current, base, delta, center.len()) {
+        Decision::Accept { tau, alpha_eff } => (tau, alpha_eff),
+        Decision::Refuse(reason) => return Err(reason),
+    };
+    let worker = ring.rebase(base, delta)?;
+    let view = ring.get(base)?;
+    let view_distance = distance(view, center);
+    let worker_distance = distance(&worker, center);
+    let mut next = center.to_vec();
+    easgd_apply(&mut next, &worker, alpha_eff);
+    let version = current + 1;
+    ring.push(version, next.into());
+    Ok(Applied {
+        tau,
+        alpha_eff,
+        version,
+        delta_norm: norm(delta),
+        worker_distance,
+        view_distance,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_staleness() -> impl Strategy<Value = Staleness> {
+        prop_oneof![
+            Just(Staleness::Constant),
+            Just(Staleness::Inverse),
+            prop_oneof![0.0f32..10.0, Just(0.0), Just(f32::MAX), Just(1e-30)]
+                .prop_map(|a| Staleness::Polynomial { a }),
+            (
+                prop_oneof![0.0f32..10.0, Just(0.0), Just(f32::MAX)],
+                any::<u32>()
+            )
+                .prop_map(|(a, b)| Staleness::Hinge { a, b }),
+        ]
+    }
+
+    fn vector(n: usize) -> impl Strategy<Value = Vec<f32>> {
+        prop::collection::vec(-10.0f32..10.0, n)
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            alpha: 0.5,
+            staleness: Staleness::Inverse,
+            tau_max: 4,
+            max_norm: 1e3,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn staleness_weights_are_in_unit_interval_and_non_increasing(
+            s in any_staleness(), tau in any::<u64>(), step in 0u64..1000
+        ) {
+            let w = s.weight(tau);
+            let later = s.weight(tau.saturating_add(step));
+            prop_assert!((0.0..=1.0).contains(&w));
+            prop_assert!((0.0..=1.0).contains(&later));
+            prop_assert!(later <= w);
+            prop_assert_eq!(s.weight(0), 1.0);
+        }
+
+        #[test]
+        fn staleness_weights_are_sane_even_for_invalid_parameters(
+            a in any::<f32>(), b in any::<u32>(), tau in any::<u64>()
+        ) {
+            for s in [Staleness::Polynomial { a }, Staleness::Hinge { a, b }] {
+                let w = s.weight(tau);
+                prop_assert!((0.0..=1.0).contains(&w));
+                prop_assert!(s.weight(tau.saturating_add(1)) <= w);
+            }
+        }
+
+        #[test]
+        fn apply_with_alpha_one_gives_the_worker_and_zero_keeps_the_center(
+            (c, w) in (1usize..50).prop_flat_map(|n| (vector(n), vector(n)))
+        ) {
+            let mut one = c.clone();
+            easgd_apply(&mut one, &w, 1.0);
+            prop_assert_eq!(&one, &w);
+            let mut zero = c.clone();
+            easgd_apply(&mut zero, &w, 0.0);
+            prop_assert_eq!(&zero, &c);
+        }
+
+        #[test]
+        fn apply_then_pull_preserves_the_sum(
+            (c, w) in (1usize..50).prop_flat_map(|n| (vector(n), vector(n))),
+            alpha in 0.0f32..=1.0
+        ) {
+            let mut center = c.clone();
+            let mut worker = w.clone();
+            easgd_apply(&mut center, &w, alpha);
+            easgd_pull(&mut worker, &c, alpha);
+            for j in 0..c.len() {
+                let before = c[j] + w[j];
+                let after = center[j] + worker[j];
+                prop_assert!((before - after).abs() <= 1e-5 * (1.0 + c[j].abs() + w[j].abs()));
+            }
+        }
+
+        #[test]
+        fn ring_returns_exactly_what_was_stored_and_refuses_evicted_versions(
+            capacity in 1usize..8, count in 1usize..20, gaps in prop::collection::vec(1u64..4, 20)
+        ) {
+            let stored: Vec<(u64, Arc<[f32]>)> = (0..count)
+                .scan(0u64, |v, i| { *v += gaps[i]; Some((*v, vec![*v as f32, i as f32].into())) })
+                .collect();
+            let mut ring = CenterRing::new(capacity, 0, vec![0.0, 0.0].into());
+            for (v, c) in &stored {
+                ring.push(*v, c.clone());
+            }
+            let all: Vec<(u64, Arc<[f32]>)> =
+                std::iter::once((0, Arc::from(vec![0.0f32, 0.0]))).chain(stored).collect();
+            let kept = &all[all.len().saturating_sub(capacity)..];
+            prop_assert_eq!(ring.len(), kept.len());
+            for (v, c) in &all {
+                match ring.get(*v) {
+                    Ok(got) => {
+                        prop_assert!(kept.iter().any(|(k, _)| k == v));
+                        prop_assert_eq!(got, c);
+                    }
+                    Err(Reason::Evicted { .. }) => prop_assert!(kept.iter().all(|(k, _)| k != v)),
+                    Err(other) => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+            let newest = ring.newest().0;
+            prop_assert!(
+                matches!(ring.get(newest + 1), Err(Reason::FutureBase { .. })),
+                "a version after the newest is refused"
+            );
+        }
+
+        #[test]
+        fn pushes_beyond_tau_max_are_always_refused(
+            tau_max in 0u32..100, extra in 1u64..1000, base in 0u64..1000, s in any_staleness()
+        ) {
+            let p = Policy { tau_max, staleness: s, ..policy() };
+            let current = base + u64::from(tau_max) + extra;
+            let refused = matches!(
+                validate_push(&p, current, base, &[0.0; 3], 3),
+                Decision::Refuse(Reason::TooStale { .. })
+            );
+            prop_assert!(refused);
+        }
+
+        #[test]
+        fn pushes_with_non_finite_values_are_always_refused(
+            delta in vector(10), at in 0usize..10,
+            bad in prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)]
+        ) {
+            let mut delta = delta;
+            delta[at] = bad;
+            let p = Policy { max_norm: f32::INFINITY, ..policy() };
+            prop_assert_eq!(
+                validate_push(&p, 3, 3, &delta, 10),
+                Decision::Refuse(Reason::NonFinite { index: delta.iter().position(|v| !v.is_finite()).unwrap() })
+            );
+        }
+
+        #[test]
+        fn accepted_pushes_weigh_alpha_by_staleness(tau in 0u32..5, s in any_staleness()) {
+            let p = Policy { staleness: s, ..policy() };
+            prop_assert_eq!(
+                validate_push(&p, 10 + u64::from(tau), 10, &[1.0; 4], 4),
+                Decision::Accept { tau, alpha_eff: p.alpha * s.weight(u64::from(tau)) }
+            );
+        }
+    }
+
+    #[test]
+    fn named_staleness_functions_match_their_formulas() {
+        assert_eq!(Staleness::Inverse.weight(3), 0.25);
+        assert_eq!(Staleness::Constant.weight(1_000), 1.0);
+        assert!((Staleness::Polynomial { a: 0.5 }.weight(3) - 0.5).abs() < 1e-7);
+        let hinge = Staleness::Hinge { a: 2.0, b: 4 };
+        assert_eq!(hinge.weight(4), 1.0);
+        assert!((hinge.weight(6) - 0.2).abs() < 1e-7);
+        assert!(Staleness::Polynomial { a: -1.0 }.validate().is_err());
+        assert!(Staleness::Hinge { a: f32::NAN, b: 0 }.validate().is_err());
+        assert!(Staleness::Hinge { a: 1.0, b: 0 }.validate().is_ok());
+    }
+
+    #[test]
+    fn wrong_length_and_large_norm_are_refused() {
+        let p = policy();
+        assert_eq!(
+            validate_push(&p, 0, 0, &[0.0; 3], 4),
+            Decision::Refuse(Reason::WrongLength {
+                expected: 4,
+                found: 3
+            })
+        );
+        assert!(matches!(
+            validate_push(&p, 0, 0, &[1e3, 1e3], 2),
+            Decision::Refuse(Reason::NormTooLarge { .. })
+        ));
+        assert!(matches!(
+            validate_push(&p, 0, 1, &[0.0], 1),
+            Decision::Refuse(Reason::FutureBase {
+                base: 1,
+                current: 0
+            })
+        ));
+    }
+
+    #[test]
+    fn apply_push_rebases_on_the_base_version_and_applies_to_the_newest() {
+        let mut ring = CenterRing::new(4, 0, vec![0.0, 0.0].into());
+        ring.push(1, vec![1.0, 1.0].into());
+        let p = Policy {
+            alpha: 0.5,
+            staleness: Staleness::Constant,
+            tau_max: 2,
+            max_norm: 100.0,
+        };
+        // Computed from version 0: x_i = [0, 0] + [4, 2] = [4, 2]; center [1, 1].
+        let a = apply_push(&mut ring, &p, 0, &[4.0, 2.0]).unwrap();
+        assert_eq!((a.tau, a.alpha_eff, a.version), (1, 0.5, 2));
+        assert_eq!(ring.newest().1.to_vec(), vec![2.5, 1.5]);
+        assert!((a.worker_distance - 10f32.sqrt()).abs() < 1e-6);
+        assert!((a.view_distance - 2f32.sqrt()).abs() < 1e-6);
+        assert!((a.delta_norm - 20f32.sqrt()).abs() < 1e-6);
+        // Refusals leave the ring as it was.
+        let before: Vec<f32> = ring.newest().1.to_vec();
+        assert_eq!(
+            apply_push(&mut ring, &p, 2, &[f32::NAN, 0.0]),
+            Err(Reason::NonFinite { index: 0 })
+        );
+        assert_eq!(ring.newest().0, 2);
+        assert_eq!(ring.newest().1.to_vec(), before);
+        let mut small = CenterRing::new(1, 0, vec![0.0].into());
+        small.push(1, vec![1.0].into());
+        assert_eq!(
+            apply_push(&mut small, &p, 0, &[0.0]),
+            Err(Reason::Evicted { base: 0, oldest: 1 })
+        );
+        assert_eq!(small.newest().0, 1);
+    }
+}

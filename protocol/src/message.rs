@@ -1,0 +1,1307 @@
+//! Easel's binary WebSocket messages: their types, [`encode`] and the total [`decode`].
+//!
+//! Every message is one binary WebSocket message: the six-byte header of
+//! [`crate::frame`] (magic `EASL`, version 1, a type byte), then the body. Integers are
+//! little-endian and fixed-width, floats IEEE-754 `f32`, strings and byte strings a `u32`
+//! length followed by that many bytes (strings in UTF-8). PROTOCOL.md at the repository root
+//! gives every layout byte by byte, and must change together with this file.
+//!
+//! [`decode`] is total: any byte string gives a [`Message`] or a [`ProtocolError`], never a
+//! panic, and every length is checked against its [`Limits`] and against the bytes that
+//! remain before anything is allocated. [`encode`] writes what it is given; keeping within
+//! the limits is the sender's business, and the receiver's `decode` refuses what does not.
+
+use crate::aggregate::Staleness;
+use crate::codec::{self, Codec, CodecError};
+use crate::frame::Frame;
+use crate::model_spec::ModelSpec;
+use crate::wire::{Put, Reader, Short};
+
+/// The message type bytes (offset 5 of every message).
+pub mod ty {
+    pub const JOIN: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const PUSH: u8 = 3;
+    pub const CENTER: u8 = 4;
+    pub const ACK: u8 = 5;
+    pub const CONTROL: u8 = 6;
+    pub const ERROR: u8 = 7;
+}
+
+/// The error codes of [`ErrorMessage`] and of a refused push ([`Outcome::Refused`]).
+pub mod code {
+    /// The message does not start with `EASL`. The relay closes the connection.
+    pub const BAD_MAGIC: u16 = 1;
+    /// The protocol version is not 1. The relay closes the connection.
+    pub const UNSUPPORTED_VERSION: u16 = 2;
+    /// No room has the code given in `Join`.
+    pub const UNKNOWN_ROOM: u16 = 3;
+    /// The model layout hash in `Join` is not the room's.
+    pub const WRONG_MODEL: u16 = 4;
+    /// A payload holds the wrong number of values.
+    pub const WRONG_LENGTH: u16 = 5;
+    /// A pushed update holds a NaN or an infinity.
+    pub const NON_FINITE: u16 = 6;
+    /// A pushed update's norm is above the room's limit.
+    pub const NORM_TOO_LARGE: u16 = 7;
+    /// A push's staleness is above `tau_max`; the worker must resync.
+    pub const TOO_STALE: u16 = 8;
+    /// A message above the size limit. The relay closes the connection (WebSocket 1009).
+    pub const OVERSIZED: u16 = 9;
+    /// The push's base version is no longer (or not yet) known; the worker must resync.
+    pub const RESYNC: u16 = 10;
+    /// A message that does not decode: unknown type, truncated, bad UTF-8, a value out of
+    /// range, trailing bytes, or a payload that does not decode.
+    pub const MALFORMED: u16 = 11;
+    /// A well-formed message that is not valid at this point of the session (a push before
+    /// `Welcome`, a `Welcome` sent to the relay...).
+    pub const UNEXPECTED: u16 = 12;
+    /// A control message from a connection that is not the room's teacher.
+    pub const FORBIDDEN: u16 = 13;
+}
+
+/// The most bytes of a room code.
+pub const MAX_ROOM: usize = 16;
+/// The most bytes of a model name and of a partition scheme's text.
+pub const MAX_NAME: usize = 64;
+
+/// Caps on sizes, checked by [`decode`] before anything is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most bytes of a whole message (configure the WebSocket layer with the same).
+    pub max_message: usize,
+    /// The most bytes of one payload (a compressed vector).
+    pub max_payload: usize,
+    /// The most bytes of a free-text string (error and refusal messages).
+    pub max_string: usize,
+    /// The most indices in a [`Shard::Indices`].
+    pub max_shard: usize,
+}
+
+impl Limits {
+    /// Limits for a model of `params` values: a payload up to the largest any valid codec
+    /// makes ([`codec::max_encoded_len`]), strings up to 1,024 bytes, shards up to 65,536
+    /// indices, and a message up to one payload, one shard and 4,096 bytes more.
+    pub fn for_params(params: usize) -> Limits {
+        let max_payload = codec::max_encoded_len(params);
+        let max_shard = 65_536;
+        Limits {
+            max_message: max_payload + 4 * max_shard + 4096,
+            max_payload,
+            max_string: 1024,
+            max_shard,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// [`Limits::for_params`] for lenet5-28: payloads up to 399,848 bytes, messages up to
+    /// 666,088.
+    fn default() -> Limits {
+        Limits::for_params(crate::LENET5_28.param_count)
+    }
+}
+
+/// Why bytes are not a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The message is longer than [`Limits::max_message`].
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    /// The message does not start with `EASL`.
+    #[error("bad magic (not an Easel message)")]
+    BadMagic,
+    /// A protocol version other than 1.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// A message type byte that names no message.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// The message ends inside a field: the field at offset `at` needs `needed` bytes.
+    #[error("truncated: {needed} bytes needed at offset {at}")]
+    Truncated { needed: usize, at: usize },
+    /// A length field above its limit.
+    #[error("{what} of {len} bytes exceeds the limit of {max}")]
+    FieldTooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// A string that is not UTF-8; its bytes start at `at`.
+    #[error("string at offset {at} is not UTF-8")]
+    BadUtf8 { at: usize },
+    /// Bytes after the end of the message's body.
+    #[error("{extra} bytes after the end of the message")]
+    TrailingBytes { extra: usize },
+    /// A field whose value is out of its range.
+    #[error("invalid {what}")]
+    InvalidValue { what: &'static str },
+}
+
+impl ProtocolError {
+    /// The [`code`] an [`ErrorMessage`] answering this error carries.
+    pub fn code(&self) -> u16 {
+        match self {
+            ProtocolError::TooLarge { .. } => code::OVERSIZED,
+            ProtocolError::BadMagic => code::BAD_MAGIC,
+            ProtocolError::UnsupportedVersion(_) => code::UNSUPPORTED_VERSION,
+            _ => code::MALFORMED,
+        }
+    }
+
+    /// The WebSocket close code the relay ends the connection with after this error, if it
+    /// does: 1009 (message too big) for [`ProtocolError::TooLarge`], 1002 (protocol error)
+    /// for a bad magic or version. Other errors are answered and the connection stays.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            ProtocolError::TooLarge { .. } => Some(1009),
+            ProtocolError::BadMagic | ProtocolError::UnsupportedVersion(_) => Some(1002),
+            _ => None,
+        }
+    }
+}
+
+impl From<Short> for ProtocolError {
+    fn from(s: Short) -> Self {
+        ProtocolError::Truncated {
+            needed: s.needed,
+            at: s.at,
+        }
+    }
+}
+
+impl From<CodecError> for ProtocolError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Truncated { needed, at } => ProtocolError::Truncated { needed, at },
+            CodecError::UnknownCodec(_) => ProtocolError::InvalidValue { what: "codec id" },
+            CodecError::UnsupportedBits(_) => ProtocolError::InvalidValue {
+                what: "QSGD bit width",
+            },
+            CodecError::ZeroBucket => ProtocolError::InvalidValue {
+                what: "QSGD bucket size",
+            },
+            _ => ProtocolError::InvalidValue { what: "codec" },
+        }
+    }
+}
+
+/// What kind of participant joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKind {
+    /// A browser tab training in a Web Worker.
+    Browser = 0,
+    /// A native bot (`easel bots`).
+    Bot = 1,
+    /// A simulated worker.
+    Sim = 2,
+    /// The teacher's dashboard: may send [`Control`], does not train.
+    Teacher = 3,
+    /// A read-only dashboard: receives centers, does not train.
+    Observer = 4,
+}
+
+/// Where a worker trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Cpu = 0,
+    Gpu = 1,
+}
+
+/// Bits of [`Join::capabilities`]. Fp32 is always supported; unknown bits are ignored.
+pub mod caps {
+    /// Decodes and encodes [`crate::Codec::Fp16`].
+    pub const FP16: u32 = 1 << 0;
+    /// Decodes and encodes [`crate::Codec::Qsgd`].
+    pub const QSGD: u32 = 1 << 1;
+    /// Decodes and encodes [`crate::Codec::TopK`].
+    pub const TOP_K: u32 = 1 << 2;
+    /// Decodes and encodes [`crate::Codec::TopKQsgd`].
+    pub const TOP_K_QSGD: u32 = 1 << 3;
+    /// Can apply a [`crate::message::Center`] sent as a difference from an older version.
+    pub const CENTER_DIFF: u32 = 1 << 4;
+    /// Every capability this crate implements.
+    pub const ALL: u32 = FP16 | QSGD | TOP_K | TOP_K_QSGD | CENTER_DIFF;
+}
+
+/// A participant asks to enter a room. First message on every connection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Join {
+    /// The room's short code, at most [`MAX_ROOM`] bytes of UTF-8.
+    pub room: String,
+    pub kind: ClientKind,
+    pub backend: Backend,
+    /// [`caps`] bits.
+    pub capabilities: u32,
+    /// The client's [`ModelSpec::layout_hash`]; the relay refuses a mismatch with
+    /// [`code::WRONG_MODEL`].
+    pub layout_hash: [u8; 32],
+    /// A worker id from an earlier `Welcome`, to take up that worker's place and ledger
+    /// after a reconnection. An id the room does not know gets a fresh one.
+    pub resume_worker: Option<u64>,
+}
+
+/// The model a room trains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// At most [`MAX_NAME`] bytes.
+    pub name: String,
+    pub layout_hash: [u8; 32],
+    pub param_count: u32,
+}
+
+impl ModelInfo {
+    /// The description of `spec`.
+    pub fn of(spec: &ModelSpec) -> ModelInfo {
+        ModelInfo {
+            name: spec.name.to_string(),
+            layout_hash: spec.layout_hash(),
+            param_count: spec.param_count as u32,
+        }
+    }
+
+    /// Whether `spec` is this model: same layout hash and parameter count.
+    pub fn matches(&self, spec: &ModelSpec) -> bool {
+        self.layout_hash == spec.layout_hash() && self.param_count as usize == spec.param_count
+    }
+}
+
+/// A room's training and merging settings, sent in `Welcome` and in [`Control::Settings`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
+    /// The elastic coefficient, in `[0, 1]`.
+    pub alpha: f32,
+    pub staleness: Staleness,
+    /// Pushes staler than this are refused ([`code::TOO_STALE`]).
+    pub tau_max: u32,
+    /// Local SGD steps between pushes (`K`), at least 1.
+    pub local_steps: u32,
+    /// Learning rate, finite and non-negative.
+    pub lr: f32,
+    /// Minibatch size, at least 1.
+    pub batch: u32,
+    /// SGD momentum, in `[0, 1)`. Plain SGD (0) is the default: staleness hurts momentum.
+    pub momentum: f32,
+    /// How workers compress pushes.
+    pub codec_up: Codec,
+    /// How the relay compresses centers.
+    pub codec_down: Codec,
+    /// Whether workers keep an error-feedback residual for their pushes.
+    pub error_feedback: bool,
+}
+
+impl Hyper {
+    /// Checks every field's range (the ones documented on each field).
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err("alpha");
+        }
+        self.staleness.validate()?;
+        if self.local_steps == 0 {
+            return Err("local_steps");
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err("lr");
+        }
+        if self.batch == 0 {
+            return Err("batch");
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err("momentum");
+        }
+        self.codec_up.validate().map_err(|_| "codec_up")?;
+        self.codec_down.validate().map_err(|_| "codec_down")?;
+        Ok(())
+    }
+}
+
+/// Which training digits a worker uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shard {
+    /// These indices into the training split.
+    Indices(Vec<u32>),
+    /// Shard `index` of `workers` made by the client's partitioner (`client::data::partition`)
+    /// from the training split's labels with `scheme` (its text form: `iid`,
+    /// `dirichlet:ALPHA` or `classes:K`, at most [`MAX_NAME`] bytes) and `seed`. Compact, and
+    /// the same on every platform because partitions depend only on their arguments.
+    /// `workers` is the room's number of shards, not the number of connected workers.
+    Partition {
+        scheme: String,
+        seed: u64,
+        workers: u32,
+        index: u32,
+    },
+}
+
+/// The relay admits a participant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Welcome {
+    /// This participant's id in the room (give it as `resume_worker` to reconnect).
+    pub worker_id: u64,
+    pub model: ModelInfo,
+    pub hyper: Hyper,
+    pub shard: Shard,
+    /// The version of `center`.
+    pub center_version: u64,
+    /// The full center, a codec payload (PROTOCOL.md, "Payloads").
+    pub center: Vec<u8>,
+}
+
+/// A worker sends its model after `local_steps` steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Push {
+    /// The center version the worker last received: the payload is relative to it.
+    pub base_version: u64,
+    pub local_steps: u32,
+    /// Training samples seen in those steps.
+    pub samples: u32,
+    /// Mean training loss over those steps (NaN when not measured).
+    pub loss: f32,
+    /// `x_i - center(base_version)`, a codec payload.
+    pub payload: Vec<u8>,
+}
+
+/// The relay sends a center.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Center {
+    pub version: u64,
+    /// `None`: the payload is the whole center. `Some(b)`: the payload is
+    /// `center(version) - center(b)`, for a receiver that holds version `b` and announced
+    /// [`caps::CENTER_DIFF`]. `b < version`.
+    pub base: Option<u64>,
+    /// A codec payload.
+    pub payload: Vec<u8>,
+}
+
+/// What became of a push.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Applied with staleness `tau` and weight `alpha_eff`, making center `version`.
+    Accepted {
+        tau: u32,
+        alpha_eff: f32,
+        version: u64,
+    },
+    /// Not applied; the center is untouched. `code` is one of [`code`]; for
+    /// [`code::TOO_STALE`] and [`code::RESYNC`] the worker replaces its model with the next
+    /// center it receives.
+    Refused { code: u16, message: String },
+}
+
+/// The relay's answer to a push. A `Center` follows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ack {
+    /// The pushed `base_version`, to match the answer to the push.
+    pub base_version: u64,
+    pub outcome: Outcome,
+}
+
+/// Room control. From the teacher to the relay, `worker: None` means the whole room; from
+/// the relay to a worker, it means "you".
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    /// Stop training.
+    Pause { worker: Option<u64> },
+    /// Start again.
+    Resume { worker: Option<u64> },
+    /// An artificial delay: the worker waits `ms` milliseconds after each round of local
+    /// steps before pushing, to play a straggler. 0 removes it.
+    Delay { worker: Option<u64>, ms: u32 },
+    /// New room settings, for every worker from its next round on.
+    Settings(Hyper),
+}
+
+/// Something went wrong; `code` is one of [`code`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorMessage {
+    pub code: u16,
+    /// For people, at most [`Limits::max_string`] bytes.
+    pub message: String,
+}
+
+/// Every Easel message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Join(Join),
+    Welcome(Welcome),
+    Push(Push),
+    Center(Center),
+    Ack(Ack),
+    Control(Control),
+    Error(ErrorMessage),
+}
+
+impl Message {
+    /// The type byte ([`ty`]).
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            Message::Join(_) => ty::JOIN,
+            Message::Welcome(_) => ty::WELCOME,
+            Message::Push(_) => ty::PUSH,
+            Message::Center(_) => ty::CENTER,
+            Message::Ack(_) => ty::ACK,
+            Message::Control(_) => ty::CONTROL,
+            Message::Error(_) => ty::ERROR,
+        }
+    }
+}
+
+/// The bytes of `msg`: header, then body, as PROTOCOL.md lays them out.
+pub fn encode(msg: &Message) -> Vec<u8> {
+    let payload = match msg {
+        Message::Welcome(w) => w.center.len(),
+        Message::Push(p) => p.payload.len(),
+        Message::Center(c) => c.payload.len(),
+        _ => 0,
+    };
+    let mut out = Frame::header(msg.type_byte(), 96 + payload);
+    match msg {
+        Message::Join(j) => {
+            put_str(&mut out, &j.room);
+            out.put_u8(j.kind as u8);
+            out.put_u8(j.backend as u8);
+            out.put_u32(j.capabilities);
+            out.extend_from_slice(&j.layout_hash);
+            put_opt(&mut out, j.resume_worker);
+        }
+        Message::Welcome(w) => {
+            out.put_u64(w.worker_id);
+            put_str(&mut out, &w.model.name);
+            out.extend_from_slice(&w.model.layout_hash);
+            out.put_u32(w.model.param_count);
+            put_hyper(&mut out, &w.hyper);
+            match &w.shard {
+                Shard::Indices(ix) => {
+                    out.put_u8(0);
+                    out.put_u32(ix.len() as u32);
+                    for &i in ix {
+                        out.put_u32(i);
+                    }
+                }
+                Shard::Partition {
+                    scheme,
+                    seed,
+                    workers,
+                    index,
+                } => {
+                    out.put_u8(1);
+                    put_str(&mut out, scheme);
+                    out.put_u64(*seed);
+                    out.put_u32(*workers);
+                    out.put_u32(*index);
+                }
+            }
+            out.put_u64(w.center_version);
+            put_bytes(&mut out, &w.center);
+        }
+        Message::Push(p) => {
+            out.put_u64(p.base_version);
+            out.put_u32(p.local_steps);
+            out.put_u32(p.samples);
+            out.put_f32(p.loss);
+            put_bytes(&mut out, &p.payload);
+        }
+        Message::Center(c) => {
+            out.put_u64(c.version);
+            put_opt(&mut out, c.base);
+            put_bytes(&mut out, &c.payload);
+        }
+        Message::Ack(a) => {
+            out.put_u64(a.base_version);
+            match &a.outcome {
+                Outcome::Accepted {
+                    tau,
+                    alpha_eff,
+                    version,
+                } => {
+                    out.put_u8(0);
+                    out.put_u32(*tau);
+                    out.put_f32(*alpha_eff);
+                    out.put_u64(*version);
+                }
+                Outcome::Refused { code, message } => {
+                    out.put_u8(1);
+                    out.put_u16(*code);
+                    put_str(&mut out, message);
+                }
+            }
+        }
+        Message::Control(c) => match c {
+            Control::Pause { worker } => {
+                out.put_u8(0);
+                put_opt(&mut out, *worker);
+            }
+            Control::Resume { worker } => {
+                out.put_u8(1);
+                put_opt(&mut out, *worker);
+            }
+            Control::Delay { worker, ms } => {
+                out.put_u8(2);
+                put_opt(&mut out, *worker);
+                out.put_u32(*ms);
+            }
+            Control::Settings(h) => {
+                out.put_u8(3);
+                put_hyper(&mut out, h);
+            }
+        },
+        Message::Error(e) => {
+            out.put_u16(e.code);
+            put_str(&mut out, &e.message);
+        }
+    }
+    out
+}
+
+/// Reads one message. Total: see the module documentation.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, ProtocolError> {
+    let frame = Frame::parse(bytes, limits)?;
+    let mut r = Reader::new_at(frame.bytes, crate::frame::HEADER_LEN);
+    let msg = match frame.ty {
+        ty::JOIN => Message::Join(Join {
+            room: read_str(&mut r, MAX_ROOM, "room code")?,
+            kind: match r.u8()? {
+                0 => ClientKind::Browser,
+                1 => ClientKind::Bot,
+                2 => ClientKind::Sim,
+                3 => ClientKind::Teacher,
+                4 => ClientKind::Observer,
+                _ => return Err(invalid("client kind")),
+            },
+            backend: match r.u8()? {
+                0 => Backend::Cpu,
+                1 => Backend::Gpu,
+                _ => return Err(invalid("backend")),
+            },
+            capabilities: r.u32()?,
+            layout_hash: r.array()?,
+            resume_worker: read_opt(&mut r)?,
+        }),
+        ty::WELCOME => Message::Welcome(Welcome {
+            worker_id: r.u64()?,
+            model: ModelInfo {
+                name: read_str(&mut r, MAX_NAME, "model name")?,
+                layout_hash: r.array()?,
+                param_count: r.u32()?,
+            },
+            hyper: read_hyper(&mut r)?,
+            shard: match r.u8()? {
+                0 => {
+                    let count = read_len(&mut r, limits.max_shard, "shard", 4)?;
+                    let mut ix = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        ix.push(r.u32()?);
+                    }
+                    Shard::Indices(ix)
+                }
+                1 => {
+                    let scheme = read_str(&mut r, MAX_NAME, "partition scheme")?;
+                    let seed = r.u64()?;
+                    let workers = r.u32()?;
+                    let index = r.u32()?;
+                    if workers == 0 || index >= workers {
+                        return Err(invalid("shard index"));
+                    }
+                    Shard::Partition {
+                        scheme,
+                        seed,
+                        workers,
+                        index,
+                    }
+                }
+                _ => return Err(invalid("shard kind")),
+            },
+            center_version: r.u64()?,
+            center: read_bytes(&mut r, limits.max_payload, "payload")?,
+        }),
+        ty::PUSH => Message::Push(Push {
+            base_version: r.u64()?,
+            local_steps: r.u32()?,
+            samples: r.u32()?,
+            loss: r.f32()?,
+            payload: read_bytes(&mut r, limits.max_payload, "payload")?,
+        }),
+        ty::CENTER => {
+            let version = r.u64()?;
+            let base = read_opt(&mut r)?;
+            if base.is_some_and(|b| b >= version) {
+                return Err(invalid("center base version"));
+            }
+            Message::Center(Center {
+                version,
+                base,
+                payload: read_bytes(&mut r, limits.max_payload, "payload")?,
+            })
+        }
+        ty::ACK => Message::Ack(Ack {
+            base_version: r.u64()?,
+            outcome: match r.u8()? {
+                0 => Outcome::Accepted {
+                    tau: r.u32()?,
+                    alpha_eff: r.f32()?,
+                    version: r.u64()?,
+                },
+                1 => Outcome::Refused {
+                    code: r.u16()?,
+                    message: read_str(&mut r, limits.max_string, "message")?,
+                },
+                _ => return Err(invalid("push outcome")),
+            },
+        }),
+        ty::CONTROL => Message::Control(match r.u8()? {
+            0 => Control::Pause {
+                worker: read_opt(&mut r)?,
+            },
+            1 => Control::Resume {
+                worker: read_opt(&mut r)?,
+            },
+            2 => Control::Delay {
+                worker: read_opt(&mut r)?,
+                ms: r.u32()?,
+            },
+            3 => Control::Settings(read_hyper(&mut r)?),
+            _ => return Err(invalid("control kind")),
+        }),
+        ty::ERROR => Message::Error(ErrorMessage {
+            code: r.u16()?,
+            message: read_str(&mut r, limits.max_string, "message")?,
+        }),
+        other => return Err(ProtocolError::UnknownType(other)),
+    };
+    match r.remaining() {
+        0 => Ok(msg),
+        extra => Err(ProtocolError::TrailingBytes { extra }),
+    }
+}
+
+fn invalid(what: &'static str) -> ProtocolError {
+    ProtocolError::InvalidValue { what }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.extend_from_slice(b);
+}
+
+fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        None => out.put_u8(0),
+        Some(v) => {
+            out.put_u8(1);
+            out.put_u64(v);
+        }
+    }
+}
+
+fn put_hyper(out: &mut Vec<u8>, h: &Hyper) {
+    out.put_f32(h.alpha);
+    match h.staleness {
+        Staleness::Constant => out.put_u8(0),
+        Staleness::Inverse => out.put_u8(1),
+        Staleness::Polynomial { a } => {
+            out.put_u8(2);
+            out.put_f32(a);
+        }
+        Staleness::Hinge { a, b } => {
+            out.put_u8(3);
+            out.put_f32(a);
+            out.put_u32(b);
+        }
+    }
+    out.put_u32(h.tau_max);
+    out.put_u32(h.local_steps);
+    out.put_f32(h.lr);
+    out.put_u32(h.batch);
+    out.put_f32(h.momentum);
+    h.codec_up.write_descriptor(out);
+    h.codec_down.write_descriptor(out);
+    out.put_u8(h.error_feedback as u8);
+}
+
+fn read_hyper(r: &mut Reader) -> Result<Hyper, ProtocolError> {
+    let alpha = r.f32()?;
+    let staleness = match r.u8()? {
+        0 => Staleness::Constant,
+        1 => Staleness::Inverse,
+        2 => Staleness::Polynomial { a: r.f32()? },
+        3 => Staleness::Hinge {
+            a: r.f32()?,
+            b: r.u32()?,
+        },
+        _ => return Err(invalid("staleness function")),
+    };
+    let h = Hyper {
+        alpha,
+        staleness,
+        tau_max: r.u32()?,
+        local_steps: r.u32()?,
+        lr: r.f32()?,
+        batch: r.u32()?,
+        momentum: r.f32()?,
+        codec_up: Codec::read_descriptor(r)?,
+        codec_down: Codec::read_descriptor(r)?,
+        error_feedback: match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(invalid("error_feedback flag")),
+        },
+    };
+    h.validate()
+        .map_err(|what| ProtocolError::InvalidValue { what })?;
+    Ok(h)
+}
+
+fn read_opt(r: &mut Reader) -> Result<Option<u64>, ProtocolError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(r.u64()?)),
+        _ => Err(invalid("option flag")),
+    }
+}
+
+/// Reads a `u32` count of items of `size` bytes, checks it against `max` and against the
+/// bytes that remain.
+fn read_len(
+    r: &mut Reader,
+    max: usize,
+    what: &'static str,
+    size: usize,
+) -> Result<usize, ProtocolError> {
+    let len = r.u32()?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > max {
+        return Err(ProtocolError::FieldTooLong { what, len, max });
+    }
+    r.ensure(len, size)?;
+    Ok(len)
+}
+
+fn read_bytes(r: &mut Reader, max: usize, what: &'static str) -> Result<Vec<u8>, ProtocolError> {
+    let len = read_len(r, max, what, 1)?;
+    Ok(r.take(len)?.to_vec())
+}
+
+fn read_str(r: &mut Reader, max: usize, what: &'static str) -> Result<String, ProtocolError> {
+    let len = read_len(r, max, what, 1)?;
+    let at = r.pos();
+    let bytes = r.take(len)?;
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(s.to_string()),
+        Err(_) => Err(ProtocolError::BadUtf8 { at }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LENET5_28;
+    use proptest::prelude::*;
+
+    fn small() -> Limits {
+        Limits {
+            max_message: 4096,
+            max_payload: 1024,
+            max_string: 64,
+            max_shard: 64,
+        }
+    }
+
+    fn codec() -> impl Strategy<Value = Codec> {
+        let bits = prop_oneof![Just(2u8), Just(4), Just(8)];
+        prop_oneof![
+            Just(Codec::Fp32),
+            Just(Codec::Fp16),
+            (bits.clone(), 1u32..).prop_map(|(bits, bucket)| Codec::Qsgd { bits, bucket }),
+            any::<u32>().prop_map(|k| Codec::TopK { k }),
+            (any::<u32>(), bits, 1u32..).prop_map(|(k, bits, bucket)| Codec::TopKQsgd {
+                k,
+                bits,
+                bucket
+            }),
+        ]
+    }
+
+    fn staleness() -> impl Strategy<Value = Staleness> {
+        prop_oneof![
+            Just(Staleness::Constant),
+            Just(Staleness::Inverse),
+            (0.0f32..100.0).prop_map(|a| Staleness::Polynomial { a }),
+            (0.0f32..100.0, any::<u32>()).prop_map(|(a, b)| Staleness::Hinge { a, b }),
+        ]
+    }
+
+    prop_compose! {
+        fn hyper()(
+            alpha in 0.0f32..=1.0, staleness in staleness(), tau_max in any::<u32>(),
+            local_steps in 1u32.., lr in 0.0f32..10.0, batch in 1u32.., momentum in 0.0f32..0.999,
+            codec_up in codec(), codec_down in codec(), error_feedback in any::<bool>()
+        ) -> Hyper {
+            Hyper { alpha, staleness, tau_max, local_steps, lr, batch, momentum,
+                    codec_up, codec_down, error_feedback }
+        }
+    }
+
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        // Any Unicode, cut to at most `max` bytes on a character boundary.
+        ".{0,24}".prop_map(move |s: String| {
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        })
+    }
+
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..200)
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        let join = (
+            text(MAX_ROOM),
+            0u8..5,
+            any::<bool>(),
+            any::<u32>(),
+            any::<[u8; 32]>(),
+            any::<Option<u64>>(),
+        )
+            .prop_map(
+                |(room, kind, gpu, capabilities, layout_hash, resume_worker)| {
+                    Message::Join(Join {
+                        room,
+                        kind: [
+                            ClientKind::Browser,
+                            ClientKind::Bot,
+                            ClientKind::Sim,
+                            ClientKind::Teacher,
+                            ClientKind::Observer,
+                        ][kind as usize],
+                        backend: if gpu { Backend::Gpu } else { Backend::Cpu },
+                        capabilities,
+                        layout_hash,
+                        resume_worker,
+                    })
+                },
+            );
+        let shard = prop_oneof![
+            prop::collection::vec(any::<u32>(), 0..64).prop_map(Shard::Indices),
+            (
+                text(MAX_NAME),
+                any::<u64>(),
+                1u32..,
+                any::<prop::sample::Index>()
+            )
+                .prop_map(|(scheme, seed, workers, i)| Shard::Partition {
+                    scheme,
+                    seed,
+                    workers,
+                    index: i.index(workers as usize) as u32,
+                }),
+        ];
+        let welcome = (
+            any::<u64>(),
+            (text(MAX_NAME), any::<[u8; 32]>(), any::<u32>()),
+            hyper(),
+            shard,
+            any::<u64>(),
+            payload(),
+        )
+            .prop_map(
+                |(worker_id, (name, layout_hash, param_count), hyper, shard, v, center)| {
+                    Message::Welcome(Welcome {
+                        worker_id,
+                        model: ModelInfo {
+                            name,
+                            layout_hash,
+                            param_count,
+                        },
+                        hyper,
+                        shard,
+                        center_version: v,
+                        center,
+                    })
+                },
+            );
+        let push = (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            -1e6f32..1e6,
+            payload(),
+        )
+            .prop_map(|(base_version, local_steps, samples, loss, payload)| {
+                Message::Push(Push {
+                    base_version,
+                    local_steps,
+                    samples,
+                    loss,
+                    payload,
+                })
+            });
+        let center = (1u64.., any::<Option<prop::sample::Index>>(), payload()).prop_map(
+            |(version, base, payload)| {
+                Message::Center(Center {
+                    version,
+                    base: base.map(|i| i.index(version as usize) as u64),
+                    payload,
+                })
+            },
+        );
+        let outcome = prop_oneof![
+            (any::<u32>(), 0.0f32..=1.0, any::<u64>()).prop_map(|(tau, alpha_eff, version)| {
+                Outcome::Accepted {
+                    tau,
+                    alpha_eff,
+                    version,
+                }
+            }),
+            (any::<u16>(), text(64)).prop_map(|(code, message)| Outcome::Refused { code, message }),
+        ];
+        let ack = (any::<u64>(), outcome).prop_map(|(base_version, outcome)| {
+            Message::Ack(Ack {
+                base_version,
+                outcome,
+            })
+        });
+        let control = prop_oneof![
+            any::<Option<u64>>().prop_map(|worker| Control::Pause { worker }),
+            any::<Option<u64>>().prop_map(|worker| Control::Resume { worker }),
+            (any::<Option<u64>>(), any::<u32>())
+                .prop_map(|(worker, ms)| Control::Delay { worker, ms }),
+            hyper().prop_map(Control::Settings),
+        ]
+        .prop_map(Message::Control);
+        let error = (any::<u16>(), text(64))
+            .prop_map(|(code, message)| Message::Error(ErrorMessage { code, message }));
+        prop_oneof![join, welcome, push, center, ack, control, error]
+    }
+
+    proptest! {
+        #[test]
+        fn every_message_round_trips(msg in message()) {
+            let bytes = encode(&msg);
+            prop_assert_eq!(&bytes[..4], b"EASL");
+            prop_assert_eq!(bytes[4], 1);
+            prop_assert_eq!(bytes[5], msg.type_byte());
+            let back = decode(&bytes, &small());
+            prop_assert_eq!(back.as_ref(), Ok(&msg));
+            prop_assert_eq!(encode(&back.unwrap()), bytes);
+        }
+
+        #[test]
+        fn every_proper_prefix_of_a_message_is_truncated(msg in message(), cut in any::<prop::sample::Index>()) {
+            let bytes = encode(&msg);
+            let cut = cut.index(bytes.len());
+            prop_assert!(
+                matches!(decode(&bytes[..cut], &small()), Err(ProtocolError::Truncated { .. })),
+                "a prefix of {} bytes of {}", cut, bytes.len()
+            );
+        }
+
+        #[test]
+        fn decode_never_panics_on_arbitrary_bytes(tail in prop::collection::vec(any::<u8>(), 0..300), t in 0u8..9) {
+            let _ = decode(&tail, &small());
+            let mut bytes = b"EASL\x01".to_vec();
+            bytes.push(t);
+            bytes.extend_from_slice(&tail);
+            let _ = decode(&bytes, &small());
+            let _ = decode(&bytes, &Limits::default());
+        }
+
+        #[test]
+        fn decode_never_panics_on_mutated_messages(
+            msg in message(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            extra in prop::collection::vec(any::<u8>(), 0..3)
+        ) {
+            let mut bytes = encode(&msg);
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            bytes.extend_from_slice(&extra);
+            let _ = decode(&bytes, &small());
+        }
+
+        #[test]
+        fn trailing_bytes_are_refused(msg in message(), extra in prop::collection::vec(any::<u8>(), 1..8)) {
+            let mut bytes = encode(&msg);
+            bytes.extend_from_slice(&extra);
+            prop_assert_eq!(
+                decode(&bytes, &small()),
+                Err(ProtocolError::TrailingBytes { extra: extra.len() })
+            );
+        }
+    }
+
+    fn push(payload: Vec<u8>) -> Message {
+        Message::Push(Push {
+            base_version: 7,
+            local_steps: 10,
+            samples: 320,
+            loss: f32::NAN,
+            payload,
+        })
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_allocating() {
+        let mut bytes = encode(&push(vec![1, 2, 3]));
+        // The payload length sits at offset 26 of a push.
+        bytes[26..30].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode(&bytes, &small()),
+            Err(ProtocolError::FieldTooLong {
+                what: "payload",
+                len: u32::MAX as usize,
+                max: 1024
+            })
+        );
+        bytes[26..30].copy_from_slice(&1000u32.to_le_bytes());
+        assert_eq!(
+            decode(&bytes, &small()),
+            Err(ProtocolError::Truncated {
+                needed: 1000,
+                at: 30
+            })
+        );
+        let big = encode(&push(vec![0; 2000]));
+        assert_eq!(
+            decode(&big, &small()),
+            Err(ProtocolError::FieldTooLong {
+                what: "payload",
+                len: 2000,
+                max: 1024
+            })
+        );
+        let tight = Limits {
+            max_message: 100,
+            ..small()
+        };
+        assert_eq!(
+            decode(&big, &tight),
+            Err(ProtocolError::TooLarge {
+                len: 2030,
+                max: 100
+            })
+        );
+    }
+
+    #[test]
+    fn a_nan_loss_travels_bit_for_bit() {
+        let bytes = encode(&push(vec![9]));
+        match decode(&bytes, &small()) {
+            Ok(Message::Push(p)) => assert!(p.loss.is_nan()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn values_out_of_range_are_invalid() {
+        let join = Message::Join(Join {
+            room: "ABCD".into(),
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: caps::ALL,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        });
+        let mut bytes = encode(&join);
+        // Room: length at 6, four bytes at 10; kind at 14, backend at 15.
+        bytes[14] = 9;
+        assert_eq!(
+            decode(&bytes, &small()),
+            Err(ProtocolError::InvalidValue {
+                what: "client kind"
+            })
+        );
+        let mut bytes = encode(&join);
+        bytes[10] = 0xff;
+        assert_eq!(
+            decode(&bytes, &small()),
+            Err(ProtocolError::BadUtf8 { at: 10 })
+        );
+        let long = Message::Join(Join {
+            room: "x".repeat(17),
+            ..match join {
+                Message::Join(j) => j,
+                _ => unreachable!(),
+            }
+        });
+        assert!(matches!(
+            decode(&encode(&long), &small()),
+            Err(ProtocolError::FieldTooLong {
+                what: "room code",
+                ..
+            })
+        ));
+        let mut bad_type = encode(&push(vec![]));
+        bad_type[5] = 42;
+        assert_eq!(
+            decode(&bad_type, &small()),
+            Err(ProtocolError::UnknownType(42))
+        );
+        let center = Message::Center(Center {
+            version: 3,
+            base: Some(3),
+            payload: vec![],
+        });
+        assert_eq!(
+            decode(&encode(&center), &small()),
+            Err(ProtocolError::InvalidValue {
+                what: "center base version"
+            })
+        );
+    }
+
+    #[test]
+    fn hyper_out_of_range_is_refused() {
+        let good = Hyper {
+            alpha: 0.5,
+            staleness: Staleness::Inverse,
+            tau_max: 16,
+            local_steps: 10,
+            lr: 0.05,
+            batch: 32,
+            momentum: 0.0,
+            codec_up: Codec::Fp32,
+            codec_down: Codec::Fp16,
+            error_feedback: false,
+        };
+        assert!(good.validate().is_ok());
+        for (bad, what) in [
+            (Hyper { alpha: 1.5, ..good }, "alpha"),
+            (
+                Hyper {
+                    momentum: 1.0,
+                    ..good
+                },
+                "momentum",
+            ),
+            (Hyper { batch: 0, ..good }, "batch"),
+            (
+                Hyper {
+                    lr: f32::NAN,
+                    ..good
+                },
+                "lr",
+            ),
+            (
+                Hyper {
+                    codec_up: Codec::Qsgd { bits: 3, bucket: 8 },
+                    ..good
+                },
+                "QSGD bit width",
+            ),
+        ] {
+            let bytes = encode(&Message::Control(Control::Settings(bad)));
+            assert_eq!(
+                decode(&bytes, &small()),
+                Err(ProtocolError::InvalidValue { what }),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_map_to_codes_and_close_codes() {
+        assert_eq!(ProtocolError::BadMagic.code(), code::BAD_MAGIC);
+        assert_eq!(ProtocolError::BadMagic.close_code(), Some(1002));
+        assert_eq!(
+            ProtocolError::UnsupportedVersion(2).code(),
+            code::UNSUPPORTED_VERSION
+        );
+        let big = ProtocolError::TooLarge { len: 2, max: 1 };
+        assert_eq!(
+            (big.code(), big.close_code()),
+            (code::OVERSIZED, Some(1009))
+        );
+        let bad = ProtocolError::UnknownType(9);
+        assert_eq!((bad.code(), bad.close_code()), (code::MALFORMED, None));
+    }
+
+    #[test]
+    fn default_limits_fit_the_largest_lenet_message_and_stay_far_below_tungstenite() {
+        let l = Limits::default();
+        assert_eq!(l.max_payload, codec::max_encoded_len(LENET5_28.param_count));
+        assert_eq!((l.max_payload, l.max_message), (399_848, 666_088));
+        assert!(l.max_message < 1 << 20);
+        let welcome = Message::Welcome(Welcome {
+            worker_id: 1,
+            model: ModelInfo::of(&LENET5_28),
+            hyper: Hyper {
+                alpha: 0.5,
+                staleness: Staleness::Constant,
+                tau_max: 8,
+                local_steps: 1,
+                lr: 0.1,
+                batch: 1,
+                momentum: 0.0,
+                codec_up: Codec::Fp32,
+                codec_down: Codec::Fp32,
+                error_feedback: false,
+            },
+            shard: Shard::Indices((0..l.max_shard as u32).collect()),
+            center_version: 0,
+            center: vec![0; l.max_payload],
+        });
+        let bytes = encode(&welcome);
+        assert!(bytes.len() <= l.max_message);
+        assert_eq!(decode(&bytes, &l), Ok(welcome));
+        assert!(ModelInfo::of(&LENET5_28).matches(&LENET5_28));
+    }
+
+    /// PROTOCOL.md quotes this hash so that a client written from it can join.
+    #[test]
+    fn lenet_layout_hash_is_the_one_protocol_md_quotes() {
+        let hex: String = LENET5_28
+            .layout_hash()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "6e0cd5c7e3578939b17f24d213298472b4d3fd8cf4293037c456a0aeb5c3a724"
+        );
+        let doc = include_str!("../../PROTOCOL.md");
+        assert!(doc.contains(&hex), "PROTOCOL.md quotes the layout hash");
+    }
+
+    /// The error-code table in PROTOCOL.md names every code with its number.
+    #[test]
+    fn protocol_md_lists_every_error_code() {
+        let doc = include_str!("../../PROTOCOL.md");
+        for (n, name) in [
+            (code::BAD_MAGIC, "BAD_MAGIC"),
+            (code::UNSUPPORTED_VERSION, "UNSUPPORTED_VERSION"),
+            (code::UNKNOWN_ROOM, "UNKNOWN_ROOM"),
+            (code::WRONG_MODEL, "WRONG_MODEL"),
+            (code::WRONG_LENGTH, "WRONG_LENGTH"),
+            (code::NON_FINITE, "NON_FINITE"),
+            (code::NORM_TOO_LARGE, "NORM_TOO_LARGE"),
+            (code::TOO_STALE, "TOO_STALE"),
+            (code::OVERSIZED, "OVERSIZED"),
+            (code::RESYNC, "RESYNC"),
+            (code::MALFORMED, "MALFORMED"),
+            (code::UNEXPECTED, "UNEXPECTED"),
+            (code::FORBIDDEN, "FORBIDDEN"),
+        ] {
+            assert!(doc.contains(&format!("| {n} | {name} |")), "{n} {name}");
+        }
+        for t in [
+            ty::JOIN,
+            ty::WELCOME,
+            ty::PUSH,
+            ty::CENTER,
+            ty::ACK,
+            ty::CONTROL,
+            ty::ERROR,
+        ] {
+            assert!(doc.contains(&format!("(type {t})")));
+        }
+    }
+}
