@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod cpu;
+pub mod data;
 pub mod model;
 pub mod optim;
 pub mod schedule;
