@@ -98,20 +98,39 @@ async function launch(extraFlags = []) {
   const logs = [];
   page.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
+  // Uncaught errors (a wasm panic ends in one) mark the page as failed for waitInPage.
+  await context.addInitScript(() => {
+    window.addEventListener('error', (e) => { window.easelPageError ??= String(e.message); });
+    window.addEventListener('unhandledrejection', (e) => {
+      window.easelPageError ??= String(e.reason?.message ?? e.reason);
+    });
+  });
   return { context, page, logs, outside };
 }
 
-/** Waits for `fn` to hold in the page; on time-out, fails with the page's console output. */
+/** Waits for `fn` to hold in the page; fails at once when the page reports an error (a wasm
+ * panic, an uncaught exception), and on time-out, with the page's state and console output. */
 async function waitInPage(browser, fn, arg, timeout, what) {
+  const failed = () => window.easel?.error || window.easelTest?.error || window.easelPageError;
+  const state = () => browser.page.evaluate(() => JSON.stringify({
+    easel: window.easel && { ...window.easel, losses: window.easel.losses?.slice(-20) },
+    easelTest: window.easelTest,
+    pageError: window.easelPageError,
+  })).catch(() => '(page unreachable)');
   try {
-    await browser.page.waitForFunction(fn, arg, { timeout, polling: 250 });
-  } catch (e) {
-    const state = await browser.page.evaluate(() => JSON.stringify({
-      easel: window.easel && { ...window.easel, losses: window.easel.losses?.slice(-20) },
-      easelTest: window.easelTest,
-    })).catch(() => '(page unreachable)');
+    await browser.page.waitForFunction(
+      ([src, a, failedSrc]) => (0, eval)(failedSrc)() || (0, eval)(src)(a),
+      [fn.toString(), arg, failed.toString()],
+      { timeout, polling: 250 },
+    );
+  } catch {
     throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}\n`
-      + `page state: ${state}\nconsole:\n${browser.logs.join('\n')}`);
+      + `page state: ${await state()}\nconsole:\n${browser.logs.join('\n')}`);
+  }
+  const error = await browser.page.evaluate(failed);
+  if (error) {
+    throw new Error(`the page failed while waiting for ${what}: ${error}\n`
+      + `page state: ${await state()}\nconsole:\n${browser.logs.join('\n')}`);
   }
 }
 
@@ -136,11 +155,11 @@ after(async () => {
   if (server && server.exitCode === null) server.kill('SIGTERM');
 });
 
-test('WebGPU (SwiftShader) and the CPU backend train to the same parameters', { timeout: 180_000 }, async () => {
+test('WebGPU (SwiftShader) and the CPU backend train to the same parameters', { timeout: 150_000 }, async () => {
   const browser = await launch();
   const { page } = browser;
   await page.goto(`http://127.0.0.1:${port}/test.html?steps=5&seed=1`);
-  await waitInPage(browser, () => window.easelTest?.done, null, 150_000, 'compare_gpu_with_cpu');
+  await waitInPage(browser, () => window.easelTest?.done, null, 90_000, 'compare_gpu_with_cpu');
   await screenshot(page, 'compare-gpu-cpu.png');
   const outcome = await page.evaluate(() => window.easelTest);
   assert.equal(outcome.error, undefined,
@@ -159,11 +178,11 @@ test('WebGPU (SwiftShader) and the CPU backend train to the same parameters', { 
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
 });
 
-test('a LAN address (no secure context) falls back to the CPU and says why', { timeout: 180_000 }, async () => {
+test('a LAN address (no secure context) falls back to the CPU and says why', { timeout: 150_000 }, async () => {
   const browser = await launch(['--host-resolver-rules=MAP classroom.test 127.0.0.1']);
   const { page } = browser;
   await page.goto(`http://classroom.test:${port}/?backend=auto`);
-  await waitInPage(browser, () => window.easel?.ready || window.easel?.error, null, 60_000, 'the trainer');
+  await waitInPage(browser, () => window.easel?.ready, null, 60_000, 'the trainer');
   let state = await page.evaluate(() => window.easel);
   assert.equal(state.error, null, `the page reported an error: ${state.error}`);
   assert.equal(state.backend, 'cpu');
@@ -180,11 +199,11 @@ test('a LAN address (no secure context) falls back to the CPU and says why', { t
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
 });
 
-test('the training page trains on WebGPU at 127.0.0.1 and the loss goes down', { timeout: 300_000 }, async () => {
+test('the training page trains on WebGPU at 127.0.0.1 and the loss goes down', { timeout: 240_000 }, async () => {
   const browser = await launch();
   const { page } = browser;
   await page.goto(`http://127.0.0.1:${port}/?backend=auto`);
-  await waitInPage(browser, () => window.easel?.ready || window.easel?.error, null, 60_000, 'the trainer');
+  await waitInPage(browser, () => window.easel?.ready, null, 60_000, 'the trainer');
   const ready = await page.evaluate(() => window.easel);
   assert.equal(ready.error, null, `the page reported an error: ${ready.error}`);
   assert.equal(ready.backend, 'gpu', `fell back to the CPU: ${ready.fallbackReason}`);
@@ -195,7 +214,7 @@ test('the training page trains on WebGPU at 127.0.0.1 and the loss goes down', {
     const l = window.easel.losses;
     const m = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
     return l.length >= 60 && m(l.slice(-20)) < m(l.slice(0, 20)) - 0.3;
-  }, null, 240_000, 'the training loss to fall by 0.3 nats');
+  }, null, 150_000, 'the training loss to fall by 0.3 nats');
   // The page stays responsive while the worker trains.
   const t0 = Date.now();
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(r)));
