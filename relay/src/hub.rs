@@ -64,8 +64,11 @@ pub struct RoomSlot {
 struct RoomState {
     /// The room's settings, center versions, ledger and workers.
     room: Room,
-    /// Bounded control queue of each connected worker, by worker id.
-    controls: HashMap<u64, mpsc::Sender<Control>>,
+    /// Bounded control queue of each connected worker, by worker id, with the id of the
+    /// connection that owns it (a worker that resumes on a new connection replaces it).
+    controls: HashMap<u64, (u64, mpsc::Sender<Control>)>,
+    /// Connections ever admitted, to give each one an id.
+    connections: u64,
     /// Accuracy and loss of the center over time, newest last, at most [`EVAL_HISTORY`].
     evals: VecDeque<EvalPoint>,
 }
@@ -74,6 +77,8 @@ struct RoomState {
 #[derive(Debug)]
 pub struct Session {
     pub worker_id: u64,
+    /// This connection's id in the room, for [`RoomSlot::leave`].
+    pub connection: u64,
     pub kind: easel_protocol::ClientKind,
     /// Capability bits from the Join.
     pub capabilities: u32,
@@ -139,6 +144,7 @@ impl Hub {
                 state: Mutex::new(RoomState {
                     room,
                     controls: HashMap::new(),
+                    connections: 0,
                     evals: VecDeque::new(),
                 }),
                 centers,
@@ -180,9 +186,12 @@ impl RoomSlot {
         let mut st = lock(&self.state);
         let welcome = st.room.join(join, is_admin, Instant::now())?;
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-        st.controls.insert(welcome.worker_id, tx);
+        st.connections += 1;
+        let connection = st.connections;
+        st.controls.insert(welcome.worker_id, (connection, tx));
         Ok(Session {
             worker_id: welcome.worker_id,
+            connection,
             kind: join.kind,
             capabilities: join.capabilities,
             welcome: message::encode(&Message::Welcome(welcome)),
@@ -218,7 +227,7 @@ impl RoomSlot {
         let mut st = lock(&self.state);
         let forwards = st.room.control(c)?;
         for (id, msg) in forwards {
-            if let Some(tx) = st.controls.get(&id)
+            if let Some((_, tx)) = st.controls.get(&id)
                 && tx.try_send(msg).is_err()
             {
                 tracing::warn!(worker = id, "control queue full; message dropped");
@@ -232,11 +241,18 @@ impl RoomSlot {
         lock(&self.state).room.touch(worker, Instant::now());
     }
 
-    /// A connection ended.
-    pub fn leave(&self, worker: u64) {
+    /// Connection `connection` of `worker` ended. Nothing happens when the worker has
+    /// resumed on a newer connection meanwhile.
+    pub fn leave(&self, worker: u64, connection: u64) {
         let mut st = lock(&self.state);
-        st.room.leave(worker);
-        st.controls.remove(&worker);
+        if st
+            .controls
+            .get(&worker)
+            .is_some_and(|(c, _)| *c == connection)
+        {
+            st.controls.remove(&worker);
+            st.room.leave(worker);
+        }
     }
 
     /// The newest center version and values.

@@ -58,6 +58,7 @@ impl Default for WsConfig {
 /// What a connection knows after its Join was accepted.
 struct Joined {
     worker: u64,
+    connection: u64,
     kind: ClientKind,
     caps: u32,
     room: Arc<RoomSlot>,
@@ -181,7 +182,7 @@ pub async fn serve_socket<S>(
         }
     }
     if let Some(j) = joined {
-        j.room.leave(j.worker);
+        j.room.leave(j.worker, j.connection);
     }
 }
 
@@ -230,6 +231,7 @@ fn on_message(
                 *channels = Some((centers, s.controls));
                 *joined = Some(Joined {
                     worker: s.worker_id,
+                    connection: s.connection,
                     kind: s.kind,
                     caps: s.capabilities,
                     room: s.room,

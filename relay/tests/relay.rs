@@ -481,3 +481,42 @@ async fn wss_with_the_self_signed_certificate() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001_and_stops_listening() {
+    let relay = start(|_| {}).await;
+    let addr = relay.http();
+    let room = relay.running.hub.create_room();
+    let (mut ws, _) = join_worker(addr, &room).await;
+    relay._stop.send(()).unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    tokio::time::timeout(WAIT, relay.running.wait())
+        .await
+        .expect("the relay stops");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "nothing listens any more"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_resumes_its_place_after_reconnecting() {
+    let relay = start(|_| {}).await;
+    let addr = relay.http();
+    let room = create_room(addr).await;
+    let (first, w) = join_worker(addr, &room).await;
+    let mut ws = connect(addr, "/ws").await;
+    let mut resume = wire::join(&room, 1, 0);
+    *resume.last_mut().unwrap() = 1;
+    resume.extend_from_slice(&w.worker.to_le_bytes());
+    send(&mut ws, resume).await;
+    let again = wire::welcome(&recv_bin(&mut ws).await);
+    assert_eq!(again.worker, w.worker);
+    // The old connection ending does not mark the resumed worker as gone.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let slot = relay.running.hub.room(&room).unwrap();
+    assert!(slot.with_room(|r| r.workers()[&w.worker].connected));
+    let (ack, _, _) = round(&mut ws, again.version, &wire::fp32(&delta(1e-4))).await;
+    assert!(matches!(ack, Ack::Accepted { .. }));
+}
