@@ -520,3 +520,85 @@ async fn a_worker_resumes_its_place_after_reconnecting() {
     let (ack, _, _) = round(&mut ws, again.version, &wire::fp32(&delta(1e-4))).await;
     assert!(matches!(ack, Ack::Accepted { .. }));
 }
+
+#[tokio::test]
+async fn worker_that_never_reads_is_dropped_not_buffered() {
+    let relay = start(|c| {
+        c.ws = WsConfig {
+            ping_every: Duration::from_secs(60),
+            dead_after: Duration::from_millis(300),
+            observer_every: Duration::from_millis(500),
+        }
+    })
+    .await;
+    let addr = relay.http();
+    let room = create_room(addr).await;
+    let (ws, w) = join_worker(addr, &room).await;
+    // Push again and again without ever reading an Ack or a Center. The relay sends each
+    // answer before reading the next push, so once the socket is full it stops reading;
+    // a send stuck longer than `dead_after` drops the peer.
+    let (mut tx, _rx) = ws.split();
+    let payload = wire::fp32(&delta(1e-6));
+    let pusher = tokio::spawn(async move {
+        for _ in 0..400 {
+            if tx
+                .send(Message::binary(wire::push(0, &payload)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let slot = relay.running.hub.room(&room).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while slot.with_room(|r| r.workers()[&w.worker].connected) {
+        assert!(tokio::time::Instant::now() < deadline, "still connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pusher.abort();
+    let handled = slot.with_room(|r| r.ledger().totals().pushes);
+    assert!(
+        handled < 400,
+        "the relay stopped reading: {handled} pushes handled"
+    );
+}
+
+#[tokio::test]
+async fn centers_are_evaluated_off_the_reactor_and_reported() {
+    let evaluator: easel_relay::eval::Evaluator = Arc::new(|p: &[f32]| {
+        std::thread::sleep(Duration::from_millis(20));
+        (0.25, f64::from(p[0]))
+    });
+    let relay = start(|c| {
+        c.evaluator = Some(evaluator);
+        c.eval_every = Duration::from_millis(50);
+    })
+    .await;
+    let addr = relay.http();
+    let room = create_room(addr).await;
+    let (mut ws, w) = join_worker(addr, &room).await;
+    let (_, v, _) = round(&mut ws, w.version, &wire::fp32(&delta(1e-4))).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = http(
+            addr,
+            "GET",
+            &format!("/api/rooms/{room}/ledger.json?admin={TOKEN}"),
+        )
+        .await;
+        let evals = json_in(&body)["evals"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if evals.iter().any(|e| e["version"] == v) {
+            assert!(evals.iter().all(|e| e["accuracy"] == 0.25));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no evaluation of version {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
