@@ -331,3 +331,64 @@ fn too_big(e: &warp::Error) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::RoomSettings;
+    use easel_protocol::message::Join;
+    use easel_protocol::{Backend, LENET5_28, Limits};
+    use proptest::prelude::*;
+
+    /// A hub with one room and a connection state that joined it as a bot.
+    fn joined_bot() -> (Hub, Option<Joined>) {
+        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let room = hub.create_room();
+        let join = Message::Join(Join {
+            room,
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        });
+        let (mut joined, mut channels, mut replies) = (None, None, Vec::new());
+        let m = WsMessage::binary(message::encode(&join));
+        on_message(&m, &hub, false, &mut joined, &mut channels, &mut replies);
+        assert!(joined.is_some());
+        (hub, joined)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Any bytes, alone or behind a valid Push header, get decodable answers: an Error,
+        /// or an Ack and a Center; never a panic.
+        #[test]
+        fn any_bytes_get_a_decodable_answer(
+            bytes in prop::collection::vec(any::<u8>(), 0..400),
+            behind_push_header in any::<bool>(),
+        ) {
+            let (hub, mut joined) = joined_bot();
+            let msg = if behind_push_header {
+                let mut m = b"EASL\x01\x03".to_vec();
+                m.extend_from_slice(&bytes);
+                m
+            } else {
+                bytes
+            };
+            let (mut channels, mut replies) = (None, Vec::new());
+            let _ = on_message(&WsMessage::binary(msg), &hub, false, &mut joined, &mut channels, &mut replies);
+            for r in &replies {
+                if r.is_binary() {
+                    let decoded = message::decode(r.as_bytes(), hub.limits());
+                    prop_assert!(matches!(
+                        decoded,
+                        Ok(Message::Error(_) | Message::Ack(_) | Message::Center(_))
+                    ), "{:?}", decoded.map(|m| m.type_byte()));
+                } else {
+                    prop_assert!(r.is_close());
+                }
+            }
+        }
+    }
+}
