@@ -98,6 +98,37 @@ pub struct RunningRelay {
 }
 
 impl RunningRelay {
+    /// Where devices open the pages: `https://ADDRESS:PORT/` for each LAN address when the
+    /// HTTPS listener is on all interfaces, else its own address.
+    pub fn join_urls(&self) -> Vec<String> {
+        let Some(addr) = self.https else {
+            return Vec::new();
+        };
+        let ips = if addr.ip().is_unspecified() {
+            tls::lan_ips()
+        } else {
+            vec![addr.ip()]
+        };
+        ips.into_iter()
+            .map(|ip| format!("https://{}/", SocketAddr::new(ip, addr.port())))
+            .collect()
+    }
+
+    /// The teacher's URL, on the plain HTTP listener (else HTTPS), with the admin token.
+    pub fn teacher_url(&self) -> Option<String> {
+        let (scheme, addr) = match (self.http, self.https) {
+            (Some(a), _) => ("http", a),
+            (None, Some(a)) => ("https", a),
+            (None, None) => return None,
+        };
+        let host = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        Some(format!("{scheme}://{host}/?admin={}", self.admin_token))
+    }
+
     /// Resolves when the listeners and the evaluator have stopped (after shutdown).
     pub async fn wait(self) {
         for t in self.tasks {

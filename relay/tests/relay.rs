@@ -459,6 +459,12 @@ async fn wss_with_the_self_signed_certificate() {
     // Trust exactly the certificate the relay made.
     let cert = easel_relay::tls::load_pem(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
     assert_eq!(Some(cert.fingerprint()), relay.running.fingerprint);
+    assert_eq!(
+        relay.running.join_urls(),
+        vec![format!("https://127.0.0.1:{}/", https.port())]
+    );
+    let teacher = relay.running.teacher_url().unwrap();
+    assert!(teacher.ends_with(&format!("/?admin={TOKEN}")), "{teacher}");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.certs[0].clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
