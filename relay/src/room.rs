@@ -168,14 +168,22 @@ pub type Forward = (u64, Control);
 /// A room.
 #[derive(Debug)]
 pub struct Room {
+    /// The short code devices type to join.
     code: String,
+    /// The model every worker of the room trains (lenet5-28); its hash is checked at Join.
     spec: ModelSpec,
+    /// Hyper-parameters and acceptance rules; the teacher changes them with Control.
     settings: RoomSettings,
+    /// The recent center versions, newest last: the current center, and the bases pushes
+    /// are rebased on.
     ring: CenterRing,
     /// When each version still in the ring was published, for the ledger's `age_ms`.
     published: VecDeque<(u64, Instant)>,
+    /// One record per push, accepted or refused.
     ledger: Ledger,
+    /// Every participant that ever joined, connected or not, by id (kept for resumes).
     workers: BTreeMap<u64, Worker>,
+    /// The id the next new participant gets.
     next_id: u64,
     /// Training workers ever admitted, for shard assignment.
     trainers: u32,
