@@ -318,3 +318,54 @@ impl RoomSlot {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use easel_protocol::{Backend, ClientKind, Codec, LENET5_28, Outcome};
+
+    #[test]
+    fn rooms_are_independent_and_found_by_code_in_any_case() {
+        let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+        let (a, b) = (hub.create_room(), hub.create_room());
+        assert_ne!(a, b);
+        assert!(hub.room(&a.to_lowercase()).is_some());
+        assert!(hub.room("NOPE!").is_none());
+        let join = Join {
+            room: a.clone(),
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        };
+        let s = hub.join(&join, false).unwrap();
+        let mut rng = rand::rng();
+        let push = Push {
+            base_version: 0,
+            local_steps: 1,
+            samples: 1,
+            loss: f32::NAN,
+            payload: easel_protocol::codec::encode(Codec::Fp32, &[0.0; 44_426], &mut rng),
+        };
+        let (ack, _) = s.room.push(s.worker_id, &push, 10, 0);
+        let ack = match message::decode(&ack, hub.limits()) {
+            Ok(Message::Ack(a)) => a,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(ack.outcome, Outcome::Accepted { version: 1, .. }));
+        assert_eq!(hub.room(&a).unwrap().center().0, 1);
+        assert_eq!(hub.room(&a).unwrap().watched_version(), Some(1));
+        assert_eq!(hub.room(&b).unwrap().center().0, 0);
+        assert!(hub.is_admin(Some("tok")));
+        assert!(!hub.is_admin(Some("tok2")) && !hub.is_admin(None));
+        let unknown = Join {
+            room: "ZZZZZ".into(),
+            ..join
+        };
+        assert_eq!(
+            hub.join(&unknown, false).unwrap_err().code,
+            code::UNKNOWN_ROOM
+        );
+    }
+}
