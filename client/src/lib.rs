@@ -3,6 +3,7 @@
 //! The same code runs natively (bot workers, the simulator, `easel train`, the relay's
 //! evaluator) and in the browser as WebAssembly; `web.rs` is the only wasm-bindgen surface.
 
+pub mod gpu;
 pub mod model;
 pub mod optim;
 pub mod trainer;

@@ -1,0 +1,1009 @@
+//! The GPU kernels and trainer against the CPU reference.
+//!
+//! Every kernel runs once on random inputs (seeded ChaCha8) and is compared with
+//! `crate::cpu::ops` computed in `f64` from the same `f32` inputs. The error measure is
+//! `max_i |gpu_i - cpu_i| / max(max_i |cpu_i|, 1e-6)`: the largest absolute error relative
+//! to the largest reference magnitude, so it is not dominated by elements that happen to
+//! be near zero; it must be at most 1e-4. Discrete outputs (pooling argmax, gathered
+//! labels) must match exactly.
+//!
+//! These tests need a GPU adapter (natively llvmpipe in CI). Without one they fail with a
+//! message saying so; they never skip.
+
+use std::sync::OnceLock;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::kernels::{ConvDims, DenseDims, Op, StepArgs, UNIFORM_STRIDE};
+use super::readback;
+use super::{Gpu, GpuTrainer};
+use crate::Sgd;
+use crate::model::{CLASSES, IMAGE_PIXELS, PARAMS};
+use crate::trainer::Trainer;
+use reference::{self as ops, ConvShape};
+
+/// Largest accepted relative error (see the module documentation).
+const TOLERANCE: f64 = 1e-4;
+
+/// The shared device; a missing adapter fails every test with the reason.
+fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        pollster::block_on(Gpu::new())
+            .unwrap_or_else(|e| panic!("the GPU tests need a wgpu adapter and found none: {e}"))
+    })
+}
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// `max |got - want| / max(max |want|, 1e-6)`.
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-6);
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()));
+    if got.iter().any(|g| !g.is_finite()) {
+        return f64::INFINITY;
+    }
+    err / scale
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+    let e = rel_err(got, want);
+    eprintln!("{what}: relative error {e:e}");
+    assert!(
+        e <= TOLERANCE,
+        "{what}: relative error {e:e} exceeds {TOLERANCE:e}"
+    );
+}
+
+fn storage(bytes: &[u8]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    let mut padded = bytes.to_vec();
+    padded.resize(bytes.len().max(4).next_multiple_of(4), 0);
+    gpu()
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("test buffer"),
+            contents: &padded,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+fn f32_buffer(v: &[f32]) -> wgpu::Buffer {
+    storage(bytemuck::cast_slice(v))
+}
+
+fn u32_buffer(v: &[u32]) -> wgpu::Buffer {
+    storage(bytemuck::cast_slice(v))
+}
+
+fn read_f32(b: &wgpu::Buffer) -> Vec<f32> {
+    let g = gpu();
+    let bytes = pollster::block_on(readback::read_buffer(&g.device, &g.queue, b, 0, b.size()));
+    bytemuck::pod_collect_to_vec(&bytes)
+}
+
+fn read_u32(b: &wgpu::Buffer) -> Vec<u32> {
+    let g = gpu();
+    let bytes = pollster::block_on(readback::read_buffer(&g.device, &g.queue, b, 0, b.size()));
+    bytemuck::pod_collect_to_vec(&bytes)
+}
+
+fn args(batch: usize) -> StepArgs {
+    StepArgs {
+        batch: batch as u32,
+        lr: 0.0,
+        loss_slot: 0,
+        sgd: Sgd::default(),
+    }
+}
+
+/// Runs one dispatch of `op` with these buffers (bindings 1..) and returns the count of
+/// dispatches recorded (always 1).
+fn run(op: Op, args: StepArgs, buffers: &[&wgpu::Buffer]) -> u32 {
+    op.validate();
+    let g = gpu();
+    let uniforms = g.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test uniforms"),
+        size: UNIFORM_STRIDE,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut block = vec![0u8; UNIFORM_STRIDE as usize];
+    let groups = op.encode(&args, &mut block);
+    g.queue.write_buffer(&uniforms, 0, &block);
+    let bind_group = g
+        .kernels
+        .bind_group(&g.device, op.kernel(), &uniforms, 0, buffers);
+    let mut encoder = g
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    let mut dispatches = 0;
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        g.kernels
+            .dispatch(&mut pass, op.kernel(), &bind_group, groups, &mut dispatches);
+    }
+    g.queue.submit([encoder.finish()]);
+    dispatches
+}
+
+fn shape(c: &ConvDims, batch: usize) -> ConvShape {
+    ConvShape {
+        batch,
+        in_ch: c.in_ch as usize,
+        height: c.height as usize,
+        width: c.width as usize,
+        out_ch: c.out_ch as usize,
+        kernel: c.kernel as usize,
+    }
+}
+
+fn conv_len(c: &ConvDims) -> (usize, usize) {
+    let w = (c.out_ch * c.in_ch * c.kernel * c.kernel) as usize;
+    (w, c.out_ch as usize)
+}
+
+/// The lenet layers, as the trainer runs them.
+const CONV1: ConvDims = ConvDims {
+    in_ch: 1,
+    height: 28,
+    width: 28,
+    out_ch: 6,
+    kernel: 5,
+    w_off: 0,
+    b_off: 150,
+};
+const CONV2: ConvDims = ConvDims {
+    in_ch: 6,
+    height: 12,
+    width: 12,
+    out_ch: 16,
+    kernel: 5,
+    w_off: 156,
+    b_off: 2556,
+};
+/// An awkward convolution: channel counts not multiples of 4, a non-square input, odd
+/// offsets in the flat vector.
+const ODD_CONV: ConvDims = ConvDims {
+    in_ch: 3,
+    height: 11,
+    width: 9,
+    out_ch: 5,
+    kernel: 4,
+    w_off: 7,
+    b_off: 7 + 5 * 3 * 16 + 3,
+};
+const FC1: DenseDims = DenseDims {
+    inputs: 256,
+    outputs: 120,
+    w_off: 2572,
+    b_off: 33292,
+    relu: true,
+};
+const FC3: DenseDims = DenseDims {
+    inputs: 84,
+    outputs: 10,
+    w_off: 43576,
+    b_off: 44416,
+    relu: false,
+};
+/// Outputs not a multiple of 4 and an odd bias offset.
+const ODD_DENSE: DenseDims = DenseDims {
+    inputs: 12,
+    outputs: 7,
+    w_off: 8,
+    b_off: 8 + 84 + 1,
+    relu: true,
+};
+
+/// A flat parameter vector big enough for any layer above, random in `[-0.3, 0.3)`.
+fn random_params(rng: &mut ChaCha8Rng) -> Vec<f32> {
+    random(rng, PARAMS, -0.3, 0.3)
+}
+
+#[test]
+fn gather_matches_pixel_to_input_and_labels() {
+    let mut r = rng(1);
+    let n = 9;
+    let images: Vec<u8> = (0..n * IMAGE_PIXELS)
+        .map(|_| r.random_range(0..=255u8))
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|_| r.random_range(0..10u8)).collect();
+    let indices = [3u32, 0, 8, 3, 5];
+    let batch = indices.len();
+    let lut: Vec<f32> = (0..=255u8).map(|p| p as f32 / 255.0).collect();
+    let x = f32_buffer(&vec![f32::NAN; batch * IMAGE_PIXELS]);
+    let bl = u32_buffer(&vec![99; batch]);
+    run(
+        Op::Gather {
+            words: (IMAGE_PIXELS / 4) as u32,
+        },
+        args(batch),
+        &[
+            &storage(&images),
+            &storage(&labels),
+            &u32_buffer(&indices),
+            &f32_buffer(&lut),
+            &x,
+            &bl,
+        ],
+    );
+    let got = read_f32(&x);
+    for (b, &i) in indices.iter().enumerate() {
+        let i = i as usize;
+        let want: Vec<f32> = images[i * IMAGE_PIXELS..(i + 1) * IMAGE_PIXELS]
+            .iter()
+            .map(|&p| p as f32 / 255.0)
+            .collect();
+        assert_eq!(&got[b * IMAGE_PIXELS..(b + 1) * IMAGE_PIXELS], &want[..]);
+    }
+    let want_labels: Vec<u32> = indices.iter().map(|&i| labels[i as usize] as u32).collect();
+    assert_eq!(read_u32(&bl), want_labels);
+}
+
+/// Conv, bias, ReLU and max-pool on the GPU against the CPU's three ops.
+fn check_conv_forward(c: ConvDims, batch: usize, seed: u64) {
+    let mut r = rng(seed);
+    let s = shape(&c, batch);
+    let x = random(&mut r, s.x_len(), -1.0, 1.0);
+    let params = random_params(&mut r);
+    let (wl, bl) = conv_len(&c);
+    let w = &params[c.w_off as usize..][..wl];
+    let b = &params[c.b_off as usize..][..bl];
+
+    let mut y = vec![0.0f64; s.y_len()];
+    ops::conv2d_forward(s, &to_f64(&x), &to_f64(w), &to_f64(b), &mut y);
+    ops::relu_forward(&mut y);
+    let planes = batch * s.out_ch;
+    let mut want = vec![0.0f64; s.y_len() / 4];
+    let mut want_arg = vec![0u32; s.y_len() / 4];
+    ops::maxpool2_forward(planes, s.out_h(), s.out_w(), &y, &mut want, &mut want_arg);
+
+    let pooled = f32_buffer(&vec![f32::NAN; want.len()]);
+    let argmax = u32_buffer(&vec![u32::MAX; want.len()]);
+    run(
+        Op::ConvForward(c),
+        args(batch),
+        &[&f32_buffer(&x), &f32_buffer(&params), &pooled, &argmax],
+    );
+    assert_close("pooled conv output", &read_f32(&pooled), &want);
+    let got_arg = read_u32(&argmax);
+    let wrong = got_arg
+        .iter()
+        .zip(&want_arg)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(
+        wrong,
+        0,
+        "{wrong} of {} argmax positions differ",
+        want_arg.len()
+    );
+    assert!(
+        want.contains(&0.0) && want.iter().any(|&v| v > 0.0),
+        "the test data exercises both sides of the ReLU"
+    );
+}
+
+#[test]
+fn conv1_forward_relu_pool_matches_cpu() {
+    check_conv_forward(CONV1, 3, 10);
+}
+
+#[test]
+fn conv2_forward_relu_pool_matches_cpu() {
+    check_conv_forward(CONV2, 5, 11);
+}
+
+#[test]
+fn conv_forward_handles_odd_shapes_and_offsets() {
+    check_conv_forward(ODD_CONV, 2, 12);
+}
+
+/// Pool and ReLU backward on the GPU against the CPU's two ops.
+fn check_pool_backward(channels: usize, h: usize, w: usize, batch: usize, seed: u64) {
+    let mut r = rng(seed);
+    let planes = batch * channels;
+    let mut y = to_f64(&random(&mut r, planes * h * w, -1.0, 1.0));
+    ops::relu_forward(&mut y);
+    let mut pooled = vec![0.0f64; planes * h * w / 4];
+    let mut arg = vec![0u32; pooled.len()];
+    ops::maxpool2_forward(planes, h, w, &y, &mut pooled, &mut arg);
+    let dp = random(&mut r, pooled.len(), -1.0, 1.0);
+    let mut want = vec![0.0f64; y.len()];
+    ops::maxpool2_backward(&to_f64(&dp), &arg, &mut want);
+    ops::relu_backward(&y, &mut want);
+
+    let pooled32: Vec<f32> = pooled.iter().map(|&v| v as f32).collect();
+    let dy = f32_buffer(&vec![f32::NAN; y.len()]);
+    run(
+        Op::PoolBackward {
+            channels: channels as u32,
+            pooled_h: (h / 2) as u32,
+            pooled_w: (w / 2) as u32,
+        },
+        args(batch),
+        &[
+            &f32_buffer(&dp),
+            &u32_buffer(&arg),
+            &f32_buffer(&pooled32),
+            &dy,
+        ],
+    );
+    assert_close("pool backward", &read_f32(&dy), &want);
+}
+
+#[test]
+fn pool2_backward_matches_cpu() {
+    check_pool_backward(16, 8, 8, 3, 20);
+}
+
+#[test]
+fn pool1_backward_matches_cpu() {
+    check_pool_backward(6, 24, 24, 2, 21);
+}
+
+/// Conv weight and bias gradients on the GPU against the CPU, written at their offsets
+/// into a flat gradient vector whose other elements must stay untouched.
+fn check_conv_backward_weight(c: ConvDims, batch: usize, seed: u64) {
+    let mut r = rng(seed);
+    let s = shape(&c, batch);
+    let x = random(&mut r, s.x_len(), -1.0, 1.0);
+    // Sparse like a real pooled gradient: three quarters zero.
+    let dy: Vec<f32> = (0..s.y_len())
+        .map(|_| {
+            if r.random_range(0..4) == 0 {
+                r.random_range(-1.0..1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let params = random_params(&mut r);
+    let (wl, bl) = conv_len(&c);
+    let w = &params[c.w_off as usize..][..wl];
+    let mut dw = vec![0.0f64; wl];
+    let mut db = vec![0.0f64; bl];
+    ops::conv2d_backward(
+        s,
+        &to_f64(&x),
+        &to_f64(w),
+        &to_f64(&dy),
+        None,
+        &mut dw,
+        &mut db,
+    );
+
+    const SENTINEL: f32 = 7.0;
+    let grads = f32_buffer(&vec![SENTINEL; PARAMS]);
+    run(
+        Op::ConvBackwardWeight(c),
+        args(batch),
+        &[&f32_buffer(&x), &f32_buffer(&dy), &grads],
+    );
+    let got = read_f32(&grads);
+    let (wo, bo) = (c.w_off as usize, c.b_off as usize);
+    assert_close("conv dweight", &got[wo..wo + wl], &dw);
+    assert_close("conv dbias", &got[bo..bo + bl], &db);
+    let outside = got
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(wo..wo + wl).contains(i) && !(bo..bo + bl).contains(i))
+        .filter(|(_, v)| **v != SENTINEL)
+        .count();
+    assert_eq!(outside, 0, "writes outside the layer's gradient");
+}
+
+#[test]
+fn conv1_backward_weight_matches_cpu() {
+    check_conv_backward_weight(CONV1, 3, 30);
+}
+
+#[test]
+fn conv2_backward_weight_matches_cpu() {
+    check_conv_backward_weight(CONV2, 5, 31);
+}
+
+#[test]
+fn conv_backward_weight_handles_odd_shapes_and_offsets() {
+    check_conv_backward_weight(ODD_CONV, 3, 32);
+}
+
+/// Conv input gradient on the GPU against the CPU.
+fn check_conv_backward_input(c: ConvDims, batch: usize, seed: u64) {
+    let mut r = rng(seed);
+    let s = shape(&c, batch);
+    let x = random(&mut r, s.x_len(), -1.0, 1.0);
+    let dy = random(&mut r, s.y_len(), -1.0, 1.0);
+    let params = random_params(&mut r);
+    let (wl, bl) = conv_len(&c);
+    let w = &params[c.w_off as usize..][..wl];
+    let mut dx = vec![0.0f64; s.x_len()];
+    let (mut dw, mut db) = (vec![0.0f64; wl], vec![0.0f64; bl]);
+    ops::conv2d_backward(
+        s,
+        &to_f64(&x),
+        &to_f64(w),
+        &to_f64(&dy),
+        Some(&mut dx),
+        &mut dw,
+        &mut db,
+    );
+
+    let got = f32_buffer(&vec![f32::NAN; s.x_len()]);
+    run(
+        Op::ConvBackwardInput(c),
+        args(batch),
+        &[&f32_buffer(&dy), &f32_buffer(&params), &got],
+    );
+    assert_close("conv dx", &read_f32(&got), &dx);
+}
+
+#[test]
+fn conv2_backward_input_matches_cpu() {
+    check_conv_backward_input(CONV2, 5, 40);
+}
+
+#[test]
+fn conv_backward_input_handles_odd_shapes_and_offsets() {
+    check_conv_backward_input(ODD_CONV, 3, 41);
+}
+
+/// Dense forward (with its ReLU if `d.relu`) on the GPU against the CPU.
+fn check_dense_forward(d: DenseDims, batch: usize, seed: u64) {
+    let mut r = rng(seed);
+    let (i, o) = (d.inputs as usize, d.outputs as usize);
+    let x = random(&mut r, batch * i, -1.0, 1.0);
+    let params = random_params(&mut r);
+    let w = &params[d.w_off as usize..][..o * i];
+    let b = &params[d.b_off as usize..][..o];
+    let mut want = vec![0.0f64; batch * o];
+    ops::dense_forward(batch, i, o, &to_f64(&x), &to_f64(w), &to_f64(b), &mut want);
+    if d.relu {
+        ops::relu_forward(&mut want);
+    }
+    let y = f32_buffer(&vec![f32::NAN; batch * o]);
+    run(
+        Op::DenseForward(d),
+        args(batch),
+        &[&f32_buffer(&x), &f32_buffer(&params), &y],
+    );
+    assert_close("dense forward", &read_f32(&y), &want);
+}
+
+#[test]
+fn fc1_forward_relu_matches_cpu() {
+    check_dense_forward(FC1, 7, 50);
+}
+
+#[test]
+fn fc3_forward_matches_cpu() {
+    check_dense_forward(FC3, 9, 51);
+}
+
+#[test]
+fn dense_forward_handles_odd_shapes_and_offsets() {
+    check_dense_forward(ODD_DENSE, 5, 52);
+}
+
+/// Dense weight, bias and input gradients on the GPU against the CPU; with `d.relu`, the
+/// input gradient is masked by the (ReLU) input as the trainer uses it.
+fn check_dense_backward(d: DenseDims, batch: usize, seed: u64) {
+    let mut r = rng(seed);
+    let (i, o) = (d.inputs as usize, d.outputs as usize);
+    let mut x = random(&mut r, batch * i, -1.0, 1.0);
+    if d.relu {
+        x.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    let dy = random(&mut r, batch * o, -1.0, 1.0);
+    let params = random_params(&mut r);
+    let w = &params[d.w_off as usize..][..o * i];
+    let mut dx = vec![0.0f64; batch * i];
+    let mut dw = vec![0.0f64; o * i];
+    let mut db = vec![0.0f64; o];
+    let x64 = to_f64(&x);
+    ops::dense_backward(
+        batch,
+        i,
+        o,
+        &x64,
+        &to_f64(w),
+        &to_f64(&dy),
+        Some(&mut dx),
+        &mut dw,
+        &mut db,
+    );
+    if d.relu {
+        ops::relu_backward(&x64, &mut dx);
+    }
+
+    const SENTINEL: f32 = -3.0;
+    let grads = f32_buffer(&vec![SENTINEL; PARAMS]);
+    let (xb, dyb) = (f32_buffer(&x), f32_buffer(&dy));
+    run(
+        Op::DenseBackwardWeight(d),
+        args(batch),
+        &[&dyb, &xb, &grads],
+    );
+    let got = read_f32(&grads);
+    let (wo, bo) = (d.w_off as usize, d.b_off as usize);
+    assert_close("dense dweight", &got[wo..wo + o * i], &dw);
+    assert_close("dense dbias", &got[bo..bo + o], &db);
+    let outside = got
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| !(wo..wo + o * i).contains(k) && !(bo..bo + o).contains(k))
+        .filter(|(_, v)| **v != SENTINEL)
+        .count();
+    assert_eq!(outside, 0, "writes outside the layer's gradient");
+
+    let dxb = f32_buffer(&vec![f32::NAN; batch * i]);
+    run(
+        Op::DenseBackwardInput(d),
+        args(batch),
+        &[&dyb, &f32_buffer(&params), &xb, &dxb],
+    );
+    assert_close("dense dx", &read_f32(&dxb), &dx);
+}
+
+#[test]
+fn fc1_backward_matches_cpu() {
+    check_dense_backward(FC1, 7, 60);
+}
+
+#[test]
+fn fc3_backward_with_relu_mask_matches_cpu() {
+    check_dense_backward(DenseDims { relu: true, ..FC3 }, 6, 61);
+}
+
+#[test]
+fn dense_backward_handles_odd_shapes_and_offsets() {
+    check_dense_backward(ODD_DENSE, 5, 62);
+    check_dense_backward(
+        DenseDims {
+            relu: false,
+            ..ODD_DENSE
+        },
+        3,
+        63,
+    );
+}
+
+#[test]
+fn softmax_cross_entropy_matches_cpu() {
+    let mut r = rng(70);
+    for (batch, slot) in [(1usize, 0u32), (13, 5), (130, 15)] {
+        let logits = random(&mut r, batch * CLASSES, -4.0, 4.0);
+        let labels: Vec<u8> = (0..batch).map(|_| r.random_range(0..10u8)).collect();
+        let mut want = vec![0.0f64; batch * CLASSES];
+        let loss = ops::softmax_cross_entropy(batch, CLASSES, &to_f64(&logits), &labels, &mut want);
+        let labels32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        let dl = f32_buffer(&vec![f32::NAN; batch * CLASSES]);
+        let ring = f32_buffer(&[-1.0; 16]);
+        let a = StepArgs {
+            loss_slot: slot,
+            ..args(batch)
+        };
+        run(
+            Op::SoftmaxCrossEntropy {
+                classes: CLASSES as u32,
+            },
+            a,
+            &[&f32_buffer(&logits), &u32_buffer(&labels32), &dl, &ring],
+        );
+        assert_close("dlogits", &read_f32(&dl), &want);
+        let ring = read_f32(&ring);
+        assert_close("loss", &ring[slot as usize..][..1], &[loss]);
+        assert!(
+            ring.iter()
+                .enumerate()
+                .all(|(i, &v)| i == slot as usize || v == -1.0),
+            "only the step's slot of the ring is written"
+        );
+    }
+}
+
+#[test]
+fn sgd_step_matches_cpu_rule() {
+    let mut r = rng(80);
+    for sgd in [
+        Sgd::default(),
+        Sgd {
+            momentum: 0.9,
+            weight_decay: 0.01,
+        },
+        Sgd {
+            momentum: 0.0,
+            weight_decay: 0.1,
+        },
+    ] {
+        let n = 1001;
+        let mut p = random(&mut r, n, -1.0, 1.0);
+        let mut v = vec![0.0f32; n];
+        let (pb, vb) = (f32_buffer(&p), f32_buffer(&v));
+        for (step, lr) in [0.1f32, 0.05, 0.2].into_iter().enumerate() {
+            let g = random(&mut r, n, -1.0, 1.0);
+            sgd.step(lr, &mut p, &g, &mut v);
+            let a = StepArgs { lr, sgd, ..args(1) };
+            run(Op::Sgd { n: n as u32 }, a, &[&f32_buffer(&g), &pb, &vb]);
+            assert_close(
+                &format!("params after step {step} with {sgd:?}"),
+                &read_f32(&pb),
+                &to_f64(&p),
+            );
+            assert_close("velocity", &read_f32(&vb), &to_f64(&v));
+        }
+    }
+}
+
+#[test]
+fn gpu_reports_its_adapter() {
+    let info = gpu().adapter_info();
+    assert!(!info.is_empty());
+    eprintln!("adapter: {info}");
+}
+
+/// A random shard of `n` images with labels.
+fn random_shard(rng: &mut ChaCha8Rng, n: usize) -> (Vec<u8>, Vec<u8>) {
+    let images = (0..n * IMAGE_PIXELS)
+        .map(|_| rng.random_range(0..=255u8))
+        .collect();
+    let labels = (0..n).map(|_| rng.random_range(0..10u8)).collect();
+    (images, labels)
+}
+
+fn random_batch(rng: &mut ChaCha8Rng, n: usize, batch: usize) -> Vec<u32> {
+    (0..batch).map(|_| rng.random_range(0..n as u32)).collect()
+}
+
+#[test]
+fn step_is_one_submit_of_at_most_25_dispatches_without_readback() {
+    let mut r = rng(90);
+    let (images, labels) = random_shard(&mut r, 50);
+    let params = crate::model::init_params(1);
+    let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 64).unwrap();
+    assert_eq!(t.dispatches_per_step(), 0, "nothing recorded before a step");
+    for batch in [64, 1, 17] {
+        t.step(&random_batch(&mut r, 50, batch), 0.01);
+        assert!(
+            t.dispatches_per_step() <= 25,
+            "{} dispatches",
+            t.dispatches_per_step()
+        );
+        assert_eq!(t.dispatches_per_step(), 19);
+        assert_eq!(t.readbacks_per_step(), 0);
+        assert_eq!(t.submits_per_step(), 1);
+    }
+    assert_eq!(t.finish().len(), 3);
+}
+
+#[test]
+fn read_params_returns_what_set_params_wrote() {
+    let mut r = rng(91);
+    let (images, labels) = random_shard(&mut r, 4);
+    let mut t = GpuTrainer::new(
+        gpu(),
+        &images,
+        &labels,
+        &crate::model::init_params(2),
+        Sgd::default(),
+        8,
+    )
+    .unwrap();
+    assert_eq!(t.params(), crate::model::init_params(2));
+    let p = random_params(&mut r);
+    t.set_params(&p, true);
+    assert_eq!(t.params(), p);
+    assert_eq!(t.backend(), "gpu");
+    assert_eq!(t.adapter(), gpu().adapter_info());
+}
+
+#[test]
+fn training_on_learnable_data_reduces_the_loss() {
+    // Each image shows its label as a bright two-row bar over faint noise.
+    let mut r = rng(92);
+    let n = 64;
+    let labels: Vec<u8> = (0..n).map(|_| r.random_range(0..10u8)).collect();
+    let mut images: Vec<u8> = (0..n * IMAGE_PIXELS)
+        .map(|_| r.random_range(0..64u8))
+        .collect();
+    for (img, &l) in images.chunks_exact_mut(IMAGE_PIXELS).zip(&labels) {
+        let row = 4 + 2 * l as usize;
+        img[row * 28..(row + 2) * 28].fill(255);
+    }
+    let params = crate::model::init_params(3);
+    let sgd = Sgd {
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, sgd, 32).unwrap();
+    for _ in 0..60 {
+        t.step(&random_batch(&mut r, n, 32), 0.05);
+    }
+    let losses = t.finish();
+    assert_eq!(losses.len(), 60);
+    let head = losses[..5].iter().sum::<f32>() / 5.0;
+    let tail = losses[55..].iter().sum::<f32>() / 5.0;
+    assert!(tail < 0.5 * head, "loss {head} -> {tail}: {losses:?}");
+}
+
+/// Native llvmpipe throughput; run with `cargo test --release -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn benchmark_steps_per_second_at_batch_64() {
+    let mut r = rng(93);
+    let n = 2000;
+    let (images, labels) = random_shard(&mut r, n);
+    let params = crate::model::init_params(4);
+    let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 64).unwrap();
+    let batches: Vec<Vec<u32>> = (0..120).map(|_| random_batch(&mut r, n, 64)).collect();
+    for b in &batches[..20] {
+        t.step(b, 0.01);
+    }
+    t.finish();
+    let start = std::time::Instant::now();
+    let mut polled = 0;
+    for b in &batches[20..] {
+        t.step(b, 0.01);
+        polled += t.poll_losses().len();
+    }
+    polled += t.finish().len();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(polled, 100);
+    eprintln!(
+        "{}: {:.1} steps/s at batch 64 ({:.2} ms/step)",
+        gpu().adapter_info(),
+        100.0 / secs,
+        secs * 10.0
+    );
+}
+
+/// Time per dispatch of each kernel of a step; run with `--ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn benchmark_each_kernel_at_batch_64() {
+    let mut r = rng(94);
+    let n = 500;
+    let (images, labels) = random_shard(&mut r, n);
+    let params = crate::model::init_params(5);
+    let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 64).unwrap();
+    let batch = random_batch(&mut r, n, 64);
+    let mut total = 0.0;
+    for (op, secs) in t.profile(&batch, 10) {
+        total += secs;
+        eprintln!("{:8.3} ms  {op:?}", secs * 1e3);
+    }
+    eprintln!("{:8.3} ms  total", total * 1e3);
+}
+
+/// Naive `f64` versions of `crate::cpu::ops` with the same signatures, until the CPU
+/// backend lands.
+mod reference {
+    #[derive(Clone, Copy, Debug)]
+    pub struct ConvShape {
+        pub batch: usize,
+        pub in_ch: usize,
+        pub height: usize,
+        pub width: usize,
+        pub out_ch: usize,
+        pub kernel: usize,
+    }
+
+    impl ConvShape {
+        pub fn out_h(&self) -> usize {
+            self.height + 1 - self.kernel
+        }
+        pub fn out_w(&self) -> usize {
+            self.width + 1 - self.kernel
+        }
+        pub fn x_len(&self) -> usize {
+            self.batch * self.in_ch * self.height * self.width
+        }
+        pub fn y_len(&self) -> usize {
+            self.batch * self.out_ch * self.out_h() * self.out_w()
+        }
+    }
+
+    pub fn conv2d_forward(s: ConvShape, x: &[f64], w: &[f64], b: &[f64], y: &mut [f64]) {
+        let (oh, ow, k) = (s.out_h(), s.out_w(), s.kernel);
+        for n in 0..s.batch {
+            for o in 0..s.out_ch {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = b[o];
+                        for c in 0..s.in_ch {
+                            for kh in 0..k {
+                                for kw in 0..k {
+                                    acc += w[((o * s.in_ch + c) * k + kh) * k + kw]
+                                        * x[((n * s.in_ch + c) * s.height + oy + kh) * s.width
+                                            + ox
+                                            + kw];
+                                }
+                            }
+                        }
+                        y[((n * s.out_ch + o) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_backward(
+        s: ConvShape,
+        x: &[f64],
+        w: &[f64],
+        dy: &[f64],
+        mut dx: Option<&mut [f64]>,
+        dw: &mut [f64],
+        db: &mut [f64],
+    ) {
+        let (oh, ow, k) = (s.out_h(), s.out_w(), s.kernel);
+        dw.fill(0.0);
+        db.fill(0.0);
+        if let Some(dx) = dx.as_deref_mut() {
+            dx.fill(0.0);
+        }
+        for n in 0..s.batch {
+            for o in 0..s.out_ch {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let g = dy[((n * s.out_ch + o) * oh + oy) * ow + ox];
+                        db[o] += g;
+                        for c in 0..s.in_ch {
+                            for kh in 0..k {
+                                for kw in 0..k {
+                                    let wi = ((o * s.in_ch + c) * k + kh) * k + kw;
+                                    let xi = ((n * s.in_ch + c) * s.height + oy + kh) * s.width
+                                        + ox
+                                        + kw;
+                                    dw[wi] += g * x[xi];
+                                    if let Some(dx) = dx.as_deref_mut() {
+                                        dx[xi] += g * w[wi];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn relu_forward(x: &mut [f64]) {
+        x.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+
+    pub fn relu_backward(y: &[f64], dy: &mut [f64]) {
+        for (d, &y) in dy.iter_mut().zip(y) {
+            if y <= 0.0 {
+                *d = 0.0;
+            }
+        }
+    }
+
+    pub fn maxpool2_forward(
+        planes: usize,
+        h: usize,
+        w: usize,
+        x: &[f64],
+        y: &mut [f64],
+        argmax: &mut [u32],
+    ) {
+        let mut o = 0;
+        for pl in 0..planes {
+            for oy in 0..h / 2 {
+                for ox in 0..w / 2 {
+                    let i0 = pl * h * w + 2 * oy * w + 2 * ox;
+                    let (mut best, mut arg) = (x[i0], i0);
+                    for i in [i0 + 1, i0 + w, i0 + w + 1] {
+                        if x[i] > best {
+                            best = x[i];
+                            arg = i;
+                        }
+                    }
+                    y[o] = best;
+                    argmax[o] = arg as u32;
+                    o += 1;
+                }
+            }
+        }
+    }
+
+    pub fn maxpool2_backward(dy: &[f64], argmax: &[u32], dx: &mut [f64]) {
+        dx.fill(0.0);
+        for (&g, &a) in dy.iter().zip(argmax) {
+            dx[a as usize] += g;
+        }
+    }
+
+    pub fn dense_forward(
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        x: &[f64],
+        w: &[f64],
+        b: &[f64],
+        y: &mut [f64],
+    ) {
+        for n in 0..batch {
+            for o in 0..outputs {
+                y[n * outputs + o] = b[o]
+                    + (0..inputs)
+                        .map(|i| x[n * inputs + i] * w[o * inputs + i])
+                        .sum::<f64>();
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn dense_backward(
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        x: &[f64],
+        w: &[f64],
+        dy: &[f64],
+        mut dx: Option<&mut [f64]>,
+        dw: &mut [f64],
+        db: &mut [f64],
+    ) {
+        dw.fill(0.0);
+        db.fill(0.0);
+        if let Some(dx) = dx.as_deref_mut() {
+            dx.fill(0.0);
+        }
+        for n in 0..batch {
+            for o in 0..outputs {
+                let g = dy[n * outputs + o];
+                db[o] += g;
+                for i in 0..inputs {
+                    dw[o * inputs + i] += g * x[n * inputs + i];
+                    if let Some(dx) = dx.as_deref_mut() {
+                        dx[n * inputs + i] += g * w[o * inputs + i];
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn softmax_cross_entropy(
+        batch: usize,
+        classes: usize,
+        logits: &[f64],
+        labels: &[u8],
+        d: &mut [f64],
+    ) -> f64 {
+        let mut total = 0.0;
+        for n in 0..batch {
+            let row = &logits[n * classes..(n + 1) * classes];
+            let m = row.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = row.iter().map(|v| (v - m).exp()).sum();
+            let l = labels[n] as usize;
+            total += z.ln() + m - row[l];
+            for c in 0..classes {
+                d[n * classes + c] =
+                    ((row[c] - m).exp() / z - if c == l { 1.0 } else { 0.0 }) / batch as f64;
+            }
+        }
+        total / batch as f64
+    }
+}
