@@ -3,11 +3,14 @@
 //! The same code runs natively (bot workers, the simulator, `easel train`, the relay's
 //! evaluator) and in the browser as WebAssembly; `web.rs` is the only wasm-bindgen surface.
 
+pub mod cpu;
 pub mod gpu;
 pub mod model;
 pub mod optim;
 pub mod trainer;
 
+pub use cpu::CpuTrainer;
+pub use gpu::{Gpu, GpuTrainer};
 pub use easel_protocol::{LENET5_28, ModelSpec};
 pub use optim::Sgd;
 pub use trainer::Trainer;

@@ -20,6 +20,20 @@ pub const CLASSES: usize = 10;
 /// Number of parameters in the flat vector.
 pub const PARAMS: usize = easel_protocol::model_spec::lenet5_28::PARAMS;
 
+/// The network's input value for one raw pixel: `pixel / 255`, so inputs lie in `[0, 1]`.
+///
+/// This is the only place the rule is written; every backend (CPU, GPU, the evaluator)
+/// converts through it, so they all see the same inputs.
+#[inline]
+pub fn pixel_to_input(pixel: u8) -> f32 {
+    pixel as f32 / 255.0
+}
+
+/// Converts raw pixels to network inputs with [`pixel_to_input`], element by element.
+pub fn pixels_to_input(pixels: &[u8]) -> Vec<f32> {
+    pixels.iter().map(|&p| pixel_to_input(p)).collect()
+}
+
 /// A fresh parameter vector, initialised as PyTorch initialises `nn.Conv2d` and `nn.Linear`:
 /// every weight and bias uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`, where `fan_in` is
 /// the number of inputs to one output unit. The same seed gives the same vector everywhere
@@ -57,6 +71,14 @@ pub fn tensor<'a>(params: &'a [f32], name: &str) -> &'a [f32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pixel_to_input_maps_bytes_onto_the_unit_interval() {
+        assert_eq!(pixel_to_input(0), 0.0);
+        assert_eq!(pixel_to_input(255), 1.0);
+        assert_eq!(pixel_to_input(51), 0.2);
+        assert_eq!(pixels_to_input(&[0, 255]), vec![0.0, 1.0]);
+    }
 
     #[test]
     fn init_is_deterministic_and_depends_on_the_seed() {
