@@ -10,7 +10,7 @@ pub mod optim;
 pub mod trainer;
 
 pub use cpu::CpuTrainer;
-pub use gpu::{Gpu, GpuTrainer};
 pub use easel_protocol::{LENET5_28, ModelSpec};
+pub use gpu::{Gpu, GpuTrainer};
 pub use optim::Sgd;
 pub use trainer::Trainer;

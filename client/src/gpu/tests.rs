@@ -19,9 +19,10 @@ use super::kernels::{ConvDims, DenseDims, Op, StepArgs, UNIFORM_STRIDE};
 use super::readback;
 use super::{Gpu, GpuTrainer};
 use crate::Sgd;
-use crate::model::{CLASSES, IMAGE_PIXELS, PARAMS};
+use crate::cpu::CpuTrainer;
+use crate::cpu::ops::{self, ConvShape};
+use crate::model::{CLASSES, IMAGE_PIXELS, PARAMS, init_params, pixel_to_input};
 use crate::trainer::Trainer;
-use reference::{self as ops, ConvShape};
 
 /// Largest accepted relative error (see the module documentation).
 const TOLERANCE: f64 = 1e-4;
@@ -229,7 +230,7 @@ fn gather_matches_pixel_to_input_and_labels() {
     let labels: Vec<u8> = (0..n).map(|_| r.random_range(0..10u8)).collect();
     let indices = [3u32, 0, 8, 3, 5];
     let batch = indices.len();
-    let lut: Vec<f32> = (0..=255u8).map(|p| p as f32 / 255.0).collect();
+    let lut: Vec<f32> = (0..=255u8).map(pixel_to_input).collect();
     let x = f32_buffer(&vec![f32::NAN; batch * IMAGE_PIXELS]);
     let bl = u32_buffer(&vec![99; batch]);
     run(
@@ -251,7 +252,7 @@ fn gather_matches_pixel_to_input_and_labels() {
         let i = i as usize;
         let want: Vec<f32> = images[i * IMAGE_PIXELS..(i + 1) * IMAGE_PIXELS]
             .iter()
-            .map(|&p| p as f32 / 255.0)
+            .map(|&p| pixel_to_input(p))
             .collect();
         assert_eq!(&got[b * IMAGE_PIXELS..(b + 1) * IMAGE_PIXELS], &want[..]);
     }
@@ -678,7 +679,7 @@ fn random_batch(rng: &mut ChaCha8Rng, n: usize, batch: usize) -> Vec<u32> {
 fn step_is_one_submit_of_at_most_25_dispatches_without_readback() {
     let mut r = rng(90);
     let (images, labels) = random_shard(&mut r, 50);
-    let params = crate::model::init_params(1);
+    let params = init_params(1);
     let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 64).unwrap();
     assert_eq!(t.dispatches_per_step(), 0, "nothing recorded before a step");
     for batch in [64, 1, 17] {
@@ -699,16 +700,9 @@ fn step_is_one_submit_of_at_most_25_dispatches_without_readback() {
 fn read_params_returns_what_set_params_wrote() {
     let mut r = rng(91);
     let (images, labels) = random_shard(&mut r, 4);
-    let mut t = GpuTrainer::new(
-        gpu(),
-        &images,
-        &labels,
-        &crate::model::init_params(2),
-        Sgd::default(),
-        8,
-    )
-    .unwrap();
-    assert_eq!(t.params(), crate::model::init_params(2));
+    let mut t =
+        GpuTrainer::new(gpu(), &images, &labels, &init_params(2), Sgd::default(), 8).unwrap();
+    assert_eq!(t.params(), init_params(2));
     let p = random_params(&mut r);
     t.set_params(&p, true);
     assert_eq!(t.params(), p);
@@ -729,7 +723,7 @@ fn training_on_learnable_data_reduces_the_loss() {
         let row = 4 + 2 * l as usize;
         img[row * 28..(row + 2) * 28].fill(255);
     }
-    let params = crate::model::init_params(3);
+    let params = init_params(3);
     let sgd = Sgd {
         momentum: 0.9,
         weight_decay: 0.0,
@@ -752,7 +746,7 @@ fn benchmark_steps_per_second_at_batch_64() {
     let mut r = rng(93);
     let n = 2000;
     let (images, labels) = random_shard(&mut r, n);
-    let params = crate::model::init_params(4);
+    let params = init_params(4);
     let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 64).unwrap();
     let batches: Vec<Vec<u32>> = (0..120).map(|_| random_batch(&mut r, n, 64)).collect();
     for b in &batches[..20] {
@@ -783,7 +777,7 @@ fn benchmark_each_kernel_at_batch_64() {
     let mut r = rng(94);
     let n = 500;
     let (images, labels) = random_shard(&mut r, n);
-    let params = crate::model::init_params(5);
+    let params = init_params(5);
     let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 64).unwrap();
     let batch = random_batch(&mut r, n, 64);
     let mut total = 0.0;
@@ -794,216 +788,139 @@ fn benchmark_each_kernel_at_batch_64() {
     eprintln!("{:8.3} ms  total", total * 1e3);
 }
 
-/// Naive `f64` versions of `crate::cpu::ops` with the same signatures, until the CPU
-/// backend lands.
-mod reference {
-    #[derive(Clone, Copy, Debug)]
-    pub struct ConvShape {
-        pub batch: usize,
-        pub in_ch: usize,
-        pub height: usize,
-        pub width: usize,
-        pub out_ch: usize,
-        pub kernel: usize,
-    }
+/// The parameter change of a trainer's steps, `after - before`, in `f64`.
+fn update(before: &[f32], after: &[f32]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(&b, &a)| a as f64 - b as f64)
+        .collect()
+}
 
-    impl ConvShape {
-        pub fn out_h(&self) -> usize {
-            self.height + 1 - self.kernel
-        }
-        pub fn out_w(&self) -> usize {
-            self.width + 1 - self.kernel
-        }
-        pub fn x_len(&self) -> usize {
-            self.batch * self.in_ch * self.height * self.width
-        }
-        pub fn y_len(&self) -> usize {
-            self.batch * self.out_ch * self.out_h() * self.out_w()
-        }
+/// Runs the same steps on the GPU and CPU trainers from the same start and compares the
+/// parameter updates and the losses.
+fn check_steps_against_cpu(sgd: Sgd, steps: &[(usize, f32)], seed: u64) {
+    let mut r = rng(seed);
+    let n = 200;
+    let (images, labels) = random_shard(&mut r, n);
+    let start = init_params(seed);
+    let max_batch = steps.iter().map(|s| s.0).max().unwrap();
+    let mut gpu_t = GpuTrainer::new(gpu(), &images, &labels, &start, sgd, max_batch).unwrap();
+    let mut cpu_t = CpuTrainer::new(&images, &labels, &start, sgd, max_batch);
+    for &(batch, lr) in steps {
+        let idx = random_batch(&mut r, n, batch);
+        gpu_t.step(&idx, lr);
+        cpu_t.step(&idx, lr);
     }
+    let (gpu_losses, cpu_losses) = (gpu_t.finish(), cpu_t.finish());
+    assert_eq!(gpu_losses.len(), steps.len());
+    assert_close("losses", &gpu_losses, &to_f64(&cpu_losses));
+    let (gp, cp) = (gpu_t.params(), cpu_t.params());
+    assert_close("parameters", &gp, &to_f64(&cp));
+    assert_close(
+        "parameter update",
+        &update(&start, &gp)
+            .iter()
+            .map(|&v| v as f32)
+            .collect::<Vec<_>>(),
+        &update(&start, &cp),
+    );
+}
 
-    pub fn conv2d_forward(s: ConvShape, x: &[f64], w: &[f64], b: &[f64], y: &mut [f64]) {
-        let (oh, ow, k) = (s.out_h(), s.out_w(), s.kernel);
-        for n in 0..s.batch {
-            for o in 0..s.out_ch {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = b[o];
-                        for c in 0..s.in_ch {
-                            for kh in 0..k {
-                                for kw in 0..k {
-                                    acc += w[((o * s.in_ch + c) * k + kh) * k + kw]
-                                        * x[((n * s.in_ch + c) * s.height + oy + kh) * s.width
-                                            + ox
-                                            + kw];
-                                }
-                            }
-                        }
-                        y[((n * s.out_ch + o) * oh + oy) * ow + ox] = acc;
-                    }
-                }
+#[test]
+fn training_step_matches_cpu_trainer() {
+    check_steps_against_cpu(Sgd::default(), &[(64, 0.1)], 100);
+}
+
+#[test]
+fn five_training_steps_match_cpu_trainer() {
+    let steps = [(64, 0.1), (64, 0.05), (33, 0.1), (64, 0.1), (7, 0.2)];
+    check_steps_against_cpu(Sgd::default(), &steps, 101);
+}
+
+#[test]
+fn five_training_steps_with_momentum_and_weight_decay_match_cpu_trainer() {
+    let sgd = Sgd {
+        momentum: 0.9,
+        weight_decay: 1e-3,
+    };
+    let steps = [(64, 0.05), (64, 0.05), (17, 0.05), (64, 0.02), (64, 0.05)];
+    check_steps_against_cpu(sgd, &steps, 102);
+}
+
+#[test]
+fn set_params_with_reset_restarts_like_the_cpu_trainer() {
+    let mut r = rng(103);
+    let n = 50;
+    let (images, labels) = random_shard(&mut r, n);
+    let sgd = Sgd {
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    let (p0, p1) = (init_params(10), init_params(11));
+    let mut g = GpuTrainer::new(gpu(), &images, &labels, &p0, sgd, 16).unwrap();
+    let mut c = CpuTrainer::new(&images, &labels, &p0, sgd, 16);
+    for reset in [false, true] {
+        for _ in 0..2 {
+            let idx = random_batch(&mut r, n, 16);
+            g.step(&idx, 0.05);
+            c.step(&idx, 0.05);
+        }
+        g.set_params(&p1, reset);
+        c.set_params(&p1, reset);
+        let idx = random_batch(&mut r, n, 16);
+        g.step(&idx, 0.05);
+        c.step(&idx, 0.05);
+        assert_close(
+            &format!("update after set_params(reset = {reset})"),
+            &update(&p1, &g.params())
+                .iter()
+                .map(|&v| v as f32)
+                .collect::<Vec<_>>(),
+            &update(&p1, &c.params()),
+        );
+    }
+}
+
+#[test]
+fn losses_come_back_in_order_through_poll_losses_and_finish() {
+    let mut r = rng(104);
+    let n = 100;
+    let (images, labels) = random_shard(&mut r, n);
+    let start = init_params(12);
+    let mut g = GpuTrainer::new(gpu(), &images, &labels, &start, Sgd::default(), 32).unwrap();
+    let mut c = CpuTrainer::new(&images, &labels, &start, Sgd::default(), 32);
+    let interval = g.loss_interval() as usize;
+    let total = 2 * interval + interval / 2;
+    let mut got = Vec::new();
+    for i in 0..total {
+        let idx = random_batch(&mut r, n, 32);
+        g.step(&idx, 0.05);
+        c.step(&idx, 0.05);
+        got.extend(g.poll_losses());
+        assert!(got.len() <= i + 1, "never more losses than steps");
+        if i + 1 == interval {
+            // A full ring is read back without finish(): poll until it arrives.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while got.len() < interval {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "poll_losses never delivered"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                got.extend(g.poll_losses());
             }
+            assert_eq!(got.len(), interval);
         }
     }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_backward(
-        s: ConvShape,
-        x: &[f64],
-        w: &[f64],
-        dy: &[f64],
-        mut dx: Option<&mut [f64]>,
-        dw: &mut [f64],
-        db: &mut [f64],
-    ) {
-        let (oh, ow, k) = (s.out_h(), s.out_w(), s.kernel);
-        dw.fill(0.0);
-        db.fill(0.0);
-        if let Some(dx) = dx.as_deref_mut() {
-            dx.fill(0.0);
-        }
-        for n in 0..s.batch {
-            for o in 0..s.out_ch {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let g = dy[((n * s.out_ch + o) * oh + oy) * ow + ox];
-                        db[o] += g;
-                        for c in 0..s.in_ch {
-                            for kh in 0..k {
-                                for kw in 0..k {
-                                    let wi = ((o * s.in_ch + c) * k + kh) * k + kw;
-                                    let xi = ((n * s.in_ch + c) * s.height + oy + kh) * s.width
-                                        + ox
-                                        + kw;
-                                    dw[wi] += g * x[xi];
-                                    if let Some(dx) = dx.as_deref_mut() {
-                                        dx[xi] += g * w[wi];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn relu_forward(x: &mut [f64]) {
-        x.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
-
-    pub fn relu_backward(y: &[f64], dy: &mut [f64]) {
-        for (d, &y) in dy.iter_mut().zip(y) {
-            if y <= 0.0 {
-                *d = 0.0;
-            }
-        }
-    }
-
-    pub fn maxpool2_forward(
-        planes: usize,
-        h: usize,
-        w: usize,
-        x: &[f64],
-        y: &mut [f64],
-        argmax: &mut [u32],
-    ) {
-        let mut o = 0;
-        for pl in 0..planes {
-            for oy in 0..h / 2 {
-                for ox in 0..w / 2 {
-                    let i0 = pl * h * w + 2 * oy * w + 2 * ox;
-                    let (mut best, mut arg) = (x[i0], i0);
-                    for i in [i0 + 1, i0 + w, i0 + w + 1] {
-                        if x[i] > best {
-                            best = x[i];
-                            arg = i;
-                        }
-                    }
-                    y[o] = best;
-                    argmax[o] = arg as u32;
-                    o += 1;
-                }
-            }
-        }
-    }
-
-    pub fn maxpool2_backward(dy: &[f64], argmax: &[u32], dx: &mut [f64]) {
-        dx.fill(0.0);
-        for (&g, &a) in dy.iter().zip(argmax) {
-            dx[a as usize] += g;
-        }
-    }
-
-    pub fn dense_forward(
-        batch: usize,
-        inputs: usize,
-        outputs: usize,
-        x: &[f64],
-        w: &[f64],
-        b: &[f64],
-        y: &mut [f64],
-    ) {
-        for n in 0..batch {
-            for o in 0..outputs {
-                y[n * outputs + o] = b[o]
-                    + (0..inputs)
-                        .map(|i| x[n * inputs + i] * w[o * inputs + i])
-                        .sum::<f64>();
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn dense_backward(
-        batch: usize,
-        inputs: usize,
-        outputs: usize,
-        x: &[f64],
-        w: &[f64],
-        dy: &[f64],
-        mut dx: Option<&mut [f64]>,
-        dw: &mut [f64],
-        db: &mut [f64],
-    ) {
-        dw.fill(0.0);
-        db.fill(0.0);
-        if let Some(dx) = dx.as_deref_mut() {
-            dx.fill(0.0);
-        }
-        for n in 0..batch {
-            for o in 0..outputs {
-                let g = dy[n * outputs + o];
-                db[o] += g;
-                for i in 0..inputs {
-                    dw[o * inputs + i] += g * x[n * inputs + i];
-                    if let Some(dx) = dx.as_deref_mut() {
-                        dx[n * inputs + i] += g * w[o * inputs + i];
-                    }
-                }
-            }
-        }
-    }
-
-    pub fn softmax_cross_entropy(
-        batch: usize,
-        classes: usize,
-        logits: &[f64],
-        labels: &[u8],
-        d: &mut [f64],
-    ) -> f64 {
-        let mut total = 0.0;
-        for n in 0..batch {
-            let row = &logits[n * classes..(n + 1) * classes];
-            let m = row.iter().cloned().fold(f64::MIN, f64::max);
-            let z: f64 = row.iter().map(|v| (v - m).exp()).sum();
-            let l = labels[n] as usize;
-            total += z.ln() + m - row[l];
-            for c in 0..classes {
-                d[n * classes + c] =
-                    ((row[c] - m).exp() / z - if c == l { 1.0 } else { 0.0 }) / batch as f64;
-            }
-        }
-        total / batch as f64
+    got.extend(g.finish());
+    assert_eq!(got.len(), total, "every step's loss exactly once");
+    assert!(g.poll_losses().is_empty() && g.finish().is_empty());
+    let want = c.finish();
+    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            ((a - b) / b).abs() < 1e-4,
+            "loss {i}: gpu {a}, cpu {b} (out of order or wrong)"
+        );
     }
 }

@@ -24,16 +24,11 @@ use super::context::{Gpu, GpuError};
 use super::kernels::{ConvDims, DenseDims, Op, StepArgs, UNIFORM_STRIDE};
 use super::readback::{self, MapResult};
 use crate::Sgd;
-use crate::model::{CLASSES, IMAGE_PIXELS, PARAMS};
+use crate::model::{CLASSES, IMAGE_PIXELS, PARAMS, pixel_to_input};
 use crate::trainer::Trainer;
 
 /// Steps whose losses are read back together: the loss ring's length.
 pub const LOSS_INTERVAL: u32 = 16;
-
-/// The network input for a raw pixel, `pixel / 255`, as the CPU backend computes it.
-fn pixel_to_input(pixel: u8) -> f32 {
-    pixel as f32 / 255.0
-}
 
 /// The model's layers as the kernels see them.
 const CONV1: ConvDims = ConvDims {
