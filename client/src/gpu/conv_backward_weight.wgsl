@@ -4,11 +4,12 @@
 // written (overwriting) into the flat gradient vector at w_off and b_off.
 //
 // As a GEMM, dW = dY * im2col(x)^T with a reduction over batch * out_h * out_w, much longer
-// than the output is large, so one workgroup computes one 4x4 output block (four output
-// channels times four consecutive columns k = (c, kh, kw) of the weight; the extra column
+// than the output is large, so one workgroup computes one 4x8 output block (four output
+// channels times eight consecutive columns k = (c, kh, kw) of the weight; the extra column
 // k = in_ch * k * k is the bias, whose "input" is 1). Its 64 invocations split the
-// reduction by rows (b, oy), each keeping the 4x4 block in registers, and then add their
-// blocks in a fixed tree, so the result is deterministic.
+// reduction by rows (b, oy), each keeping the 4x8 block in registers (32 multiply-adds for
+// 4 dy and 8 x loads), and then add their blocks in a fixed tree, so the result is
+// deterministic.
 
 struct Conv {
     batch: u32,
@@ -31,9 +32,27 @@ struct Conv {
 @group(0) @binding(3) var<storage, read_write> grads: array<f32>;
 
 const WG: u32 = 64u;
+const COLS: u32 = 8u;
 
-// Four partial vec4 columns per invocation.
-var<workgroup> partial: array<vec4<f32>, 256>;
+// The eight partial vec4 columns of every invocation.
+var<workgroup> partial: array<vec4<f32>, 512>;
+
+// Where column k reads its input: an offset into x relative to the output position, and
+// whether it is a weight column (x), the bias column (1) or padding past the end (0).
+struct Column {
+    off: u32,
+    is_x: f32,
+    one: f32,
+}
+
+fn column(k: u32, ckk: u32, ksz: u32) -> Column {
+    if k < ckk {
+        let c = k / ksz;
+        let r = k % ksz;
+        return Column((c * dims.height + r / dims.kernel) * dims.width + r % dims.kernel, 1.0, 0.0);
+    }
+    return Column(0u, 0.0, select(0.0, 1.0, k == ckk));
+}
 
 @compute @workgroup_size(64)
 fn main(
@@ -43,7 +62,7 @@ fn main(
 ) {
     let ksz = dims.kernel * dims.kernel;
     let ckk = dims.in_ch * ksz;
-    let kblocks = (ckk + 4u) / 4u; // ckk + 1 columns, the last one the bias
+    let kblocks = (ckk + COLS) / COLS; // ckk + 1 columns, the last one the bias
     let oblocks = (dims.out_ch + 3u) / 4u;
     let block = wid.y * nwg.x + wid.x;
     if block >= kblocks * oblocks {
@@ -52,22 +71,19 @@ fn main(
     let kb = block % kblocks;
     let ob = block / kblocks;
 
-    // Each column k is either a weight column (an offset into x relative to the output
-    // position), the bias column (input 1) or padding past the end (input 0).
-    var off = vec4<u32>(0u);
-    var is_x = vec4<f32>(0.0);
-    var ones = vec4<f32>(0.0);
-    for (var j = 0u; j < 4u; j++) {
-        let k = kb * 4u + j;
-        if k < ckk {
-            let c = k / ksz;
-            let r = k % ksz;
-            off[j] = (c * dims.height + r / dims.kernel) * dims.width + r % dims.kernel;
-            is_x[j] = 1.0;
-        } else if k == ckk {
-            ones[j] = 1.0;
-        }
-    }
+    let k0 = kb * COLS;
+    let c0 = column(k0, ckk, ksz);
+    let c1 = column(k0 + 1u, ckk, ksz);
+    let c2 = column(k0 + 2u, ckk, ksz);
+    let c3 = column(k0 + 3u, ckk, ksz);
+    let c4 = column(k0 + 4u, ckk, ksz);
+    let c5 = column(k0 + 5u, ckk, ksz);
+    let c6 = column(k0 + 6u, ckk, ksz);
+    let c7 = column(k0 + 7u, ckk, ksz);
+    let is_lo = vec4<f32>(c0.is_x, c1.is_x, c2.is_x, c3.is_x);
+    let is_hi = vec4<f32>(c4.is_x, c5.is_x, c6.is_x, c7.is_x);
+    let one_lo = vec4<f32>(c0.one, c1.one, c2.one, c3.one);
+    let one_hi = vec4<f32>(c4.one, c5.one, c6.one, c7.one);
 
     // Four output channels; lanes past out_ch read the last channel and are discarded.
     let o0 = ob * 4u;
@@ -79,11 +95,15 @@ fn main(
     let d3 = min(o0 + 3u, last) * ohw;
     let chw = dims.in_ch * dims.height * dims.width;
 
-    // acc_j: column j of the block, over the four output channels.
+    // acc_j: column k0 + j of the block, over the four output channels.
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
+    var acc4 = vec4<f32>(0.0);
+    var acc5 = vec4<f32>(0.0);
+    var acc6 = vec4<f32>(0.0);
+    var acc7 = vec4<f32>(0.0);
     for (var r = lid; r < dims.batch * dims.out_h; r += WG) {
         let b = r / dims.out_h;
         let oy = r % dims.out_h;
@@ -93,31 +113,41 @@ fn main(
             let di = dyrow + ox;
             let d = vec4<f32>(dy[di + d0], dy[di + d1], dy[di + d2], dy[di + d3]);
             let xi = xrow + ox;
-            let xv = vec4<f32>(x[xi + off.x], x[xi + off.y], x[xi + off.z], x[xi + off.w]) * is_x + ones;
-            acc0 += d * xv.x;
-            acc1 += d * xv.y;
-            acc2 += d * xv.z;
-            acc3 += d * xv.w;
+            let lo = vec4<f32>(x[xi + c0.off], x[xi + c1.off], x[xi + c2.off], x[xi + c3.off]) * is_lo + one_lo;
+            let hi = vec4<f32>(x[xi + c4.off], x[xi + c5.off], x[xi + c6.off], x[xi + c7.off]) * is_hi + one_hi;
+            acc0 += d * lo.x;
+            acc1 += d * lo.y;
+            acc2 += d * lo.z;
+            acc3 += d * lo.w;
+            acc4 += d * hi.x;
+            acc5 += d * hi.y;
+            acc6 += d * hi.z;
+            acc7 += d * hi.w;
         }
     }
 
-    partial[lid * 4u] = acc0;
-    partial[lid * 4u + 1u] = acc1;
-    partial[lid * 4u + 2u] = acc2;
-    partial[lid * 4u + 3u] = acc3;
+    let p = lid * COLS;
+    partial[p] = acc0;
+    partial[p + 1u] = acc1;
+    partial[p + 2u] = acc2;
+    partial[p + 3u] = acc3;
+    partial[p + 4u] = acc4;
+    partial[p + 5u] = acc5;
+    partial[p + 6u] = acc6;
+    partial[p + 7u] = acc7;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
         if lid < s {
-            for (var j = 0u; j < 4u; j++) {
-                partial[lid * 4u + j] += partial[(lid + s) * 4u + j];
+            for (var j = 0u; j < COLS; j++) {
+                partial[lid * COLS + j] += partial[(lid + s) * COLS + j];
             }
         }
         workgroupBarrier();
     }
 
-    // Invocation j writes column j.
-    if lid < 4u {
-        let k = kb * 4u + lid;
+    // Invocation j writes column k0 + j.
+    if lid < COLS {
+        let k = k0 + lid;
         let v = partial[lid];
         for (var i = 0u; i < 4u; i++) {
             let o = o0 + i;

@@ -495,17 +495,24 @@ impl Op {
                 write(out, &u, blocks(batch * words, WORKGROUP))
             }
             Op::ConvForward(c) => {
-                let n = batch * blocks(c.out_ch, 4) * (c.out_h() / 2) * (c.out_w() / 2);
-                write(out, &c.uniform(batch), blocks(n, WORKGROUP))
+                // Four pooling windows side by side per invocation; each workgroup serves
+                // one block of four channels.
+                let positions = batch * (c.out_h() / 2) * blocks(c.out_w() / 2, 4);
+                let n = blocks(c.out_ch, 4) * blocks(positions, WORKGROUP);
+                write(out, &c.uniform(batch), n)
             }
             Op::ConvBackwardInput(c) => {
-                let n = batch * blocks(c.in_ch, 4) * c.height * blocks(c.width, 4);
-                write(out, &c.uniform(batch), blocks(n, WORKGROUP))
+                // A 4 x 4 patch of four channels per invocation; each workgroup serves one
+                // block of four channels.
+                let positions = batch * blocks(c.height, 4) * blocks(c.width, 4);
+                let n = blocks(c.in_ch, 4) * blocks(positions, WORKGROUP);
+                write(out, &c.uniform(batch), n)
             }
             Op::ConvBackwardWeight(c) => {
-                // One workgroup per 4x4 block; the bias is one extra column.
+                // One workgroup per block of 4 channels x 8 columns; the bias is one
+                // extra column.
                 let columns = c.in_ch * c.kernel * c.kernel + 1;
-                let n = blocks(c.out_ch, 4) * blocks(columns, 4);
+                let n = blocks(c.out_ch, 4) * blocks(columns, 8);
                 write(out, &c.uniform(batch), n)
             }
             Op::PoolBackward {
