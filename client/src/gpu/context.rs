@@ -49,17 +49,22 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Opens the best available adapter (high-performance preference; backends and adapter
-    /// may be chosen with wgpu's `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` environment
-    /// variables natively) with WebGPU's default limits, and compiles every kernel.
+    /// Opens the best available adapter (high-performance preference) of the primary
+    /// backends (Vulkan, Metal, DX12, WebGPU; natively wgpu's `WGPU_BACKEND` environment
+    /// variable overrides the choice) with WebGPU's default limits, and compiles every
+    /// kernel.
     ///
     /// # Errors
     ///
     /// [`GpuError::NoAdapter`] when no adapter is found and [`GpuError::NoDevice`] when the
     /// adapter cannot open a device.
     pub async fn new() -> Result<Gpu, GpuError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        // Compute-capable backends only (Vulkan, Metal, DX12, the browser's WebGPU), unless
+        // `WGPU_BACKEND` says otherwise; every other instance option may come from the
+        // environment too.
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::PRIMARY;
+        let instance = wgpu::Instance::new(desc.with_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,

@@ -656,6 +656,44 @@ fn sgd_step_matches_cpu_rule() {
 }
 
 #[test]
+fn sgd_covers_dispatches_larger_than_one_grid_row() {
+    // More than 65 535 workgroups of 64: the dispatch spreads over two grid dimensions.
+    let n = 65_535 * 64 + 1000;
+    let p = vec![1.0f32; n];
+    let g: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let pb = f32_buffer(&p);
+    let a = StepArgs { lr: 0.5, ..args(1) };
+    let groups = Op::Sgd { n: n as u32 }.encode(&a, &mut [0u8; UNIFORM_STRIDE as usize]);
+    assert!(groups > 65_535);
+    run(
+        Op::Sgd { n: n as u32 },
+        a,
+        &[&f32_buffer(&g), &pb, &f32_buffer(&[0.0; 4])],
+    );
+    let got = read_f32(&pb);
+    let wrong = (0..n)
+        .filter(|&i| got[i] != 1.0 - 0.5 * (i % 7) as f32)
+        .count();
+    assert_eq!(wrong, 0);
+}
+
+#[test]
+fn many_steps_without_polling_keep_their_losses() {
+    let mut r = rng(95);
+    let (images, labels) = random_shard(&mut r, 20);
+    let params = init_params(6);
+    let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 4).unwrap();
+    let steps = 10 * t.loss_interval() as usize + 3;
+    for _ in 0..steps {
+        t.step(&random_batch(&mut r, 20, 4), 0.01);
+    }
+    let mut got = t.poll_losses();
+    got.extend(t.finish());
+    assert_eq!(got.len(), steps);
+    assert!(got.iter().all(|l| l.is_finite() && *l > 0.0));
+}
+
+#[test]
 fn gpu_reports_its_adapter() {
     let info = gpu().adapter_info();
     assert!(!info.is_empty());

@@ -90,6 +90,8 @@ struct LossRing {
     free: Vec<wgpu::Buffer>,
     /// Flushes in step order whose mapping has not been consumed yet.
     pending: VecDeque<PendingLosses>,
+    /// Losses already read back but not yet handed out (older than every pending flush).
+    ready: Vec<f32>,
 }
 
 impl LossRing {
@@ -107,6 +109,7 @@ impl LossRing {
             filled: 0,
             free,
             pending: VecDeque::new(),
+            ready: Vec::new(),
         }
     }
 
@@ -120,6 +123,16 @@ impl LossRing {
         if self.filled == 0 {
             return None;
         }
+        if self.free.is_empty() {
+            // Every staging buffer is in flight. Natively, map callbacks only run inside
+            // `poll`, so a caller that never polls would make us allocate forever: run the
+            // finished ones now (without waiting) and keep their losses for later.
+            let _ = device.poll(wgpu::PollType::Poll);
+            let mut ready = std::mem::take(&mut self.ready);
+            self.collect(&mut ready);
+            self.ready = ready;
+        }
+        // Only when the GPU is far behind: one more buffer, unavoidable.
         let buffer = self.free.pop().unwrap_or_else(|| staging(device));
         encoder.copy_buffer_to_buffer(&self.ring, 0, &buffer, 0, u64::from(self.filled) * 4);
         let steps = self.filled;
@@ -484,7 +497,7 @@ impl GpuTrainer {
         if let Some(f) = flushed {
             self.losses.map(f);
         }
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.losses.ready);
         while let Some(p) = self.losses.pending.pop_front() {
             self.readbacks.fetch_add(1, Ordering::Relaxed);
             readback::wait_mapped(&self.gpu.device, p.mapped).await;
@@ -586,7 +599,7 @@ impl Trainer for GpuTrainer {
         // Natively this runs the callbacks of finished mappings without waiting; on the
         // web it does nothing (the browser runs them).
         let _ = self.gpu.device.poll(wgpu::PollType::Poll);
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.losses.ready);
         self.losses.collect(&mut out);
         out
     }
