@@ -16,7 +16,7 @@ use crate::trainer::Trainer;
 
 /// A [`Trainer`] that computes on the calling thread. Steps run to completion inside
 /// [`Trainer::step`]; their losses wait in a queue for [`Trainer::poll_losses`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CpuTrainer {
     /// The shard's images as network inputs, `[n, 1, 28, 28]`.
     images: Vec<f32>,
@@ -77,6 +77,18 @@ impl CpuTrainer {
     /// The current parameters, without copying them.
     pub fn params_ref(&self) -> &[f32] {
         &self.params
+    }
+}
+
+impl std::fmt::Debug for CpuTrainer {
+    /// Sizes and settings only: the shard and the parameters are too long to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuTrainer")
+            .field("shard_len", &self.labels.len())
+            .field("batch_capacity", &self.ws.capacity())
+            .field("sgd", &self.sgd)
+            .field("pending_losses", &self.losses.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -273,5 +285,6 @@ mod tests {
         assert_eq!(t.backend(), "cpu");
         assert!(t.adapter().starts_with("CPU ("));
         assert_eq!(t.shard_len(), 20);
+        assert!(format!("{t:?}").starts_with("CpuTrainer { shard_len: 20,"));
     }
 }
