@@ -745,6 +745,7 @@ fn read_params_returns_what_set_params_wrote() {
     t.set_params(&p, true);
     assert_eq!(t.params(), p);
     assert_eq!(t.backend(), "gpu");
+    assert!(format!("{t:?}").contains("shard_len: 4"));
     assert_eq!(t.adapter(), gpu().adapter_info());
 }
 

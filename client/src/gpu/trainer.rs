@@ -507,6 +507,19 @@ impl GpuTrainer {
     }
 }
 
+impl std::fmt::Debug for GpuTrainer {
+    /// Sizes and settings, not the buffers.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuTrainer")
+            .field("adapter", &self.gpu.adapter_info())
+            .field("shard_len", &self.shard_len)
+            .field("max_batch", &self.max_batch)
+            .field("sgd", &self.sgd)
+            .field("pending_loss_flushes", &self.losses.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Trainer for GpuTrainer {
     fn backend(&self) -> &'static str {
         "gpu"
