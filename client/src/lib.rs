@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
+pub mod gpu;
 pub mod model;
 pub mod optim;
 pub mod schedule;
@@ -13,5 +14,6 @@ pub mod trainer;
 
 pub use cpu::CpuTrainer;
 pub use easel_protocol::{LENET5_28, ModelSpec};
+pub use gpu::{Gpu, GpuTrainer};
 pub use optim::Sgd;
 pub use trainer::Trainer;

@@ -118,7 +118,12 @@ fn make_trainer(
     let (images, labels) = (&data.train.images, &data.train.labels);
     Ok(match backend {
         Backend::Cpu => Box::new(cpu::CpuTrainer::new(images, labels, params, sgd, batch)),
-        Backend::Gpu => anyhow::bail!("this build has no GPU backend yet"),
+        Backend::Gpu => {
+            let gpu = pollster::block_on(easel_client::Gpu::new())?;
+            Box::new(easel_client::GpuTrainer::new(
+                &gpu, images, labels, params, sgd, batch,
+            )?)
+        }
     })
 }
 
