@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
+pub mod gpu;
 pub mod model;
 pub mod optim;
 pub mod schedule;
@@ -15,5 +16,6 @@ pub mod web;
 
 pub use cpu::CpuTrainer;
 pub use easel_protocol::{LENET5_28, ModelSpec};
+pub use gpu::{Gpu, GpuTrainer};
 pub use optim::Sgd;
 pub use trainer::Trainer;

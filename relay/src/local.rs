@@ -23,8 +23,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     batch: u32,
     /// Base learning rate.
-    #[arg(long, default_value_t = 0.1, value_parser = positive_f32)]
-    lr: f32,
+    #[arg(long, default_value_t = 0.1, value_parser = positive_f64)]
+    lr: f64,
     /// How the learning rate moves from the base rate over the run.
     #[arg(long, value_enum, default_value = "cosine")]
     schedule: Schedule,
@@ -78,6 +78,13 @@ fn positive_f32(s: &str) -> Result<f32, String> {
     }
 }
 
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
+}
+
 fn non_negative_f32(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
@@ -112,17 +119,10 @@ fn make_trainer(
     Ok(match backend {
         Backend::Cpu => Box::new(cpu::CpuTrainer::new(images, labels, params, sgd, batch)),
         Backend::Gpu => {
-            let gpu = pollster::block_on(easel_client::gpu::Gpu::new()).context(
-                "no usable GPU adapter (on Linux without a GPU, install mesa-vulkan-drivers)",
-            )?;
-            Box::new(easel_client::gpu::GpuTrainer::new(
-                std::rc::Rc::new(gpu),
-                images,
-                labels,
-                params,
-                sgd,
-                batch,
-            ))
+            let gpu = pollster::block_on(easel_client::Gpu::new())?;
+            Box::new(easel_client::GpuTrainer::new(
+                &gpu, images, labels, params, sgd, batch,
+            )?)
         }
     })
 }
@@ -158,7 +158,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let mut losses = Vec::with_capacity(order.len() / batch + 1);
         for chunk in order.chunks(batch) {
-            trainer.step(chunk, schedule.lr_at(args.lr, step, total_steps));
+            trainer.step(chunk, schedule.lr_at(args.lr as f32, step, total_steps));
             losses.extend(trainer.poll_losses());
             step += 1;
         }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use warp::Filter;
+use warp::filters::BoxedFilter;
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use warp::reply::{Reply, Response};
 
 use crate::DataArgs;
 
@@ -33,7 +35,7 @@ const BUNDLE: [&str; 2] = ["pkg/easel_client.js", "pkg/easel_client_bg.wasm"];
 
 /// Checks that the page, the wasm bundle and the data file are all there, so a missing build
 /// step is reported before a browser ever asks for a file.
-fn check_files(www: &Path, data: &Path) -> anyhow::Result<()> {
+pub fn check_files(www: &Path, data: &Path) -> anyhow::Result<()> {
     if !www.join("index.html").is_file() {
         bail!(
             "{} has no index.html; pass --www with the path of Easel's www/ directory",
@@ -114,23 +116,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(run(args.http, www, data))
 }
 
-async fn run(addr: SocketAddr, www: PathBuf, data: PathBuf) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let bound = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-
+/// The browser client as one warp filter: `www/` at `/` (with `index.html` for directories)
+/// and the MNIST file at `/data/mnist.bin`, with explicit MIME types for scripts and wasm and
+/// `Cache-Control: no-cache`. The relay serves the same filter beside its own routes.
+pub fn static_files(www: PathBuf, data: PathBuf) -> BoxedFilter<(Response,)> {
     let data_route = warp::path!("data" / "mnist.bin")
         .and(warp::get())
         .and(warp::fs::file(data));
-    let routes = data_route
+    data_route
         .or(warp::get().and(warp::fs::dir(www)))
         .unify()
         .map(|file: warp::fs::File| {
             let path = file.path().to_string_lossy().into_owned();
-            let mut resp = warp::reply::Reply::into_response(file);
+            let mut resp = file.into_response();
             if let Some(ct) = content_type(&path) {
                 resp.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
@@ -139,7 +137,19 @@ async fn run(addr: SocketAddr, www: PathBuf, data: PathBuf) -> anyhow::Result<()
             resp.headers_mut()
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             resp
-        });
+        })
+        .boxed()
+}
+
+async fn run(addr: SocketAddr, www: PathBuf, data: PathBuf) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+
+    let routes = static_files(www, data);
 
     println!("listening on http://{bound}/");
     let host = if bound.ip().is_unspecified() {

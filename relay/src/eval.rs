@@ -1,0 +1,100 @@
+//! Center evaluation: every few seconds, each room's newest center is scored on the test
+//! digits, off the async reactor, and the score is kept with the room.
+//!
+//! The scoring itself is a plain function ([`Evaluator`]) so that the relay does not
+//! depend on how it is done: `easel serve` passes the CPU backend's
+//! `easel_client::cpu::evaluate` over the 2,000 test digits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::Shutdown;
+use crate::hub::{EvalPoint, Hub};
+use crate::room::wall_ms;
+
+/// Scores a parameter vector: `(accuracy in [0, 1], mean loss)`. Runs on a blocking thread.
+pub type Evaluator = Arc<dyn Fn(&[f32]) -> (f64, f64) + Send + Sync>;
+
+/// Evaluates every room whose center changed since the last call; returns how many were
+/// evaluated. `last` remembers the version evaluated per room.
+pub async fn evaluate_rooms(
+    hub: &Hub,
+    evaluator: &Evaluator,
+    last: &mut HashMap<String, u64>,
+) -> usize {
+    let mut done = 0;
+    for (code, slot) in hub.rooms() {
+        let (version, center) = slot.center();
+        if last.get(&code) == Some(&version) {
+            continue;
+        }
+        let f = evaluator.clone();
+        // A forward pass over 2,000 digits takes tens of milliseconds: not on the reactor.
+        let Ok((accuracy, loss)) = tokio::task::spawn_blocking(move || f(&center)).await else {
+            tracing::warn!(room = %code, "evaluation panicked");
+            continue;
+        };
+        slot.record_eval(EvalPoint {
+            wall_ms: wall_ms(),
+            version,
+            accuracy,
+            loss,
+        });
+        last.insert(code, version);
+        done += 1;
+    }
+    done
+}
+
+/// Evaluates every room's center each `every` (only when it changed) until `shutdown`.
+pub fn spawn(
+    hub: Hub,
+    evaluator: Evaluator,
+    every: Duration,
+    mut shutdown: Shutdown,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = HashMap::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tick.tick() => {}
+            }
+            evaluate_rooms(&hub, &evaluator, &mut last).await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::RoomSettings;
+    use easel_protocol::Limits;
+
+    #[tokio::test]
+    async fn each_new_center_is_evaluated_once() {
+        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let code = hub.create_room();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = calls.clone();
+        let evaluator: Evaluator = Arc::new(move |p: &[f32]| {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (0.5, p.len() as f64)
+        });
+        let mut last = HashMap::new();
+        assert_eq!(evaluate_rooms(&hub, &evaluator, &mut last).await, 1);
+        assert_eq!(evaluate_rooms(&hub, &evaluator, &mut last).await, 0);
+        let evals = hub.room(&code).unwrap().evals();
+        assert_eq!(evals.len(), 1);
+        assert_eq!(
+            (evals[0].version, evals[0].accuracy, evals[0].loss),
+            (0, 0.5, 44_426.0)
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}

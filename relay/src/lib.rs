@@ -1,0 +1,55 @@
+//! Easel's relay: rooms of workers merged by asynchronous elastic averaging, over
+//! WebSockets, behind HTTPS.
+//!
+//! Layers, bottom up, each calling only the one below:
+//! - `easel_protocol` owns the bytes, the messages and the merging rules;
+//! - [`ledger`] and [`room`]: one room's state and rules as synchronous logic, no I/O;
+//! - [`hub`]: the rooms behind short-held locks, and the channels to connections;
+//! - [`ws`]: one WebSocket connection; [`http`]: the routes and [`http::run`];
+//!   [`tls`]: certificates and the HTTPS/HTTP listeners; [`eval`]: center evaluation off
+//!   the reactor.
+
+pub mod eval;
+pub mod http;
+pub mod hub;
+pub mod ledger;
+pub mod room;
+pub mod tls;
+pub mod ws;
+
+pub use http::{Config, RunningRelay, run};
+
+use tokio::sync::watch;
+
+/// Tells tasks to stop. Cloneable; every clone sees the same signal.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// Fires a [`Shutdown`]; dropping it fires it too.
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl Shutdown {
+    /// A trigger and the signal it fires.
+    pub fn new() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
+    /// Resolves once the trigger fired or was dropped.
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    /// Whether the trigger fired or was dropped.
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow() || self.0.has_changed().is_err()
+    }
+}
+
+impl ShutdownTrigger {
+    /// Fires the signal.
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+}

@@ -1,0 +1,394 @@
+//! One WebSocket connection: bytes in, [`easel_protocol::message`] decoding, calls into the
+//! [`Hub`], bytes out.
+//!
+//! The handler is generic over any `Stream + Sink` of warp WebSocket messages. It never
+//! queues more than one outgoing message: every send is awaited (so a client that stops
+//! reading stops being read), teachers and observers get centers from a `watch` holding
+//! only the newest, and control messages come through a small bounded queue.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use easel_protocol::message::{self, code};
+use easel_protocol::{ClientKind, ErrorMessage, Message};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use warp::ws::Message as WsMessage;
+
+use crate::Shutdown;
+use crate::hub::{Hub, RoomSlot};
+use crate::room::{error, trains};
+
+/// WebSocket close codes the relay uses (RFC 6455).
+pub mod close {
+    /// The relay is shutting down, or a peer stopped answering.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Bad magic or unsupported version.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A message above the size cap.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Timing of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WsConfig {
+    /// How often the relay pings.
+    pub ping_every: Duration,
+    /// A peer not heard from for this long (no message, no pong) is dropped; a send that
+    /// takes this long drops the peer too.
+    pub dead_after: Duration,
+    /// Teachers and observers get at most one center per this interval.
+    pub observer_every: Duration,
+}
+
+impl Default for WsConfig {
+    /// Pings every 10 s, dead after 30 s, dashboards updated at most twice a second.
+    fn default() -> WsConfig {
+        WsConfig {
+            ping_every: Duration::from_secs(10),
+            dead_after: Duration::from_secs(30),
+            observer_every: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What a connection knows after its Join was accepted.
+struct Joined {
+    worker: u64,
+    connection: u64,
+    kind: ClientKind,
+    caps: u32,
+    room: Arc<RoomSlot>,
+}
+
+/// The channels of a joined connection: the center watch (teachers and observers only)
+/// and the control queue.
+type Channels = (
+    Option<watch::Receiver<Arc<[u8]>>>,
+    mpsc::Receiver<easel_protocol::Control>,
+);
+
+/// One event of a connection's loop.
+enum Event {
+    Shutdown,
+    Incoming(Option<Result<WsMessage, warp::Error>>),
+    Center,
+    Control(easel_protocol::Control),
+    Tick,
+}
+
+/// Whether the connection goes on.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Serves one WebSocket until the peer leaves, misbehaves beyond repair, stops answering,
+/// or the relay shuts down. `is_admin`: the connection's URL carried the admin token.
+pub async fn serve_socket<S>(
+    socket: S,
+    hub: Hub,
+    is_admin: bool,
+    cfg: WsConfig,
+    mut shutdown: Shutdown,
+) where
+    S: Stream<Item = Result<WsMessage, warp::Error>> + Sink<WsMessage, Error = warp::Error> + Unpin,
+{
+    let (mut tx, mut rx) = socket.split();
+    let mut joined: Option<Joined> = None;
+    let mut centers: Option<watch::Receiver<Arc<[u8]>>> = None;
+    let mut controls: Option<mpsc::Receiver<easel_protocol::Control>> = None;
+    let mut next_center = Instant::now();
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_every, cfg.ping_every);
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.wait() => Event::Shutdown,
+            m = rx.next() => Event::Incoming(m),
+            _ = center_changed(&mut centers, next_center) => Event::Center,
+            Some(c) = control(&mut controls) => Event::Control(c),
+            _ = ping.tick() => Event::Tick,
+        };
+        let out = match event {
+            Event::Shutdown => {
+                let _ = send(
+                    &mut tx,
+                    &cfg,
+                    close_msg(close::GOING_AWAY, "relay shutting down"),
+                )
+                .await;
+                break;
+            }
+            Event::Incoming(None) => break,
+            Event::Incoming(Some(Err(e))) => {
+                if too_big(&e) {
+                    let why = "message above the size limit";
+                    let _ = send(&mut tx, &cfg, close_msg(close::TOO_BIG, why)).await;
+                }
+                tracing::debug!("websocket read error: {e}");
+                break;
+            }
+            Event::Incoming(Some(Ok(m))) => {
+                last_heard = Instant::now();
+                if let Some(j) = &joined {
+                    j.room.touch(j.worker);
+                }
+                let mut replies = Vec::new();
+                let mut channels = None;
+                let flow = on_message(&m, &hub, is_admin, &mut joined, &mut channels, &mut replies);
+                if let Some((c, q)) = channels {
+                    centers = c;
+                    controls = Some(q);
+                }
+                (replies, flow)
+            }
+            Event::Center => {
+                next_center = Instant::now() + cfg.observer_every;
+                let bytes = centers
+                    .as_mut()
+                    .map(|c| c.borrow_and_update().clone())
+                    .map(Bytes::from_owner);
+                (
+                    bytes.map(WsMessage::binary).into_iter().collect(),
+                    Flow::Continue,
+                )
+            }
+            Event::Control(c) => (
+                vec![WsMessage::binary(message::encode(&Message::Control(c)))],
+                Flow::Continue,
+            ),
+            Event::Tick => {
+                if last_heard.elapsed() >= cfg.dead_after {
+                    let why = "no answer to pings";
+                    let _ = send(&mut tx, &cfg, close_msg(close::GOING_AWAY, why)).await;
+                    break;
+                }
+                (vec![WsMessage::ping(Bytes::new())], Flow::Continue)
+            }
+        };
+        let (replies, flow) = out;
+        let mut ok = true;
+        for m in replies {
+            if send(&mut tx, &cfg, m).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok || matches!(flow, Flow::Close) {
+            break;
+        }
+    }
+    if let Some(j) = joined {
+        j.room.leave(j.worker, j.connection);
+    }
+}
+
+/// Decides the answer to one incoming WebSocket message; fills `replies`.
+fn on_message(
+    m: &WsMessage,
+    hub: &Hub,
+    is_admin: bool,
+    joined: &mut Option<Joined>,
+    channels: &mut Option<Channels>,
+    replies: &mut Vec<WsMessage>,
+) -> Flow {
+    if m.is_ping() || m.is_pong() {
+        return Flow::Continue;
+    }
+    if m.is_close() {
+        return Flow::Close;
+    }
+    if !m.is_binary() {
+        replies.push(error_msg(&error(
+            code::MALFORMED,
+            "text messages are not part of the protocol; send binary",
+        )));
+        return Flow::Continue;
+    }
+    let bytes = m.as_bytes();
+    let msg = match message::decode(bytes, hub.limits()) {
+        Ok(msg) => msg,
+        Err(e) => {
+            replies.push(error_msg(&error(e.code(), e.to_string())));
+            return match e.close_code() {
+                Some(c) => {
+                    replies.push(close_msg(c, "not Easel protocol version 1"));
+                    Flow::Close
+                }
+                None => Flow::Continue,
+            };
+        }
+    };
+    match (msg, joined.as_ref()) {
+        (Message::Join(j), None) => match hub.join(&j, is_admin) {
+            Ok(s) => {
+                replies.push(WsMessage::binary(s.welcome));
+                // Workers get centers after their Acks only; dashboards from the watch.
+                let centers = (!trains(s.kind)).then_some(s.centers);
+                *channels = Some((centers, s.controls));
+                *joined = Some(Joined {
+                    worker: s.worker_id,
+                    connection: s.connection,
+                    kind: s.kind,
+                    caps: s.capabilities,
+                    room: s.room,
+                });
+            }
+            Err(e) => replies.push(error_msg(&e)),
+        },
+        (Message::Join(_), Some(_)) => {
+            replies.push(error_msg(&error(code::UNEXPECTED, "already joined")));
+        }
+        (Message::Push(p), Some(j)) if trains(j.kind) => {
+            let (ack, center) = j.room.push(j.worker, &p, bytes.len(), j.caps);
+            replies.push(WsMessage::binary(ack));
+            replies.push(WsMessage::binary(Bytes::from_owner(center)));
+        }
+        (Message::Push(_), _) => {
+            replies.push(error_msg(&error(
+                code::UNEXPECTED,
+                "push from a connection that is not a joined worker",
+            )));
+        }
+        (Message::Control(c), Some(j)) if j.kind == ClientKind::Teacher => {
+            if let Err(e) = j.room.control(&c) {
+                replies.push(error_msg(&e));
+            }
+        }
+        (Message::Control(_), _) => {
+            replies.push(error_msg(&error(
+                code::FORBIDDEN,
+                "only the room's teacher may send Control",
+            )));
+        }
+        (Message::Error(e), _) => {
+            tracing::debug!(code = e.code, "client error: {}", e.message);
+        }
+        (Message::Welcome(_) | Message::Center(_) | Message::Ack(_), _) => {
+            replies.push(error_msg(&error(
+                code::UNEXPECTED,
+                "the relay does not take this message",
+            )));
+        }
+    }
+    Flow::Continue
+}
+
+/// Resolves when a new center is there for this connection, not before `not_before`;
+/// never for connections with no watch.
+async fn center_changed(centers: &mut Option<watch::Receiver<Arc<[u8]>>>, not_before: Instant) {
+    match centers {
+        Some(rx) => {
+            tokio::time::sleep_until(not_before).await;
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next queued control message; never resolves for connections with no queue.
+async fn control(
+    controls: &mut Option<mpsc::Receiver<easel_protocol::Control>>,
+) -> Option<easel_protocol::Control> {
+    match controls {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one message, giving up after `dead_after` (a peer that does not read).
+async fn send<S>(tx: &mut S, cfg: &WsConfig, m: WsMessage) -> Result<(), ()>
+where
+    S: Sink<WsMessage, Error = warp::Error> + Unpin,
+{
+    match tokio::time::timeout(cfg.dead_after, tx.send(m)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn error_msg(e: &ErrorMessage) -> WsMessage {
+    WsMessage::binary(message::encode(&Message::Error(e.clone())))
+}
+
+fn close_msg(code: u16, why: &'static str) -> WsMessage {
+    WsMessage::close_with(code, why)
+}
+
+/// Whether a read error is tungstenite's "message or frame above the cap".
+fn too_big(e: &warp::Error) -> bool {
+    let mut src = e.source();
+    while let Some(s) = src {
+        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
+            return matches!(t, tungstenite::Error::Capacity(_));
+        }
+        src = s.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::RoomSettings;
+    use easel_protocol::message::Join;
+    use easel_protocol::{Backend, LENET5_28, Limits};
+    use proptest::prelude::*;
+
+    /// A hub with one room and a connection state that joined it as a bot.
+    fn joined_bot() -> (Hub, Option<Joined>) {
+        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let room = hub.create_room();
+        let join = Message::Join(Join {
+            room,
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        });
+        let (mut joined, mut channels, mut replies) = (None, None, Vec::new());
+        let m = WsMessage::binary(message::encode(&join));
+        on_message(&m, &hub, false, &mut joined, &mut channels, &mut replies);
+        assert!(joined.is_some());
+        (hub, joined)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Any bytes, alone or behind a valid Push header, get decodable answers: an Error,
+        /// or an Ack and a Center; never a panic.
+        #[test]
+        fn any_bytes_get_a_decodable_answer(
+            bytes in prop::collection::vec(any::<u8>(), 0..400),
+            behind_push_header in any::<bool>(),
+        ) {
+            let (hub, mut joined) = joined_bot();
+            let msg = if behind_push_header {
+                let mut m = b"EASL\x01\x03".to_vec();
+                m.extend_from_slice(&bytes);
+                m
+            } else {
+                bytes
+            };
+            let (mut channels, mut replies) = (None, Vec::new());
+            let _ = on_message(&WsMessage::binary(msg), &hub, false, &mut joined, &mut channels, &mut replies);
+            for r in &replies {
+                if r.is_binary() {
+                    let decoded = message::decode(r.as_bytes(), hub.limits());
+                    prop_assert!(matches!(
+                        decoded,
+                        Ok(Message::Error(_) | Message::Ack(_) | Message::Center(_))
+                    ), "{:?}", decoded.map(|m| m.type_byte()));
+                } else {
+                    prop_assert!(r.is_close());
+                }
+            }
+        }
+    }
+}
