@@ -193,6 +193,13 @@ fn staging(device: &wgpu::Device) -> wgpu::Buffer {
     })
 }
 
+/// Every buffer is a whole number of `vec4<f32>`s long. Kernels bind the parameters (and
+/// other buffers) as `array<vec4<f32>>`, whose runtime length is `floor(size / 16)`; a
+/// trailing partial vec4 is out of bounds, and browsers clamp out-of-bounds indices (WebGPU
+/// robustness), so with 44,426 parameters Chrome read `fc3.bias[8..10]` from the wrong place
+/// while native Vulkan happened to read the right values.
+const VEC4_BYTES: u64 = 16;
+
 /// A [`Trainer`] on a wgpu device: lenet5-28 with its parameters, gradient, SGD velocity
 /// and the whole data shard resident on the GPU.
 ///
@@ -268,8 +275,8 @@ impl GpuTrainer {
             }
             Ok(device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(what),
-                // Bindings may not be empty; round up to whole words.
-                size: bytes.max(4).next_multiple_of(4),
+                // Bindings may not be empty; round up to whole vec4s (see `VEC4_BYTES`).
+                size: bytes.max(VEC4_BYTES).next_multiple_of(VEC4_BYTES),
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_DST
                     | wgpu::BufferUsages::COPY_SRC,
@@ -286,7 +293,7 @@ impl GpuTrainer {
                 });
             }
             let mut padded = bytes.to_vec();
-            padded.resize((bytes.len().max(4)).next_multiple_of(4), 0);
+            padded.resize(len.max(VEC4_BYTES).next_multiple_of(VEC4_BYTES) as usize, 0);
             Ok(
                 device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some(what),
