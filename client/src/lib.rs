@@ -11,6 +11,8 @@ pub mod model;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use cpu::CpuTrainer;
 pub use easel_protocol::{LENET5_28, ModelSpec};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod local;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,8 @@ enum Command {
     },
     /// Print the model's layer table and parameter layout.
     Model,
+    /// Serve the browser client and the data over HTTP, for training in a browser tab.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -70,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::Train(args),
         } => local::bench(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Model => {
             print!("{}", easel_client::LENET5_28.canonical_text());
             Ok(())
