@@ -17,7 +17,7 @@ pub mod room;
 pub mod tls;
 pub mod ws;
 
-pub use http::{Config, RunningRelay, run};
+pub use http::{Config, RunningRelay, TlsSource, run};
 
 use tokio::sync::watch;
 

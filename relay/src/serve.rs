@@ -1,13 +1,16 @@
-//! `easel serve`: the browser client's files and the MNIST data over plain HTTP.
+//! `easel serve`: the relay, the browser client's files and the MNIST data, over HTTPS for the
+//! classroom's devices and plain HTTP for the teacher's own browser.
 //!
 //! It serves `www/` at `/` (the training page, its worker and the wasm bundle that
-//! `cargo xtask wasm` writes to `www/pkg/`) and the data file at `/data/mnist.bin`. Browsers
-//! give WebGPU only to secure contexts, and plain HTTP is one only on `localhost` and
-//! `127.0.0.0/8`: other computers that open this server train on their CPU, and the page
-//! tells them why.
+//! `cargo xtask wasm` writes to `www/pkg/`), the data file at `/data/mnist.bin`, and the
+//! relay's `/ws` and `/api` routes ([`easel_relay::run`]). Browsers give WebGPU only to secure
+//! contexts, and plain HTTP is one only on `localhost` and `127.0.0.0/8`: phones and other
+//! laptops must use the HTTPS address, with the self-signed certificate made on first run
+//! (or a real one from `--cert`/`--key`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use warp::Filter;
@@ -15,19 +18,45 @@ use warp::filters::BoxedFilter;
 use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use warp::reply::{Reply, Response};
 
+use easel_client::data::Mnist;
+use easel_relay::eval::Evaluator;
+use easel_relay::{Config, TlsSource};
+
 use crate::DataArgs;
 
 /// Options of `easel serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The address to listen on; port 0 picks a free port.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    http: SocketAddr,
+    /// The HTTPS listener for the classroom's devices, or `off`; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR|off", default_value = "0.0.0.0:8443", value_parser = listener)]
+    https: Listener,
+    /// The plain HTTP listener for this computer's own browser, or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:8080", value_parser = listener)]
+    http: Listener,
+    /// A real certificate chain (PEM) instead of the self-signed one; needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
     /// The directory with the page, its scripts and the wasm bundle in `pkg/`.
     #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../www"))]
     www: PathBuf,
     #[command(flatten)]
     data: DataArgs,
+}
+
+/// A listener address, or none (`off`).
+#[derive(Clone, Copy, Debug)]
+pub struct Listener(Option<SocketAddr>);
+
+fn listener(s: &str) -> Result<Listener, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Listener(None));
+    }
+    s.parse()
+        .map(|a| Listener(Some(a)))
+        .map_err(|_| format!("`{s}` is not an address like 0.0.0.0:8443 (or `off`)"))
 }
 
 /// The files `cargo xtask wasm` writes; the page cannot start without them.
@@ -106,14 +135,18 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .data
         .clone()
         .unwrap_or_else(easel_client::data::default_path);
-    let www = args.www.clone();
-    check_files(&www, &data)?;
+    check_files(&args.www, &data)?;
+    if args.https.0.is_none() && args.http.0.is_none() {
+        bail!("both --https and --http are off; keep at least one listener");
+    }
+    // The test digits score the center; a bad file is reported now, not on the first score.
+    let mnist = Arc::new(Mnist::load(&data)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(args.http, www, data))
+    runtime.block_on(run(args, data, mnist))
 }
 
 /// The browser client as one warp filter: `www/` at `/` (with `index.html` for directories)
@@ -141,34 +174,74 @@ pub fn static_files(www: PathBuf, data: PathBuf) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-async fn run(addr: SocketAddr, www: PathBuf, data: PathBuf) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let bound = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-
-    let routes = static_files(www, data);
-
-    println!("listening on http://{bound}/");
-    let host = if bound.ip().is_unspecified() {
-        format!("localhost:{}", bound.port())
-    } else {
-        bound.to_string()
+async fn run(args: ServeArgs, data: PathBuf, mnist: Arc<Mnist>) -> anyhow::Result<()> {
+    let tls = match (args.cert, args.key) {
+        (Some(cert), Some(key)) => TlsSource::Pem { cert, key },
+        _ => TlsSource::SelfSigned {
+            dir: easel_relay::tls::data_dir(),
+        },
     };
-    println!(
-        "open http://{host}/ in a browser on this computer to train (Ctrl-C stops the server)"
-    );
+    let evaluator: Evaluator = Arc::new(move |params: &[f32]| {
+        let e = easel_client::cpu::evaluate(params, &mnist.test.images, &mnist.test.labels);
+        (e.accuracy, e.loss)
+    });
+    let config = Config {
+        https: args.https.0,
+        http: args.http.0,
+        tls,
+        evaluator: Some(evaluator),
+        ..Config::default()
+    };
+    let relay = easel_relay::run(config, static_files(args.www, data), shutdown_signal()).await?;
+    let room = relay.hub.create_room();
+
+    // Tests parse the first `listening on` line; keep its shape.
+    if let Some(a) = relay.http {
+        println!("listening on http://{a}/");
+    }
+    if let Some(a) = relay.https {
+        println!("listening on https://{a}/");
+    }
+    println!("room code: {room}");
+    let joins: Vec<String> = relay
+        .join_urls()
+        .iter()
+        .map(|u| format!("{u}?room={room}"))
+        .collect();
+    for url in &joins {
+        println!("students join:   {url}");
+    }
+    if let Some(url) = relay.teacher_url() {
+        println!("teacher (this computer only): {url}");
+    }
+    if let Some(fp) = &relay.fingerprint {
+        println!("certificate SHA-256: {fp}");
+        println!(
+            "(browsers warn about the self-signed certificate: compare this fingerprint, then accept)"
+        );
+    }
+    if let Some(url) = joins.first() {
+        match qr_text(url) {
+            Ok(qr) => println!("scan to join {url}\n{qr}"),
+            Err(e) => eprintln!("no QR code for {url}: {e}"),
+        }
+    }
+    println!("Ctrl-C stops the server");
     use std::io::Write;
     std::io::stdout().flush().ok();
-
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown_signal())
-        .run()
-        .await;
+    relay.wait().await;
     Ok(())
+}
+
+/// The URL as a QR code drawn with Unicode half blocks, for a phone to scan off the terminal.
+fn qr_text(url: &str) -> anyhow::Result<String> {
+    let code = qrcode::QrCode::new(url.as_bytes())?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 #[cfg(test)]

@@ -40,9 +40,13 @@ const cleanups = [];
 /** Starts `easel serve` on a free port and resolves to that port. */
 function startServer() {
   return new Promise((resolvePort, reject) => {
-    const child = spawn(EASEL_BIN, ['serve', '--http', '127.0.0.1:0'], {
+    // Loopback only, free ports, and a throw-away home for the self-signed certificate.
+    const home = mkdtempSync(join(tmpdir(), 'easel-home-'));
+    cleanups.push(() => rmSync(home, { recursive: true, force: true }));
+    const child = spawn(EASEL_BIN, ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0'], {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, EASEL_HOME: home },
     });
     server = child;
     let out = '';
