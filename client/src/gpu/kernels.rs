@@ -502,11 +502,8 @@ impl Op {
                 write(out, &c.uniform(batch), n)
             }
             Op::ConvBackwardInput(c) => {
-                // A 4 x 4 patch of four channels per invocation; each workgroup serves one
-                // block of four channels.
-                let positions = batch * blocks(c.height, 4) * blocks(c.width, 4);
-                let n = blocks(c.in_ch, 4) * blocks(positions, WORKGROUP);
-                write(out, &c.uniform(batch), n)
+                let n = batch * blocks(c.in_ch, 4) * c.height * blocks(c.width, 4);
+                write(out, &c.uniform(batch), blocks(n, WORKGROUP))
             }
             Op::ConvBackwardWeight(c) => {
                 // One workgroup per block of 4 channels x 8 columns; the bias is one
