@@ -11,6 +11,7 @@ pub mod model;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
+pub mod worker;
 
 pub use cpu::CpuTrainer;
 pub use easel_protocol::{LENET5_28, ModelSpec};
