@@ -63,6 +63,9 @@ pub struct BenchRelayArgs {
     /// Acknowledged pushes per run.
     #[arg(long)]
     pushes: Option<u64>,
+    /// Send lossy codecs without error feedback (by default every codec but fp32 uses it).
+    #[arg(long)]
+    no_error_feedback: bool,
     /// Print one JSON object per codec.
     #[arg(long)]
     json: bool,
@@ -181,7 +184,7 @@ pub fn bench_relay(args: BenchRelayArgs) -> anyhow::Result<()> {
     let mut fp32_bytes = None;
     for (name, codec) in chosen {
         // Error feedback for every lossy codec: top-k needs it, and it costs QSGD nothing.
-        let ef = !matches!(codec, easel_protocol::Codec::Fp32);
+        let ef = !args.no_error_feedback && !matches!(codec, easel_protocol::Codec::Fp32);
         let o = rt.block_on(experiment::run(&setup, name, codec, ef, data.clone()))?;
         let fp32 = *fp32_bytes.get_or_insert(
             easel_protocol::encoded_len(easel_protocol::Codec::Fp32, LENET5_28.param_count) as f64
