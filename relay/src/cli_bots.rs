@@ -63,14 +63,24 @@ pub struct BenchRelayArgs {
     /// Acknowledged pushes per run.
     #[arg(long)]
     pushes: Option<u64>,
-    /// Send lossy codecs without error feedback (by default every codec but fp32 uses it).
-    #[arg(long)]
-    no_error_feedback: bool,
+    /// Error feedback on pushes: `auto` (for the biased top-k codecs only: unbiased QSGD
+    /// with few levels is not contractive, and with 2 bits error feedback diverged), `on`
+    /// (every codec but fp32) or `off`.
+    #[arg(long, default_value = "auto")]
+    error_feedback: ErrorFeedbackMode,
     /// Print one JSON object per codec.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     data: DataArgs,
+}
+
+/// When `easel bench relay` uses error feedback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ErrorFeedbackMode {
+    Auto,
+    On,
+    Off,
 }
 
 fn at_least_one(s: &str) -> Result<f64, String> {
@@ -183,8 +193,14 @@ pub fn bench_relay(args: BenchRelayArgs) -> anyhow::Result<()> {
     }
     let mut fp32_bytes = None;
     for (name, codec) in chosen {
-        // Error feedback for every lossy codec: top-k needs it, and it costs QSGD nothing.
-        let ef = !args.no_error_feedback && !matches!(codec, easel_protocol::Codec::Fp32);
+        use easel_protocol::Codec;
+        let ef = match args.error_feedback {
+            ErrorFeedbackMode::Auto => {
+                matches!(codec, Codec::TopK { .. } | Codec::TopKQsgd { .. })
+            }
+            ErrorFeedbackMode::On => codec != Codec::Fp32,
+            ErrorFeedbackMode::Off => false,
+        };
         let o = rt.block_on(experiment::run(&setup, name, codec, ef, data.clone()))?;
         let fp32 = *fp32_bytes.get_or_insert(
             easel_protocol::encoded_len(easel_protocol::Codec::Fp32, LENET5_28.param_count) as f64
