@@ -107,3 +107,78 @@ fn eight_bots_two_stragglers_reach_95_percent_and_the_ledger_shows_staleness() {
         );
     }
 }
+
+/// `easel bots` over `wss://` with the relay's self-signed certificate, trusted through
+/// `--ca`, and with `--insecure`.
+#[test]
+fn bots_join_over_wss_with_the_self_signed_certificate() {
+    use easel_relay::bots::{BotOptions, Trust, run_bots};
+    use easel_relay::http::TlsSource;
+    use easel_relay::{Config, Shutdown};
+    use std::net::SocketAddr;
+
+    let data = Arc::new(Mnist::load(default_path()).expect("the MNIST file (cargo xtask data)"));
+    let dir = std::env::temp_dir().join(format!("easel-bots-wss-{}", std::process::id()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let config = Config {
+            https: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            http: None,
+            tls: TlsSource::SelfSigned { dir: dir.clone() },
+            admin_token: Some("token".into()),
+            ..Config::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let files = warp_free_files();
+        let relay = easel_relay::run(config, files, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("the relay starts");
+        let port = relay.https.expect("https").port();
+        let code = relay.hub.create_room();
+        for (host, trust) in [
+            ("localhost", Trust::Ca(dir.join("cert.pem"))),
+            ("127.0.0.1", Trust::Insecure),
+        ] {
+            let (_trigger, shutdown) = Shutdown::new();
+            let opts = BotOptions {
+                relay: format!("wss://{host}:{port}/ws"),
+                room: code.clone(),
+                count: 2,
+                slow: 0,
+                slowdown: 1.0,
+                backend: easel_protocol::Backend::Cpu,
+                seed: 3,
+                pushes: Some(2),
+                total_pushes: None,
+                trust: Some(trust),
+            };
+            let reports = run_bots(opts, Arc::new(data.train.clone()), shutdown, None)
+                .await
+                .expect("the bots run");
+            for r in &reports {
+                assert!(r.error.is_none(), "{}", r.line());
+                assert_eq!((r.stats.pushes, r.acks), (2, 2), "{}", r.line());
+            }
+        }
+        let pushes = relay
+            .hub
+            .room(&code)
+            .unwrap()
+            .with_room(|r| r.ledger().totals().pushes);
+        assert_eq!(pushes, 8);
+        let _ = stop.send(());
+        relay.wait().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// A static-file filter that serves nothing.
+fn warp_free_files() -> warp::filters::BoxedFilter<(&'static str,)> {
+    use warp::Filter;
+    warp::path("nothing").map(|| "").boxed()
+}
