@@ -13,6 +13,7 @@ pub mod schedule;
 pub mod trainer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
+pub mod worker;
 
 pub use cpu::CpuTrainer;
 pub use easel_protocol::{LENET5_28, ModelSpec};

@@ -8,8 +8,12 @@
 //! - [`ws`]: one WebSocket connection; [`http`]: the routes and [`http::run`];
 //!   [`tls`]: certificates and the HTTPS/HTTP listeners; [`eval`]: center evaluation off
 //!   the reactor.
+//! - [`bots`]: native workers running `easel_client::worker` over WebSockets (`easel bots`);
+//!   [`experiment`]: the 8-worker run the end-to-end test and `easel bench relay` share.
 
+pub mod bots;
 pub mod eval;
+pub mod experiment;
 pub mod http;
 pub mod hub;
 pub mod ledger;

@@ -1,9 +1,11 @@
-//! The `easel` command: train one worker locally, benchmark it, or (later) run the relay.
+//! The `easel` command: train one worker locally, benchmark it, fill a room with bots, or
+//! benchmark the relay's codecs.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod cli_bots;
 mod local;
 mod serve;
 
@@ -27,9 +29,11 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Fill a room with native bot workers (run from a second terminal for a demo).
+    Bots(cli_bots::BotsArgs),
     /// Print the model's layer table and parameter layout.
     Model,
-    /// Serve the browser client and the data over HTTP, for training in a browser tab.
+    /// Run the relay: serve the browser client, the data and the WebSocket endpoint.
     Serve(serve::ServeArgs),
 }
 
@@ -37,6 +41,9 @@ enum Command {
 enum BenchCommand {
     /// Steady-state training samples/s with the data resident on the device.
     Train(local::BenchArgs),
+    /// Eight bot workers (two 5x slower) against a relay on 127.0.0.1, once per push codec:
+    /// final accuracy and bytes per push.
+    Relay(cli_bots::BenchRelayArgs),
 }
 
 /// Which device trains.
@@ -74,6 +81,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             what: BenchCommand::Train(args),
         } => local::bench(args),
         Command::Serve(args) => serve::serve(args),
+        Command::Bench {
+            what: BenchCommand::Relay(args),
+        } => cli_bots::bench_relay(args),
+        Command::Bots(args) => cli_bots::bots(args),
         Command::Model => {
             print!("{}", easel_client::LENET5_28.canonical_text());
             Ok(())
