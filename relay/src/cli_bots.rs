@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use easel_client::data::Mnist;
 use easel_client::worker::named_codecs;
 use easel_protocol::LENET5_28;
 use easel_relay::bots::{self, BotOptions, Trust};
@@ -90,14 +89,6 @@ fn at_least_one(s: &str) -> Result<f64, String> {
     }
 }
 
-fn load_data(args: &DataArgs) -> anyhow::Result<Mnist> {
-    let path = args
-        .data
-        .clone()
-        .unwrap_or_else(easel_client::data::default_path);
-    Ok(Mnist::load(&path)?)
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,7 +107,7 @@ fn on_ctrl_c(trigger: ShutdownTrigger) {
 }
 
 pub fn bots(args: BotsArgs) -> anyhow::Result<()> {
-    let data = load_data(&args.data)?;
+    let data = args.data.load()?;
     let trust = match (args.ca, args.insecure) {
         (Some(ca), _) => Some(Trust::Ca(ca)),
         (None, true) => Some(Trust::Insecure),
@@ -155,7 +146,7 @@ pub fn bots(args: BotsArgs) -> anyhow::Result<()> {
 }
 
 pub fn bench_relay(args: BenchRelayArgs) -> anyhow::Result<()> {
-    let data = Arc::new(load_data(&args.data)?);
+    let data = Arc::new(args.data.load()?);
     let all = named_codecs(LENET5_28.param_count);
     let chosen: Vec<_> = if args.codec == "all" {
         all

@@ -99,14 +99,6 @@ fn unit_f32(s: &str) -> Result<f32, String> {
     }
 }
 
-fn load_data(args: &DataArgs) -> anyhow::Result<Mnist> {
-    let path = args
-        .data
-        .clone()
-        .unwrap_or_else(easel_client::data::default_path);
-    Ok(Mnist::load(&path)?)
-}
-
 /// A trainer on the chosen backend with the whole training split resident.
 fn make_trainer(
     backend: Backend,
@@ -128,7 +120,7 @@ fn make_trainer(
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let data = load_data(&args.data)?;
+    let data = args.data.load()?;
     let sgd = Sgd {
         momentum: args.momentum,
         weight_decay: args.weight_decay,
@@ -225,7 +217,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let data = load_data(&args.data)?;
+    let data = args.data.load()?;
     let batch = args.batch as usize;
     let params = model::init_params(0);
     let mut trainer = make_trainer(args.backend, &data, &params, Sgd::default(), batch)?;

@@ -63,6 +63,17 @@ pub struct DataArgs {
     pub data: Option<PathBuf>,
 }
 
+impl DataArgs {
+    /// Loads and verifies the data file these options name.
+    pub fn load(&self) -> anyhow::Result<easel_client::data::Mnist> {
+        let path = self
+            .data
+            .clone()
+            .unwrap_or_else(easel_client::data::default_path);
+        Ok(easel_client::data::Mnist::load(&path)?)
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
