@@ -1,4 +1,6 @@
-//! `cargo xtask wasm`: builds the browser client into `www/pkg`.
+//! `cargo xtask wasm`: builds the browser client into `www/pkg`, and brings the pages'
+//! third-party scripts (the chart library, pinned in `www/package-lock.json`) into
+//! `www/vendor`.
 //!
 //! The wasm-bindgen CLI must be exactly the version of the `wasm-bindgen` crate in
 //! `Cargo.lock`, so it is checked and, if needed, installed with `cargo install` (without
@@ -41,6 +43,38 @@ pub fn run() -> Result<()> {
             .current_dir(root()),
     )?;
     eprintln!("==> the browser client is in {}", out_dir.display());
+    vendor()
+}
+
+/// The files `www/vendor/` gets from `www/node_modules/` after `npm ci`: the chart library
+/// uPlot (MIT), which the pages load with a plain `<script>` tag.
+const VENDOR_FILES: [(&str, &str); 2] = [
+    ("uplot/dist/uPlot.iife.min.js", "uPlot.iife.min.js"),
+    ("uplot/dist/uPlot.min.css", "uPlot.min.css"),
+];
+
+/// Installs the pages' npm dependencies exactly as locked and copies [`VENDOR_FILES`] into
+/// `www/vendor/`.
+pub fn vendor() -> Result<()> {
+    let www = root().join("www");
+    if which("npm").is_none() {
+        crate::apt_install(&["nodejs", "npm"], "bringing in the chart library (with npm)")?;
+    }
+    exec(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&www),
+    )
+    .context("installing the pages' chart library from the npm registry failed")?;
+    let vendor = www.join("vendor");
+    std::fs::create_dir_all(&vendor)
+        .with_context(|| format!("creating {}", vendor.display()))?;
+    for (from, to) in VENDOR_FILES {
+        let from = www.join("node_modules").join(from);
+        std::fs::copy(&from, vendor.join(to))
+            .with_context(|| format!("copying {} into {}", from.display(), vendor.display()))?;
+    }
+    eprintln!("==> the chart library is in {}", vendor.display());
     Ok(())
 }
 
