@@ -623,3 +623,10 @@ pub async fn compare_gpu_with_cpu(
     );
     Ok(out.into())
 }
+
+/// Floating-point operations one training sample costs (forward, backward, weight gradients),
+/// for reporting GFLOP/s.
+#[wasm_bindgen]
+pub fn train_flops_per_sample() -> f64 {
+    model::train_flops_per_sample() as f64
+}

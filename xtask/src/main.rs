@@ -5,6 +5,7 @@
 //! - `cargo xtask test` installs what the tests need and runs every test.
 //! - `cargo xtask demo [ARGS...]` prepares everything and starts `easel serve ARGS...`.
 
+mod bench_browser;
 mod data;
 mod test;
 mod wasm;
@@ -21,6 +22,7 @@ tasks:
   data           download the MNIST digits and write data/mnist.bin (skipped when it is up to date)
   wasm           build the browser client into www/pkg (installs wasm-bindgen-cli if needed)
   test           install the system packages the tests need, then run every test
+  bench-browser  Easel's wasm client against TensorFlow.js in headless Chromium (JSON figures)
   demo [ARGS..]  data, wasm, then `easel serve ARGS..`";
 
 fn main() -> ExitCode {
@@ -38,12 +40,13 @@ fn main() -> ExitCode {
             Ok(())
         }
         "demo" => demo(rest),
-        "data" | "wasm" | "test" if !rest.is_empty() => Err(anyhow::anyhow!(
+        "data" | "wasm" | "test" | "bench-browser" if !rest.is_empty() => Err(anyhow::anyhow!(
             "`cargo xtask {task}` takes no arguments, got {rest:?}\n\n{USAGE}"
         )),
         "data" => data::run(),
         "wasm" => wasm::run(),
         "test" => test::run(),
+        "bench-browser" => bench_browser::run(),
         other => Err(anyhow::anyhow!("unknown task {other:?}\n\n{USAGE}")),
     };
     match result {

@@ -38,7 +38,7 @@ pub fn run() -> Result<()> {
 
 /// Installs [`PACKAGES`] (and Node.js) with apt when something is missing and we are root;
 /// otherwise prints the command to run and fails.
-fn prerequisites() -> Result<()> {
+pub fn prerequisites() -> Result<()> {
     let mut missing = Vec::new();
     if which("chromium").is_none() {
         missing.push("chromium (the `chromium` command)");
