@@ -1121,7 +1121,7 @@ fn fall_back_to_cpu(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>, l
         w.batch_capacity(),
     );
     w.replace_trainer(Box::new(Engine::Cpu(Box::new(cpu))));
-    let reason = format!("The GPU was lost ({lost}); training goes on on the CPU.");
+    let reason = format!("The GPU was lost ({lost}). Training goes on on the CPU.");
     warn(&reason);
     s.fallback_reason = Some(reason);
     s.gpu = None;

@@ -56,6 +56,10 @@ test('a student tab joins the room, trains on WebGPU and its pushes are accepted
   assert.match(await gpuTab.locator('#adapter').innerText(), /swiftshader|webgpu/i);
   assert.match(await gpuTab.locator('#worker').innerText(), new RegExp(`browser-${s.worker_id}`));
   assert.ok(await gpuTab.locator('#loss-chart .uplot').isVisible(), 'the uPlot chart is drawn');
+  // The page stays responsive while the worker trains.
+  const t0 = Date.now();
+  await gpuTab.evaluate(() => new Promise((r) => requestAnimationFrame(r)));
+  assert.ok(Date.now() - t0 < 1000, 'the page took over a second to draw a frame');
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
 });
 
@@ -147,6 +151,14 @@ test('a LAN address without a secure context says so, falls back to the CPU and 
   assert.ok(await page.locator('#why').isVisible(), 'the reason is shown');
   assert.match(why, /https:\/\//, `the notice does not tell the student what to open: ${why}`);
   await screenshot(page, 'student-lan-cpu.png');
+  // On a phone's screen: one column, nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const fits = await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
+  assert.ok(fits, 'the page is wider than a phone screen');
+  const [a, b] = await page.locator('main > section').evaluateAll(
+    (els) => els.slice(0, 2).map((e) => e.getBoundingClientRect().left));
+  assert.equal(a, b, 'the cards are not in one column on a phone');
+  await screenshot(page, 'student-phone.png');
   assert.deepEqual(lan.outside, [], 'requests left 127.0.0.1');
 });
 

@@ -58,7 +58,10 @@ const VENDOR_FILES: [(&str, &str); 2] = [
 pub fn vendor() -> Result<()> {
     let www = root().join("www");
     if which("npm").is_none() {
-        crate::apt_install(&["nodejs", "npm"], "bringing in the chart library (with npm)")?;
+        crate::apt_install(
+            &["nodejs", "npm"],
+            "bringing in the chart library (with npm)",
+        )?;
     }
     exec(
         Command::new("npm")
@@ -67,8 +70,7 @@ pub fn vendor() -> Result<()> {
     )
     .context("installing the pages' chart library from the npm registry failed")?;
     let vendor = www.join("vendor");
-    std::fs::create_dir_all(&vendor)
-        .with_context(|| format!("creating {}", vendor.display()))?;
+    std::fs::create_dir_all(&vendor).with_context(|| format!("creating {}", vendor.display()))?;
     for (from, to) in VENDOR_FILES {
         let from = www.join("node_modules").join(from);
         std::fs::copy(&from, vendor.join(to))

@@ -101,7 +101,14 @@ impl Gpu {
         let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
             if let Ok(mut slot) = flag.lock() {
-                slot.get_or_insert_with(|| format!("{message} ({reason:?})"));
+                slot.get_or_insert_with(|| {
+                    let message = message.trim().trim_end_matches('.');
+                    if message.is_empty() {
+                        format!("{reason:?}")
+                    } else {
+                        message.to_string()
+                    }
+                });
             }
         });
         Ok(Gpu {
