@@ -45,8 +45,9 @@ export function checkPrerequisites() {
 
 /**
  * Starts `easel serve` on free loopback ports with a throw-away home for its certificate, and
- * resolves to `{port, httpsPort, room}` parsed from what it prints: the HTTP port, the HTTPS
- * port and the code of its first room. It is stopped by `cleanup()`.
+ * resolves to `{port, httpsPort, room, adminToken}` parsed from what it prints: the HTTP port,
+ * the HTTPS port, the code of its first room and the admin token of its teacher URL. It is
+ * stopped by `cleanup()`.
  */
 export function startServer() {
   return new Promise((resolveServer, reject) => {
@@ -71,9 +72,12 @@ export function startServer() {
       const http = out.match(/^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m);
       const https = out.match(/^listening on https:\/\/127\.0\.0\.1:(\d+)\/$/m);
       const room = out.match(/^room code: ([A-Z0-9]+)$/m);
-      if (http && https && room) {
+      const admin = out.match(/^teacher .*[?&]admin=([0-9a-f]+)/m);
+      if (http && https && room && admin) {
         clearTimeout(timer);
-        resolveServer({ port: Number(http[1]), httpsPort: Number(https[1]), room: room[1] });
+        resolveServer({
+          port: Number(http[1]), httpsPort: Number(https[1]), room: room[1], adminToken: admin[1],
+        });
       }
     });
     child.stderr.on('data', (d) => { err += d; });

@@ -6,9 +6,15 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import {
-  checkPrerequisites, cleanup, launch, screenshot, startServer, waitInPage,
+  ROOT, checkPrerequisites, cleanup, launch, screenshot, startServer, waitInPage,
 } from './relay.mjs';
+
+/** The model's layout hash, from the line PROTOCOL.md keeps equal to the code's. */
+const LAYOUT_HASH = readFileSync(join(ROOT, 'PROTOCOL.md'), 'utf8')
+  .match(/in hex, byte 0 first:\s*`([0-9a-f]{64})`/)[1];
 
 let relay;
 let browser;
@@ -136,6 +142,60 @@ test('a lost GPU falls back to the CPU and training goes on', { timeout: 200_000
   assert.match(s.fallback_reason, /GPU was lost.*CPU/);
   assert.match(await gpuTab.locator('#why').innerText(), /GPU was lost/);
   await screenshot(gpuTab, 'student-gpu-lost.png');
+});
+
+/**
+ * Joins the room as its teacher from a page of the relay's origin (the admin token in the
+ * socket's URL) and returns `send(action, worker, ms)` for Control messages, byte by byte as
+ * PROTOCOL.md lays them out: 0 pause, 1 resume, 2 delay.
+ */
+async function teacher(page) {
+  await page.goto(`http://127.0.0.1:${relay.port}/style.css`);
+  await page.evaluate(async ({ room, token, hash }) => {
+    const header = (type) => [...new TextEncoder().encode('EASL'), 1, type];
+    const u32 = (v) => { const b = new Uint8Array(4); new DataView(b.buffer).setUint32(0, v, true); return [...b]; };
+    const u64 = (v) => { const b = new Uint8Array(8); new DataView(b.buffer).setBigUint64(0, BigInt(v), true); return [...b]; };
+    const code = new TextEncoder().encode(room);
+    const join = [...header(1), ...u32(code.length), ...code, 3, 0, ...u32(0),
+      ...hash.match(/../g).map((h) => parseInt(h, 16)), 0];
+    const ws = new WebSocket(`ws://${location.host}/ws?admin=${token}`);
+    ws.binaryType = 'arraybuffer';
+    await new Promise((ok, fail) => { ws.onopen = ok; ws.onerror = fail; });
+    const welcome = new Promise((ok, fail) => {
+      ws.onmessage = (e) => (new Uint8Array(e.data)[5] === 2 ? ok() : fail(new Error('not welcomed')));
+    });
+    ws.send(new Uint8Array(join));
+    await welcome;
+    window.control = (action, worker, ms) => ws.send(new Uint8Array([...header(6), action, 1,
+      ...u64(worker), ...(action === 2 ? u32(ms) : [])]));
+  }, { room: relay.room, token: relay.adminToken, hash: LAYOUT_HASH });
+  return (action, worker, ms = 0) => page.evaluate(([a, w, m]) => window.control(a, w, m), [action, worker, ms]);
+}
+
+test("the teacher's pause, resume and delay reach the tab", { timeout: 200_000 }, async () => {
+  const teacherPage = await browser.context.newPage();
+  const control = await teacher(teacherPage);
+  const id = (await state(gpuTab)).worker_id;
+  await control(0, id);
+  await waitInPage(browser, () => window.easel.state().paused, null, 30_000, 'the pause', gpuTab);
+  await waitInPage(browser, () => window.easel.state().status === 'paused', null, 30_000,
+    'the paused state', gpuTab);
+  assert.match(await gpuTab.locator('#state').innerText(), /Paused by the teacher/);
+  const paused = (await state(gpuTab)).pushes;
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.equal((await state(gpuTab)).pushes, paused, 'a paused tab pushed');
+  await control(1, id);
+  await waitInPage(browser, (n) => window.easel.state().pushes > n + 1, paused, 60_000,
+    'pushes after the resume', gpuTab);
+  await control(2, id, 1500);
+  await waitInPage(browser, () => window.easel.state().status === 'delayed', null, 30_000,
+    'the delayed state', gpuTab);
+  assert.match(await gpuTab.locator('#state').innerText(), /Delayed 1500 ms by the teacher/);
+  assert.equal((await state(gpuTab)).delay_ms, 1500);
+  await control(2, id, 0);
+  await waitInPage(browser, () => window.easel.state().delay_ms === 0, null, 30_000,
+    'the delay removed', gpuTab);
+  await teacherPage.close();
 });
 
 test('a LAN address without a secure context says so, falls back to the CPU and trains', { timeout: 200_000 }, async () => {
