@@ -114,7 +114,10 @@ impl Engine {
 }
 
 /// The session's worker holds an `Engine`: a [`Trainer`] that is also, on the GPU, read
-/// asynchronously between `train_steps` and `finish_round`.
+/// asynchronously between `train_steps` and `finish_round`. On the GPU, `params` and
+/// `finish` would block, which the web cannot do: `run_round` reads through
+/// [`Engine::settle`] and [`Engine::read_params`] instead, and calls `Worker::local_round`
+/// (which uses them) only on the CPU.
 impl Trainer for Engine {
     fn backend(&self) -> &'static str {
         self.trainer_ref().backend()
