@@ -208,7 +208,16 @@ function startStudent() {
     ],
     legend: { show: true },
   }, [[], []], box);
-  new ResizeObserver(() => chart.plot.setSize(size())).observe(box);
+  // Follow the box's width. Resizing the chart inside the observer's callback would resize
+  // the box again in the same frame (a "ResizeObserver loop" error): do it in the next frame,
+  // and only when the width changed.
+  let chartWidth = size().width;
+  new ResizeObserver(() => requestAnimationFrame(() => {
+    const next = size();
+    if (next.width === chartWidth) return;
+    chartWidth = next.width;
+    chart.plot.setSize(next);
+  })).observe(box);
 
   // ---- The drawing pad: mouse and touch through pointer events. ----
 

@@ -204,6 +204,7 @@ function postState() {
   const s = session.stats();
   if (!s.joined) return;
   post({ type: 'state', state: s.paused ? 'paused' : 'training', delayMs: s.delay_ms });
+  postStats(); // the numbers change with the state: send them now, not up to 0.5 s later
 }
 
 function speed() {

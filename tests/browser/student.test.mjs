@@ -181,6 +181,8 @@ test("the teacher's pause, resume and delay reach the tab", { timeout: 200_000 }
   await waitInPage(browser, () => window.easel.state().status === 'paused', null, 30_000,
     'the paused state', gpuTab);
   assert.match(await gpuTab.locator('#state').innerText(), /Paused by the teacher/);
+  // The round under way when the pause came still pushes; then nothing.
+  await new Promise((r) => setTimeout(r, 1000));
   const paused = (await state(gpuTab)).pushes;
   await new Promise((r) => setTimeout(r, 3000));
   assert.equal((await state(gpuTab)).pushes, paused, 'a paused tab pushed');
@@ -191,7 +193,8 @@ test("the teacher's pause, resume and delay reach the tab", { timeout: 200_000 }
   await waitInPage(browser, () => window.easel.state().status === 'delayed', null, 30_000,
     'the delayed state', gpuTab);
   assert.match(await gpuTab.locator('#state').innerText(), /Delayed 1500 ms by the teacher/);
-  assert.equal((await state(gpuTab)).delay_ms, 1500);
+  await waitInPage(browser, () => window.easel.state().delay_ms === 1500, null, 5_000,
+    'the delay in the numbers', gpuTab);
   await control(2, id, 0);
   await waitInPage(browser, () => window.easel.state().delay_ms === 0, null, 30_000,
     'the delay removed', gpuTab);
@@ -213,8 +216,9 @@ test('a LAN address without a secure context says so, falls back to the CPU and 
   await screenshot(page, 'student-lan-cpu.png');
   // On a phone's screen: one column, nothing wider than the screen.
   await page.setViewportSize({ width: 390, height: 844 });
-  const fits = await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
-  assert.ok(fits, 'the page is wider than a phone screen');
+  // The chart follows its box's width one frame later.
+  await waitInPage(lan, () => document.documentElement.scrollWidth <= window.innerWidth, null,
+    5_000, 'the page to fit a phone screen', page);
   const [a, b] = await page.locator('main > section').evaluateAll(
     (els) => els.slice(0, 2).map((e) => e.getBoundingClientRect().left));
   assert.equal(a, b, 'the cards are not in one column on a phone');
