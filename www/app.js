@@ -95,10 +95,10 @@ function startStudent() {
       case 'prediction':
         showPrediction(m);
         break;
-      case 'problem':
+      case 'problem': // null: the last problem is over
         page.problem = m.text;
-        $('problem').textContent = m.text;
-        $('problem').hidden = false;
+        $('problem').textContent = m.text ?? '';
+        $('problem').hidden = !m.text;
         break;
       case 'fatal':
         fail(m.message);

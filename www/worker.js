@@ -151,7 +151,8 @@ function handle(sock, bytes) {
       post({ type: 'problem', text: `The relay says: ${ev.message} (code ${ev.code})` });
       break;
     case 'ack':
-      if (!ev.accepted) post({ type: 'problem', text: `Push refused: ${ev.message} (code ${ev.code}); taking the class's model.` });
+      post({ type: 'problem',
+        text: ev.accepted ? null : `Push refused: ${ev.message} (code ${ev.code}); taking the class's model.` });
       break;
     default:
       break;

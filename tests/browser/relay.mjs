@@ -71,7 +71,7 @@ export function startServer() {
       out += d;
       const http = out.match(/^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m);
       const https = out.match(/^listening on https:\/\/127\.0\.0\.1:(\d+)\/$/m);
-      const room = out.match(/^room code: ([A-Z0-9]+)$/m);
+      const room = out.match(/^room code: ([A-Z0-9]+)$/m) ?? out.match(/[?&]room=([A-Z0-9]+)/);
       const admin = out.match(/^teacher .*[?&]admin=([0-9a-f]+)/m);
       if (http && https && room && admin) {
         clearTimeout(timer);
