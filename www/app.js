@@ -1,240 +1,324 @@
-// The single-tab training page: starts the worker, shows what it reports, draws two small charts.
-// All training happens in worker.js; this file only routes messages and draws.
+// The student page: joins a room (`/?room=CODE`), shows what the room worker (worker.js)
+// reports, charts the local loss with uPlot, and lets the student draw a digit for both
+// models to read. Training and the connection live in worker.js; this file only routes
+// messages and draws. `?backend=cpu|gpu|auto` picks the backend (auto by default).
 
 const query = new URLSearchParams(location.search);
-const number = (name, fallback) => {
-  const v = Number(query.get(name));
-  return query.has(name) && Number.isFinite(v) ? v : fallback;
-};
-const config = {
-  backend: query.get('backend') ?? 'auto',
-  seed: number('seed', 1),
-  batch: number('batch', 32),
-  lr: number('lr', 0.1),
-  epochs: number('epochs', 5),
-};
-
+const room = (query.get('room') ?? '').trim().toUpperCase();
+const backend = query.get('backend') ?? 'auto';
 const $ = (id) => document.getElementById(id);
 
-/** Everything the page knows; browser tests read it as `window.easel`. */
-const state = {
-  config,
-  ready: false,
-  done: false,
-  error: null,
-  backend: null,
-  adapter: null,
-  fallbackReason: null,
-  steps: 0,
-  losses: [],
-  evals: [],
-  stepsPerSec: 0,
-  samplesPerSec: 0,
-};
-window.easel = state;
+// ---- Without a room: the big field to type its code. ----
 
-const fmt = (v, digits) => (Number.isFinite(v) ? v.toFixed(digits) : '–');
-const grouped = (v) => Math.round(v).toLocaleString('en-US');
-
-function setStatus(text, isError = false) {
-  $('status').textContent = text;
-  $('status').classList.toggle('error', isError);
-}
-
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-worker.onerror = (e) => {
-  state.error = e.message || 'the training worker failed to start';
-  setStatus(`Error: ${state.error}`, true);
-};
-worker.onmessage = (e) => {
-  const m = e.data;
-  switch (m.type) {
-    case 'status':
-      setStatus(m.text);
-      break;
-    case 'ready':
-      Object.assign(state, {
-        ready: true, backend: m.backend, adapter: m.adapter, fallbackReason: m.fallbackReason,
-        batch: m.batch, totalSteps: m.totalSteps,
-      });
-      $('backend').textContent = m.backend === 'gpu' ? 'GPU (WebGPU)' : 'CPU (WebAssembly, 1 thread)';
-      $('adapter').textContent = m.adapter;
-      if (m.fallbackReason) {
-        $('fallback').textContent = `Training on the CPU instead of the GPU. ${m.fallbackReason}`;
-        $('fallback').hidden = false;
-      }
-      if (m.totalSteps > 0) {
-        $('steps-of').textContent = `of ${grouped(m.totalSteps)} (${m.batch} digits each)`;
-        $('epochs-of').textContent = `of ${m.epochs} ${m.epochs === 1 ? 'pass' : 'passes'} over the data`;
-      } else {
-        $('steps-of').textContent = `(${m.batch} digits each)`;
-      }
-      $('pause').disabled = false;
-      setStatus('Training…');
-      break;
-    case 'progress':
-      state.steps = m.step;
-      for (const l of m.losses) state.losses.push(l);
-      state.stepsPerSec = m.stepsPerSec;
-      state.samplesPerSec = m.samplesPerSec;
-      $('steps').textContent = grouped(m.step);
-      $('epochs').textContent = fmt(m.epochs, 2);
-      $('lr').textContent = m.lr.toPrecision(3);
-      $('steps-per-sec').textContent = fmt(m.stepsPerSec, 1);
-      $('samples-per-sec').textContent = grouped(m.samplesPerSec);
-      if (m.losses.length) $('loss').textContent = fmt(mean(m.losses), 3);
-      if (state.backend === 'gpu') {
-        $('gpu-work').textContent = `${m.dispatchesPerStep} compute dispatches, `
-          + `${m.readbacksPerStep} readbacks`;
-        $('gpu-work-row').hidden = false;
-      }
-      redraw();
-      break;
-    case 'eval':
-      state.evals.push({ step: m.step, accuracy: m.accuracy, loss: m.loss });
-      $('accuracy').textContent = fmt(m.accuracy * 100, 1);
-      $('test-loss').textContent = fmt(m.loss, 3);
-      redraw();
-      break;
-    case 'done':
-      state.done = true;
-      $('pause').disabled = true;
-      setStatus(`Finished: ${grouped(m.step)} steps.`);
-      break;
-    case 'error':
-      state.error = m.message;
-      setStatus(`Error: ${m.message}`, true);
-      break;
-  }
-};
-
-let paused = false;
-$('pause').addEventListener('click', () => {
-  paused = !paused;
-  worker.postMessage({ type: paused ? 'pause' : 'resume' });
-  $('pause').textContent = paused ? 'Resume' : 'Pause';
-});
-
-worker.postMessage({ type: 'start', config });
-
-function mean(xs) {
-  return xs.reduce((a, b) => a + b, 0) / xs.length;
-}
-
-// ---- Charts: a plain canvas line plot, redrawn at most once per frame. ----
-
-let frameQueued = false;
-function redraw() {
-  if (frameQueued) return;
-  frameQueued = true;
-  requestAnimationFrame(() => {
-    frameQueued = false;
-    drawLoss();
-    drawAccuracy();
+if (!room) {
+  $('join').hidden = false;
+  $('room-input').focus();
+  $('join').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const code = $('room-input').value.trim().toUpperCase();
+    if (!code) return;
+    const q = new URLSearchParams(location.search);
+    q.set('room', code);
+    location.search = q.toString();
   });
-}
-window.addEventListener('resize', redraw);
-
-/** Sizes the canvas backing store to its CSS box and returns a context in CSS pixels. */
-function canvasContext(canvas) {
-  const dpr = window.devicePixelRatio || 1;
-  const { width, height } = canvas.getBoundingClientRect();
-  if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
-    canvas.width = Math.round(width * dpr);
-    canvas.height = Math.round(height * dpr);
-  }
-  const ctx = canvas.getContext('2d');
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, width, height);
-  return { ctx, width, height };
+} else {
+  startStudent();
 }
 
-const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+function startStudent() {
+  $('student').hidden = false;
+  $('room-title').hidden = false;
+  $('room-code').textContent = room;
+  document.title = `Easel: room ${room}`;
 
-/**
- * Draws axes and the series `lines` ([{points: [[x, y]], color, width}]) into `canvas`,
- * with `yLabel` on the y axis and steps on the x axis.
- */
-function plot(canvas, lines, { yMin, yMax, xMax, yLabel, yFormat, ticks = 4 }) {
-  const { ctx, width, height } = canvasContext(canvas);
-  const pad = { left: 44, right: 8, top: 8, bottom: 30 };
-  const w = width - pad.left - pad.right;
-  const h = height - pad.top - pad.bottom;
-  const X = (x) => pad.left + (x / xMax) * w;
-  const Y = (y) => pad.top + h - ((y - yMin) / (yMax - yMin)) * h;
-  ctx.font = '11px system-ui, sans-serif';
-  ctx.fillStyle = css('--muted');
-  ctx.strokeStyle = css('--line');
-  ctx.lineWidth = 1;
-  for (let i = 0; i <= ticks; i++) {
-    const y = yMin + ((yMax - yMin) * i) / ticks;
-    ctx.beginPath();
-    ctx.moveTo(pad.left, Y(y));
-    ctx.lineTo(pad.left + w, Y(y));
-    ctx.stroke();
-    ctx.textAlign = 'right';
-    ctx.textBaseline = 'middle';
-    ctx.fillText(yFormat(y), pad.left - 4, Y(y));
+  /** The worker id of the last Welcome, kept for a reload of this tab. */
+  const resumeKey = `easel.worker.${room}`;
+  const stored = Number(sessionStorage.getItem(resumeKey));
+
+  /** Everything the page knows; browser tests read it through `window.easel.state()`. */
+  const page = {
+    room,
+    status: 'starting',
+    status_text: 'Starting…',
+    error: null,
+    problem: null,
+    steps_per_sec: 0,
+    samples_per_sec: 0,
+    losses: [],
+    prediction: null,
+    resumed: false,
+    /** Times the connection was lost and a reconnection scheduled. */
+    reconnects: 0,
+  };
+  let stats = {};
+  let device = {};
+
+  const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  window.easel = {
+    get error() { return page.error; },
+    state: () => ({ ...stats, ...device, ...page, losses: page.losses.slice() }),
+    dropConnection: () => worker.postMessage({ type: 'drop' }),
+    loseGpu: () => worker.postMessage({ type: 'lose-gpu' }),
+  };
+
+  worker.onerror = (e) => fail(e.message || 'the training worker failed to start');
+  worker.onmessage = (e) => {
+    const m = e.data;
+    switch (m.type) {
+      case 'status':
+        setState('starting', m.text);
+        break;
+      case 'device':
+        device = { backend: m.backend, adapter: m.adapter, fallback_reason: m.fallbackReason };
+        showDevice();
+        break;
+      case 'welcome':
+        sessionStorage.setItem(resumeKey, String(m.workerId));
+        page.resumed = m.resumed;
+        $('worker').textContent = `browser-${m.workerId}${m.resumed ? ' (resumed)' : ''}`;
+        page.problem = null;
+        $('problem').hidden = true;
+        break;
+      case 'state':
+        setState(m.state, stateText(m));
+        break;
+      case 'stats':
+        stats = m.stats;
+        page.steps_per_sec = m.stepsPerSec;
+        page.samples_per_sec = m.samplesPerSec;
+        showStats();
+        break;
+      case 'loss':
+        page.losses.push([m.seconds, m.loss]);
+        chart.queue();
+        break;
+      case 'prediction':
+        showPrediction(m);
+        break;
+      case 'problem': // null: the last problem is over
+        page.problem = m.text;
+        $('problem').textContent = m.text ?? '';
+        $('problem').hidden = !m.text;
+        break;
+      case 'fatal':
+        fail(m.message);
+        break;
+    }
+  };
+  worker.postMessage({
+    type: 'start',
+    config: { room, backend, seed: Number(query.get('seed') ?? 1) >>> 0,
+      resume: Number.isFinite(stored) && stored > 0 ? stored : null },
+  });
+
+  function fail(text) {
+    page.error = text;
+    setState('error', text);
+    $('problem').textContent = text;
+    $('problem').hidden = false;
   }
-  ctx.textAlign = 'left';
-  ctx.textBaseline = 'alphabetic';
-  ctx.fillText('0', pad.left, height - 14);
-  ctx.textAlign = 'right';
-  ctx.fillText(`${grouped(xMax)} steps`, pad.left + w, height - 14);
-  ctx.textAlign = 'center';
-  ctx.fillText(yLabel, pad.left + w / 2, height - 2);
-  for (const line of lines) {
-    if (!line.points.length) continue;
-    ctx.strokeStyle = line.color;
-    ctx.lineWidth = line.width;
-    ctx.beginPath();
-    line.points.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y)) : ctx.moveTo(X(x), Y(y))));
-    ctx.stroke();
-    if (line.dots) {
-      ctx.fillStyle = line.color;
-      for (const [x, y] of line.points) ctx.fillRect(X(x) - 2, Y(y) - 2, 4, 4);
+
+  function setState(status, text) {
+    if (status === 'reconnecting' && page.status !== 'reconnecting') page.reconnects += 1;
+    page.status = status;
+    page.status_text = text;
+    $('state').textContent = text;
+    $('state').dataset.state = status;
+  }
+
+  function stateText(m) {
+    switch (m.state) {
+      case 'connecting': return 'Connecting to the room…';
+      case 'reconnecting': return `Lost the connection. Reconnecting in ${m.seconds.toFixed(1)} s…`;
+      case 'paused': return 'Paused by the teacher';
+      case 'delayed': return `Delayed ${m.delayMs} ms by the teacher before each push (a straggler)`;
+      case 'training': return m.delayMs > 0 ? `Training (delayed ${m.delayMs} ms before each push)` : 'Training';
+      default: return m.state;
     }
   }
-}
 
-/** Averages `values` into at most `bins` points of [step, mean]. */
-function binned(values, bins) {
-  const per = Math.max(1, Math.ceil(values.length / bins));
-  const out = [];
-  for (let i = 0; i < values.length; i += per) {
-    const slice = values.slice(i, i + per);
-    out.push([i + slice.length / 2, mean(slice)]);
+  function showDevice() {
+    $('backend').textContent = device.backend === 'gpu' ? 'GPU (WebGPU)' : 'CPU (WebAssembly, 1 thread)';
+    $('adapter').textContent = device.adapter;
+    let why = null;
+    if (device.fallback_reason) {
+      why = device.backend === 'cpu' ? `Training on the CPU. ${device.fallback_reason}` : device.fallback_reason;
+    } else if (device.backend === 'cpu' && backend === 'cpu') {
+      why = 'Training on the CPU because the address asks for it (?backend=cpu).';
+    }
+    $('why').textContent = why ?? '';
+    $('why').hidden = !why;
   }
-  return out;
-}
 
-function drawLoss() {
-  const canvas = $('loss-chart');
-  const losses = state.losses;
-  const raw = binned(losses, Math.max(50, Math.floor(canvas.clientWidth)));
-  const smooth = [];
-  let ema = null;
-  const alpha = Math.min(1, 20 / Math.max(losses.length, 1) + 0.02);
-  losses.forEach((l, i) => {
-    ema = ema === null ? l : ema + alpha * (l - ema);
-    if (i % Math.max(1, Math.floor(losses.length / 400)) === 0) smooth.push([i + 1, ema]);
-  });
-  const top = Math.ceil(Math.max(2.5, ...raw.map(([, y]) => y).filter(Number.isFinite)));
-  plot(canvas, [
-    { points: raw, color: css('--accent-soft'), width: 1 },
-    { points: smooth, color: css('--accent'), width: 2 },
-  ], {
-    yMin: 0, yMax: top, ticks: top <= 4 ? top * 2 : top, xMax: Math.max(state.totalSteps || 0, losses.length, 1),
-    yLabel: 'training loss (nats) by step', yFormat: (v) => v.toFixed(1),
-  });
-}
+  const fmt = (v, digits) => (v === null || v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
+  const grouped = (v) => Math.round(v).toLocaleString('en-US');
+  function bytes(v, id) {
+    const mb = v >= 1e6;
+    $(id).textContent = mb ? (v / 1e6).toFixed(2) : (v / 1e3).toFixed(1);
+    $(`${id}-unit`).textContent = mb ? 'MB' : 'KB';
+  }
 
-function drawAccuracy() {
-  const points = state.evals.map((e) => [e.step, e.accuracy * 100]);
-  plot($('acc-chart'), [{ points, color: css('--good'), width: 2, dots: true }], {
-    yMin: 0, yMax: 100, xMax: Math.max(state.totalSteps || 0, state.steps, 1),
-    yLabel: 'test accuracy (%) by step', yFormat: (v) => `${v.toFixed(0)}%`,
-  });
-}
+  function showStats() {
+    const s = stats;
+    if (s.worker_id !== null && s.worker_id !== undefined && $('worker').textContent === '–') {
+      $('worker').textContent = `browser-${s.worker_id}`;
+    }
+    $('steps-per-sec').textContent = fmt(page.steps_per_sec, 1);
+    $('samples-per-sec').textContent = grouped(page.samples_per_sec);
+    $('pushes').textContent = grouped(s.pushes);
+    $('push-split').textContent = `${grouped(s.accepted)} accepted, ${grouped(s.refused)} refused`;
+    $('tau').textContent = s.last_tau ?? '–';
+    $('tau-mean').textContent = `versions late (mean ${fmt(s.mean_tau, 2)})`;
+    $('alpha').textContent = fmt(s.last_alpha_eff, 3);
+    $('distance').textContent = fmt(s.distance_to_center, 3);
+    $('loss').textContent = fmt(s.last_loss, 3);
+    $('version').textContent = s.center_version ?? '–';
+    bytes(s.bytes_up, 'bytes-up');
+    bytes(s.bytes_down, 'bytes-down');
+  }
 
-redraw();
+  // ---- The loss chart (uPlot), redrawn at most once per frame. ----
+
+  const chart = {
+    plot: null,
+    queued: false,
+    queue() {
+      if (this.queued) return;
+      this.queued = true;
+      requestAnimationFrame(() => {
+        this.queued = false;
+        const xs = page.losses.map(([t]) => t);
+        const ys = page.losses.map(([, l]) => l);
+        this.plot.setData([xs, ys]);
+      });
+    },
+  };
+  const box = $('loss-chart');
+  const size = () => ({ width: Math.max(200, box.clientWidth), height: 220 });
+  chart.plot = new uPlot({
+    ...size(),
+    scales: { x: { time: false } },
+    axes: [
+      { label: 'seconds since this page started', size: 40 },
+      { label: 'loss (nats)', size: 50 },
+    ],
+    series: [
+      { label: 'time (s)', value: (u, v) => (v === null ? '–' : `${v.toFixed(0)} s`) },
+      { label: 'local loss', stroke: '#1a73e8', width: 2, value: (u, v) => (v === null ? '–' : v.toFixed(3)) },
+    ],
+    legend: { show: true },
+  }, [[], []], box);
+  // Follow the box's width. Resizing the chart inside the observer's callback would resize
+  // the box again in the same frame (a "ResizeObserver loop" error): do it in the next frame,
+  // and only when the width changed.
+  let chartWidth = size().width;
+  new ResizeObserver(() => requestAnimationFrame(() => {
+    const next = size();
+    if (next.width === chartWidth) return;
+    chartWidth = next.width;
+    chart.plot.setSize(next);
+  })).observe(box);
+
+  // ---- The drawing pad: mouse and touch through pointer events. ----
+
+  const pad = $('draw');
+  const ctx = pad.getContext('2d', { willReadFrequently: true });
+  let drawing = false;
+  let drawn = false;
+  let last = null;
+  const at = (e) => {
+    const r = pad.getBoundingClientRect();
+    return [(e.clientX - r.left) * (pad.width / r.width), (e.clientY - r.top) * (pad.height / r.height)];
+  };
+  pad.addEventListener('pointerdown', (e) => {
+    e.preventDefault();
+    pad.setPointerCapture(e.pointerId);
+    drawing = true;
+    last = at(e);
+    stroke(last, last);
+  });
+  pad.addEventListener('pointermove', (e) => {
+    if (!drawing) return;
+    e.preventDefault();
+    const p = at(e);
+    stroke(last, p);
+    last = p;
+  });
+  const end = () => {
+    if (!drawing) return;
+    drawing = false;
+    ask();
+  };
+  pad.addEventListener('pointerup', end);
+  pad.addEventListener('pointercancel', end);
+  $('clear').addEventListener('click', () => {
+    ctx.clearRect(0, 0, pad.width, pad.height);
+    drawn = false;
+    page.prediction = null;
+    $('preview').getContext('2d').clearRect(0, 0, 28, 28);
+    for (const id of ['guess-center', 'guess-own']) showGuess(id, null);
+    $('draw-note').textContent = '';
+  });
+
+  function stroke([x0, y0], [x1, y1]) {
+    ctx.strokeStyle = '#000';
+    ctx.lineWidth = pad.width / 13;
+    ctx.lineCap = 'round';
+    ctx.lineJoin = 'round';
+    ctx.beginPath();
+    ctx.moveTo(x0, y0);
+    ctx.lineTo(x1, y1);
+    ctx.stroke();
+    drawn = true;
+  }
+
+  /** Sends the drawing's ink (its alpha channel, 0 to 255) to the worker for both models. */
+  function ask() {
+    if (!drawn) return;
+    const { data, width, height } = ctx.getImageData(0, 0, pad.width, pad.height);
+    const gray = new Uint8Array(width * height);
+    for (let i = 0; i < gray.length; i++) gray[i] = data[i * 4 + 3];
+    worker.postMessage({ type: 'predict', gray, width, height }, [gray.buffer]);
+  }
+  // The models keep learning: ask again every two seconds while a digit is drawn.
+  setInterval(ask, 2000);
+
+  function showPrediction(m) {
+    if (m.error) {
+      $('draw-note').textContent = m.error;
+      return;
+    }
+    page.prediction = { own: m.own, center: m.center };
+    $('draw-note').textContent = '';
+    const preview = $('preview').getContext('2d');
+    const img = preview.createImageData(28, 28);
+    m.input.forEach((v, i) => {
+      img.data.set([255 - v, 255 - v, 255 - v, 255], i * 4);
+    });
+    preview.putImageData(img, 0, 0);
+    showGuess('guess-center', m.center);
+    showGuess('guess-own', m.own);
+  }
+
+  function showGuess(id, probs) {
+    const el = $(id);
+    const bars = el.querySelector('.bars');
+    if (!probs) {
+      el.querySelector('.digit').textContent = '–';
+      el.querySelector('.conf').textContent = '';
+      bars.replaceChildren();
+      return;
+    }
+    const top = probs.indexOf(Math.max(...probs));
+    el.querySelector('.digit').textContent = String(top);
+    el.querySelector('.conf').textContent = `${(probs[top] * 100).toFixed(0)} % sure`;
+    bars.replaceChildren(...probs.map((p, d) => {
+      const bar = document.createElement('span');
+      bar.className = d === top ? 'bar top' : 'bar';
+      bar.style.setProperty('--p', String(p));
+      bar.dataset.digit = String(d);
+      bar.title = `${d}: ${(p * 100).toFixed(1)} %`;
+      return bar;
+    }));
+  }
+}

@@ -1,122 +1,243 @@
-// The training loop of the single-tab page, in a module Web Worker so the page never freezes.
+// The student page's room worker, in a module Web Worker so the page never freezes.
+// It owns the WebSocket; the session logic (Join, Welcome, rounds of Push, Ack and Center,
+// Control, resume) is Rust's WebSession (client/src/web.rs over client/src/worker.rs).
 //
-// Messages in:  {type: 'start', config: {backend, seed, batch, lr, epochs}}, {type: 'pause'},
-//               {type: 'resume'}.
-// Messages out: {type: 'status', text}, {type: 'ready', ...device facts},
-//               {type: 'progress', ...}, {type: 'eval', ...}, {type: 'done'}, {type: 'error', message}.
+// Messages in:  {type: 'start', config: {room, backend, seed, resume}}, {type: 'predict',
+//               gray, width, height}, {type: 'drop'} (close the socket, for tests),
+//               {type: 'lose-gpu'} (destroy the GPU device, for tests).
+// Messages out: {type: 'status', text}, {type: 'device', backend, adapter, fallbackReason},
+//               {type: 'state', state, seconds?, delayMs?}, {type: 'welcome', workerId, resumed},
+//               {type: 'stats', stats, stepsPerSec, samplesPerSec}, {type: 'loss', seconds, loss},
+//               {type: 'prediction', input, own, center} or {type: 'prediction', error},
+//               {type: 'problem', text}, {type: 'fatal', message}.
 
-import init, { WebTrainer } from './pkg/easel_client.js';
+import { WebSession, prepare_digit } from './pkg/easel_client.js';
+import { loadWasmAndDigits } from './boot.js';
 
-/** Seconds of training per chunk the loop aims for: short enough to react to Pause at once. */
-const CHUNK_SECONDS = 0.15;
-/** Seconds between two evaluations on the test digits. */
-const EVAL_EVERY_SECONDS = 3;
-/** Seconds of recent chunks the speed is averaged over. */
-const SPEED_WINDOW_SECONDS = 3;
+/** Reconnection backoff: 0.5 s doubling to 10 s, with ±20 % jitter. */
+const BACKOFF_FIRST_S = 0.5;
+const BACKOFF_MAX_S = 10;
+/** Seconds of recent rounds the speed is averaged over. */
+const SPEED_WINDOW_S = 5;
+/** How often the page gets the numbers. */
+const STATS_EVERY_MS = 500;
+/** Relay error codes that end the session: unknown room, wrong model. */
+const FATAL_JOIN_CODES = new Set([3, 4]);
 
-let paused = false;
-let wake = null;
+let session = null;
+let config = null;
+let ws = null;
+let resumeId = null;
+let attempt = 0;
+let stopped = false;
+let rounding = false;
+let started = 0;
+const recent = []; // [steps, samples, seconds] of recent rounds
+
+// Every session call goes through this chain, so calls never overlap (a round holds the
+// worker while it waits for the GPU).
+let chain = Promise.resolve();
+function serial(fn) {
+  const p = chain.then(fn);
+  chain = p.catch(() => {});
+  return p;
+}
+
+const post = (msg) => self.postMessage(msg);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const message = (err) => String(err?.message ?? err);
 
 self.onmessage = (e) => {
-  const msg = e.data;
-  if (msg.type === 'start') {
-    run(msg.config).catch((err) => post({ type: 'error', message: String(err?.message ?? err) }));
-  } else if (msg.type === 'pause') {
-    paused = true;
-  } else if (msg.type === 'resume') {
-    paused = false;
-    if (wake) wake();
+  const m = e.data;
+  if (m.type === 'start') {
+    start(m.config).catch((err) => fatal(`could not start: ${message(err)}`));
+  } else if (m.type === 'predict') {
+    predict(m);
+  } else if (m.type === 'drop') {
+    ws?.close(4000, 'dropped by the page');
+  } else if (m.type === 'lose-gpu') {
+    serial(() => session?.lose_gpu());
   }
 };
 
-function post(msg) {
-  self.postMessage(msg);
+function fatal(text) {
+  stopped = true;
+  post({ type: 'fatal', message: text });
+  ws?.close();
 }
 
-/** Lets queued messages (Pause) in between two chunks. */
-function yieldToEvents() {
-  return new Promise((resolve) => setTimeout(resolve, 0));
+async function start(cfg) {
+  config = cfg;
+  resumeId = cfg.resume ?? null;
+  const bytes = await loadWasmAndDigits((text) => post({ type: 'status', text }));
+  session = await WebSession.create(bytes, cfg.backend, cfg.seed);
+  postDevice();
+  started = performance.now();
+  connect();
+  setInterval(postStats, STATS_EVERY_MS);
 }
 
-async function evaluate(trainer) {
-  const ev = await trainer.evaluate();
-  post({ type: 'eval', step: trainer.step(), accuracy: ev.accuracy, loss: ev.loss, digits: ev.digits });
+/** Tells the page where training runs (never called while a round holds the session). */
+function postDevice() {
+  const s = session.stats();
+  post({ type: 'device', backend: s.backend, adapter: s.adapter, fallbackReason: s.fallback_reason });
 }
 
-async function run(config) {
-  post({ type: 'status', text: 'Loading the WebAssembly module…' });
-  await init();
-  post({ type: 'status', text: 'Downloading 10,000 digits (7.9 MB)…' });
-  const resp = await fetch('/data/mnist.bin');
-  if (!resp.ok) throw new Error(`could not download the digits: HTTP ${resp.status} for /data/mnist.bin`);
-  const bytes = new Uint8Array(await resp.arrayBuffer());
-  post({ type: 'status', text: 'Checking the digits and starting the device…' });
-  const trainer = await WebTrainer.create(
-    bytes, config.backend, config.seed, config.batch, config.lr, config.epochs || undefined);
-  const batch = trainer.batch();
-  post({
-    type: 'ready',
-    backend: trainer.backend(),
-    adapter: trainer.adapter(),
-    fallbackReason: trainer.fallback_reason() ?? null,
-    batch,
-    totalSteps: trainer.total_steps(),
-    epochs: config.epochs,
-  });
-  await evaluate(trainer);
+function wsUrl() {
+  const u = new URL('/ws', self.location.href);
+  u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+  return u.href;
+}
 
-  let chunk = 1;
-  let lastEval = performance.now();
-  const recent = []; // [steps, seconds] of recent chunks
-  while (!trainer.finished()) {
-    if (paused) {
-      post({ type: 'status', text: 'Paused.' });
-      await new Promise((resolve) => { wake = resolve; });
-      wake = null;
-      post({ type: 'status', text: 'Training…' });
-    }
-    const lr = trainer.current_lr();
-    const before = trainer.step();
-    const t0 = performance.now();
-    const losses = await trainer.train_steps(chunk);
-    const seconds = (performance.now() - t0) / 1000;
-    const done = trainer.step() - before;
+function connect() {
+  if (stopped) return;
+  post({ type: 'state', state: 'connecting' });
+  const sock = new WebSocket(wsUrl());
+  sock.binaryType = 'arraybuffer';
+  ws = sock;
+  sock.onopen = () => {
+    // A socket that closed meanwhile cannot send; its close event reconnects.
+    serial(() => sock.send(session.join_message(config.room, resumeId ?? undefined))).catch(() => {});
+  };
+  sock.onmessage = (e) => {
+    if (!(e.data instanceof ArrayBuffer)) return;
+    const bytes = new Uint8Array(e.data);
+    serial(() => handle(sock, bytes));
+  };
+  sock.onclose = () => {
+    if (ws !== sock) return;
+    ws = null;
+    if (!stopped) reconnectLater();
+  };
+}
 
-    recent.push([done, seconds]);
-    let windowSteps = 0;
-    let windowSeconds = 0;
-    for (let i = recent.length - 1; i >= 0; i--) {
-      windowSteps += recent[i][0];
-      windowSeconds += recent[i][1];
-      if (windowSeconds > SPEED_WINDOW_SECONDS) {
-        recent.splice(0, i);
-        break;
-      }
-    }
-    const stepsPerSec = windowSeconds > 0 ? windowSteps / windowSeconds : 0;
-    post({
-      type: 'progress',
-      step: trainer.step(),
-      epochs: trainer.epochs_done(),
-      losses: Array.from(losses),
-      lr,
-      stepsPerSec,
-      samplesPerSec: stepsPerSec * batch,
-      dispatchesPerStep: trainer.dispatches_per_step(),
-      readbacksPerStep: trainer.readbacks_per_step(),
-    });
-
-    // Aim each chunk at CHUNK_SECONDS, growing or shrinking by at most a factor of two.
-    const perStep = seconds / Math.max(done, 1);
-    const target = Math.round(CHUNK_SECONDS / Math.max(perStep, 1e-6));
-    chunk = Math.max(1, Math.min(chunk * 2, target, 1000));
-
-    if (performance.now() - lastEval > EVAL_EVERY_SECONDS * 1000) {
-      await evaluate(trainer);
-      lastEval = performance.now();
-    }
-    await yieldToEvents();
+/** Waits 0.5 s, 1 s, 2 s, … up to 10 s (with jitter), counting down, then connects. */
+async function reconnectLater() {
+  const base = Math.min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** attempt);
+  attempt += 1;
+  const until = performance.now() + base * (0.8 + 0.4 * Math.random()) * 1000;
+  for (;;) {
+    const left = (until - performance.now()) / 1000;
+    if (left <= 0) break;
+    post({ type: 'state', state: 'reconnecting', seconds: Math.ceil(left * 10) / 10 });
+    await sleep(Math.min(250, left * 1000));
   }
-  await evaluate(trainer);
-  post({ type: 'done', step: trainer.step() });
+  connect();
+}
+
+function handle(sock, bytes) {
+  if (ws !== sock) return; // a late message of a closed connection
+  let ev;
+  try {
+    ev = session.on_message(bytes);
+  } catch (err) {
+    post({ type: 'problem', text: `The relay sent something this page cannot use (${message(err)}); reconnecting.` });
+    sock.close();
+    return;
+  }
+  switch (ev.kind) {
+    case 'welcome':
+      resumeId = ev.worker_id;
+      attempt = 0;
+      post({ type: 'welcome', workerId: ev.worker_id, resumed: ev.resumed });
+      postDevice();
+      break;
+    case 'error':
+      if (!ev.joined && FATAL_JOIN_CODES.has(ev.code)) {
+        fatal(ev.code === 3 ? `There is no room "${config.room}": check the code on the teacher's screen.`
+          : `The room cannot be joined: ${ev.message}`);
+        return;
+      }
+      post({ type: 'problem', text: `The relay says: ${ev.message} (code ${ev.code})` });
+      break;
+    case 'ack':
+      post({ type: 'problem',
+        text: ev.accepted ? null : `Push refused: ${ev.message} (code ${ev.code}); taking the class's model.` });
+      break;
+    default:
+      break;
+  }
+  pump();
+}
+
+/** Starts the next round when the session may push and nothing else is running. */
+function pump() {
+  if (rounding || stopped || !ws || ws.readyState !== WebSocket.OPEN || !session.ready()) {
+    postState();
+    return;
+  }
+  rounding = true;
+  const sock = ws;
+  runRound(sock)
+    .catch((err) => {
+      post({ type: 'problem', text: `A round failed: ${message(err)}` });
+      sock.close();
+    })
+    .finally(() => {
+      rounding = false;
+      postState();
+    });
+}
+
+async function runRound(sock) {
+  post({ type: 'state', state: 'training' });
+  const before = session.stats();
+  const t0 = performance.now();
+  const push = await serial(() => session.round());
+  const seconds = (performance.now() - t0) / 1000;
+  const after = session.stats();
+  if (after.backend !== before.backend) postDevice();
+  recent.push([after.steps - before.steps, after.samples - before.samples, seconds]);
+  if (after.last_loss !== null) {
+    post({ type: 'loss', seconds: (performance.now() - started) / 1000, loss: after.last_loss });
+  }
+  const delay = session.delay_ms();
+  if (delay > 0) {
+    post({ type: 'state', state: 'delayed', delayMs: delay });
+    await sleep(delay);
+  }
+  if (push && ws === sock && sock.readyState === WebSocket.OPEN) sock.send(push);
+}
+
+function postState() {
+  if (stopped || !session) return;
+  if (!ws || ws.readyState !== WebSocket.OPEN) return; // 'connecting' or 'reconnecting' stands
+  const s = session.stats();
+  if (!s.joined) return;
+  post({ type: 'state', state: s.paused ? 'paused' : 'training', delayMs: s.delay_ms });
+  postStats(); // the numbers change with the state: send them now, not up to 0.5 s later
+}
+
+function speed() {
+  let steps = 0;
+  let samples = 0;
+  let seconds = 0;
+  for (let i = recent.length - 1; i >= 0; i--) {
+    steps += recent[i][0];
+    samples += recent[i][1];
+    seconds += recent[i][2];
+    if (seconds > SPEED_WINDOW_S) {
+      recent.splice(0, i);
+      break;
+    }
+  }
+  return seconds > 0 ? [steps / seconds, samples / seconds] : [0, 0];
+}
+
+/** Sends the numbers, read between session calls (a round holds the worker meanwhile). */
+function postStats() {
+  if (!session) return;
+  serial(() => {
+    const [stepsPerSec, samplesPerSec] = speed();
+    post({ type: 'stats', stats: session.stats(), stepsPerSec, samplesPerSec });
+  });
+}
+
+function predict({ gray, width, height }) {
+  serial(() => {
+    const input = prepare_digit(gray, width, height);
+    const own = Array.from(session.predict_own(input));
+    const center = Array.from(session.predict_center(input));
+    post({ type: 'prediction', input, own, center });
+  }).catch((err) => post({ type: 'prediction', error: message(err) }));
 }

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
+pub mod digit;
 pub mod gpu;
 pub mod model;
 pub mod optim;

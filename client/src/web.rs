@@ -1,11 +1,20 @@
 //! The browser's view of the client: the only wasm-bindgen surface of Easel.
 //!
-//! A module Web Worker (`www/worker.js`) builds a [`WebTrainer`] from the bytes of
-//! `/data/mnist.bin` and calls [`WebTrainer::train_steps`] in small chunks, so the page stays
-//! responsive. The trainer runs on WebGPU when the browser offers it and on the CPU otherwise;
-//! when a GPU was wanted but could not be had, [`WebTrainer::fallback_reason`] says why in
-//! words a student understands. [`compare_gpu_with_cpu`] is a test helper: it trains the same
-//! steps on both backends and reports how far apart the parameters end up.
+//! - [`WebSession`]: a room worker. The student page's module Web Worker (`www/worker.js`)
+//!   owns the WebSocket and hands every received message to [`WebSession::on_message`],
+//!   which answers with what happened (a plain object); [`WebSession::round`] trains one
+//!   round and resolves to the `Push` to send. The session logic is `crate::worker`'s, the
+//!   same as the native bots'. On the GPU a round is `train_steps`, an awaited read of the
+//!   parameters and `finish_round`; when the GPU is lost, the session rebuilds its trainer
+//!   on the CPU from the worker's model and goes on.
+//! - [`WebTrainer`]: one model training alone (the single-tab page `www/solo.html`), in
+//!   small chunks of [`WebTrainer::train_steps`].
+//! - [`prepare_digit`]: a drawing made MNIST-like ([`crate::digit`]) for the predictions.
+//!
+//! Both run on WebGPU when the browser offers it and on the CPU otherwise; when a GPU was
+//! wanted but could not be had, `fallback_reason` says why in words a student understands.
+//! [`compare_gpu_with_cpu`] is a test helper: it trains the same steps on both backends and
+//! reports how far apart the parameters end up.
 //!
 //! Every method that has to wait for the GPU returns a `Promise`. The state lives in an
 //! `Rc<RefCell<..>>` that no borrow outlives an `await` on: while a call is waiting on the GPU,
@@ -15,15 +24,20 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use easel_protocol::message::{self, Message};
+use easel_protocol::{Backend, ClientKind, Control, Limits, Outcome};
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 use crate::cpu::{self, CpuTrainer};
 use crate::data::{Mnist, Split};
-use crate::gpu::{Gpu, GpuTrainer};
+use crate::digit;
+use crate::gpu::{Gpu, GpuLost, GpuTrainer};
 use crate::model::{self, IMAGE_PIXELS};
 use crate::schedule::{LrSchedule, batches_per_epoch, epoch_order};
+use crate::worker::{self, Event, Start, Worker};
 use crate::{Sgd, Trainer};
 
 /// Installs the panic hook that prints Rust panics to the browser console. It runs once, when
@@ -40,6 +54,25 @@ enum Engine {
 }
 
 impl Engine {
+    /// A trainer on `images`/`labels` from `params`: on `gpu` when there is one and it can
+    /// hold the data, else on the CPU. Returns the reason when a GPU was given but not used.
+    fn build(
+        gpu: Option<&Gpu>,
+        images: &[u8],
+        labels: &[u8],
+        params: &[f32],
+        sgd: Sgd,
+        batch: usize,
+    ) -> (Engine, Option<String>) {
+        let reason = match gpu.map(|g| GpuTrainer::new(g, images, labels, params, sgd, batch)) {
+            Some(Ok(t)) => return (Engine::Gpu(Box::new(t)), None),
+            Some(Err(e)) => Some(format!("The GPU cannot hold this model's data: {e}.")),
+            None => None,
+        };
+        let cpu = CpuTrainer::new(images, labels, params, sgd, batch);
+        (Engine::Cpu(Box::new(cpu)), reason)
+    }
+
     fn trainer(&mut self) -> &mut dyn Trainer {
         match self {
             Engine::Cpu(t) => t.as_mut(),
@@ -47,21 +80,68 @@ impl Engine {
         }
     }
 
-    /// The current parameters, once every queued step has finished.
-    async fn read_params(&mut self) -> Vec<f32> {
+    fn trainer_ref(&self) -> &dyn Trainer {
         match self {
-            Engine::Cpu(t) => t.params_ref().to_vec(),
+            Engine::Cpu(t) => t.as_ref(),
+            Engine::Gpu(t) => t.as_ref(),
+        }
+    }
+
+    /// Why the GPU this engine trains on was lost, once it has been.
+    fn lost(&self) -> Option<GpuLost> {
+        match self {
+            Engine::Cpu(_) => None,
+            Engine::Gpu(t) => t.gpu().lost(),
+        }
+    }
+
+    /// The current parameters, once every queued step has finished.
+    async fn read_params(&mut self) -> Result<Vec<f32>, GpuLost> {
+        match self {
+            Engine::Cpu(t) => Ok(t.params_ref().to_vec()),
             Engine::Gpu(t) => t.read_params().await,
         }
     }
 
     /// Waits until the queued steps have finished and returns every loss not reported yet,
     /// in step order.
-    async fn settle(&mut self) -> Vec<f32> {
+    async fn settle(&mut self) -> Result<Vec<f32>, GpuLost> {
         match self {
-            Engine::Cpu(t) => t.poll_losses(),
+            Engine::Cpu(t) => Ok(t.poll_losses()),
             Engine::Gpu(t) => t.finish_async().await,
         }
+    }
+}
+
+/// The session's worker holds an `Engine`: a [`Trainer`] that is also, on the GPU, read
+/// asynchronously between `train_steps` and `finish_round`. On the GPU, `params` and
+/// `finish` would block, which the web cannot do: `run_round` reads through
+/// [`Engine::settle`] and [`Engine::read_params`] instead, and calls `Worker::local_round`
+/// (which uses them) only on the CPU.
+impl Trainer for Engine {
+    fn backend(&self) -> &'static str {
+        self.trainer_ref().backend()
+    }
+    fn adapter(&self) -> String {
+        self.trainer_ref().adapter()
+    }
+    fn set_params(&mut self, params: &[f32], reset_state: bool) {
+        self.trainer().set_params(params, reset_state);
+    }
+    fn params(&mut self) -> Vec<f32> {
+        self.trainer().params()
+    }
+    fn step(&mut self, indices: &[u32], lr: f32) {
+        self.trainer().step(indices, lr);
+    }
+    fn poll_losses(&mut self) -> Vec<f32> {
+        self.trainer().poll_losses()
+    }
+    fn finish(&mut self) -> Vec<f32> {
+        self.trainer().finish()
+    }
+    fn step_counters(&self) -> Option<(u32, u32)> {
+        self.trainer_ref().step_counters()
     }
 }
 
@@ -220,6 +300,26 @@ impl Preference {
     }
 }
 
+/// Prints a warning to the browser's console.
+fn warn(text: &str) {
+    web_sys::console::warn_1(&JsValue::from_str(text));
+}
+
+/// Opens WebGPU unless `preference` is the CPU; returns it with its adapter's name, or
+/// the reason (also printed to the console) why a wanted GPU could not be had.
+async fn open_preferred(preference: Preference) -> (Option<(Gpu, String)>, Option<String>) {
+    if preference == Preference::Cpu {
+        return (None, None);
+    }
+    match open_gpu().await {
+        Ok(opened) => (Some(opened), None),
+        Err(reason) => {
+            warn(&reason);
+            (None, Some(reason))
+        }
+    }
+}
+
 /// Parses and checks the MNIST file the relay serves.
 fn parse_data(data: &Uint8Array) -> Result<Mnist, JsValue> {
     Mnist::from_bytes(&data.to_vec()).map_err(js_err)
@@ -270,53 +370,21 @@ impl WebTrainer {
         let params = model::init_params(seed);
         let Mnist { train, test } = mnist;
 
-        let mut fallback_reason = None;
-        let gpu = if preference == Preference::Cpu {
-            None
-        } else {
-            match open_gpu().await {
-                Ok(opened) => Some(opened),
-                Err(reason) => {
-                    web_sys::console::warn_1(&JsValue::from_str(&reason));
-                    fallback_reason = Some(reason);
-                    None
-                }
-            }
+        let (gpu, mut fallback_reason) = open_preferred(preference).await;
+        let (engine, reason) = Engine::build(
+            gpu.as_ref().map(|(g, _)| g),
+            &train.images,
+            &train.labels,
+            &params,
+            Sgd::default(),
+            batch,
+        );
+        fallback_reason = fallback_reason.or(reason.inspect(|r| warn(r)));
+        let backend = engine.trainer_ref().backend();
+        let adapter = match (&engine, gpu) {
+            (Engine::Gpu(_), Some((_, name))) => name,
+            _ => engine.trainer_ref().adapter(),
         };
-        let mut adapter = None;
-        let gpu_trainer = gpu.and_then(|(gpu, name)| {
-            match GpuTrainer::new(
-                &gpu,
-                &train.images,
-                &train.labels,
-                &params,
-                Sgd::default(),
-                batch,
-            ) {
-                Ok(t) => {
-                    adapter = Some(name);
-                    Some(t)
-                }
-                Err(e) => {
-                    let reason = format!("The GPU cannot hold this model's data: {e}.");
-                    web_sys::console::warn_1(&JsValue::from_str(&reason));
-                    fallback_reason = Some(reason);
-                    None
-                }
-            }
-        });
-        let mut engine = match gpu_trainer {
-            Some(t) => Engine::Gpu(Box::new(t)),
-            None => Engine::Cpu(Box::new(CpuTrainer::new(
-                &train.images,
-                &train.labels,
-                &params,
-                Sgd::default(),
-                batch,
-            ))),
-        };
-        let backend = engine.trainer().backend();
-        let adapter = adapter.unwrap_or_else(|| engine.trainer().adapter());
         let shard_len = train.len();
         let (schedule, total_steps) = match epochs {
             Some(e) if e > 0 => (
@@ -438,6 +506,7 @@ impl WebTrainer {
                 s.host_params.copy_from_slice(t.params_ref());
             }
             s.engine = Some(engine);
+            let losses = losses.map_err(|e| js_err(format!("The GPU was lost: {e}")))?;
             Ok(Float32Array::from(losses.as_slice()).into())
         })
     }
@@ -523,6 +592,7 @@ async fn read_params(state: &Rc<RefCell<State>>) -> Result<Vec<f32>, JsValue> {
     let params = engine.read_params().await;
     let mut s = state.borrow_mut();
     s.engine = Some(engine);
+    let params = params.map_err(|e| js_err(format!("The GPU was lost: {e}")))?;
     s.host_params.clone_from(&params);
     Ok(params)
 }
@@ -571,8 +641,8 @@ pub async fn compare_gpu_with_cpu(
         gpu_trainer.step(indices, LR);
         cpu_trainer.step(indices, LR);
     }
-    let gpu_losses = gpu_trainer.finish_async().await;
-    let gpu_params = gpu_trainer.read_params().await;
+    let gpu_losses = gpu_trainer.finish_async().await.map_err(js_err)?;
+    let gpu_params = gpu_trainer.read_params().await.map_err(js_err)?;
     let cpu_params = cpu_trainer.params();
     let cpu_losses = cpu_trainer.finish();
 
@@ -622,6 +692,488 @@ pub async fn compare_gpu_with_cpu(
             .collect::<Array>(),
     );
     Ok(out.into())
+}
+
+// ---- The room worker ----------------------------------------------------------------------
+
+/// Everything a [`WebSession`] knows. `worker` is `None` before the first `Welcome` and while
+/// a round has it lent out.
+struct SessionState {
+    worker: Option<Worker<Engine>>,
+    /// Whether a `Welcome` made the worker (to tell "not joined" from "busy").
+    joined: bool,
+    /// The GPU new trainers are built on; `None` on the CPU, and after the GPU was lost.
+    gpu: Option<Gpu>,
+    backend: &'static str,
+    adapter: String,
+    fallback_reason: Option<String>,
+    /// The training split the relay's shards index.
+    train: Split,
+    /// The seed of the epoch orders and QSGD rounding (mixed with the worker id).
+    seed: u64,
+    /// The worker id the last Join asked to resume.
+    requested: Option<u64>,
+    /// Welcomes received: the first join and every reconnection.
+    welcomes: u32,
+    /// Bytes of the Join and Welcome messages, which the worker's own counters miss.
+    handshake_up: u64,
+    handshake_down: u64,
+}
+
+/// What a received message meant, for the page (`kind` tells which).
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum SessionEvent {
+    /// The relay admitted this worker (`resumed`: under the id the Join asked for).
+    Welcome {
+        worker_id: u64,
+        resumed: bool,
+        center_version: u64,
+        shard: usize,
+    },
+    /// The relay's answer to the push in flight.
+    Ack {
+        accepted: bool,
+        tau: Option<u32>,
+        alpha_eff: Option<f32>,
+        code: Option<u16>,
+        message: Option<String>,
+    },
+    /// A new center: the worker pulled toward it, or took it after a refusal (`resynced`).
+    Center { version: u64, resynced: bool },
+    /// The teacher paused, resumed, delayed or re-set this worker.
+    Control {
+        action: &'static str,
+        delay_ms: Option<u32>,
+    },
+    /// The relay reported an error (before a Welcome it means the Join was refused).
+    Error {
+        code: u16,
+        message: String,
+        joined: bool,
+    },
+}
+
+/// What the student page shows, as `WebSession::stats` returns it.
+#[derive(Serialize)]
+struct SessionStats {
+    backend: &'static str,
+    adapter: String,
+    fallback_reason: Option<String>,
+    joined: bool,
+    worker_id: Option<u64>,
+    center_version: Option<u64>,
+    welcomes: u32,
+    pushes: u64,
+    accepted: u64,
+    refused: u64,
+    steps: u64,
+    samples: u64,
+    last_tau: Option<u32>,
+    mean_tau: Option<f64>,
+    last_alpha_eff: Option<f32>,
+    mean_alpha_eff: Option<f64>,
+    bytes_up: u64,
+    bytes_down: u64,
+    distance_to_center: Option<f32>,
+    last_loss: Option<f32>,
+    relay_errors: u64,
+    paused: bool,
+    delay_ms: u32,
+    batch: u32,
+    local_steps: u32,
+}
+
+/// A JavaScript value from a serde value; `None` becomes `null`.
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true))
+        .map_err(js_err)
+}
+
+/// A finite number, or `None`.
+fn finite(x: f32) -> Option<f32> {
+    x.is_finite().then_some(x)
+}
+
+/// One browser tab as a worker of a room, on WebGPU or on the CPU.
+///
+/// Build it with `await WebSession.create(bytes, "auto", seed)`, send
+/// `join_message(room, resumeId)` on a fresh WebSocket, hand every binary message to
+/// `on_message`, and while `ready()`, `await round()` and send the bytes it resolves to
+/// (after `delay_ms()`). Calls must not overlap: a call made while `round()` is pending is
+/// rejected with a plain error.
+#[wasm_bindgen]
+pub struct WebSession {
+    state: Rc<RefCell<SessionState>>,
+}
+
+#[wasm_bindgen]
+impl WebSession {
+    /// Checks the bytes of `/data/mnist.bin` and opens the backend: `"gpu"` and `"auto"`
+    /// take WebGPU when the page can have it and fall back to the CPU (saying why)
+    /// otherwise; `"cpu"` takes the CPU.
+    pub async fn create(
+        data: Uint8Array,
+        backend: String,
+        seed: u32,
+    ) -> Result<WebSession, JsValue> {
+        let preference = Preference::parse(&backend)?;
+        let Mnist { train, .. } = parse_data(&data)?;
+        drop(data);
+        let (gpu, fallback_reason) = open_preferred(preference).await;
+        let (backend, adapter) = match &gpu {
+            Some((_, name)) => ("gpu", name.clone()),
+            None => (
+                "cpu",
+                "this browser's CPU (WebAssembly, 1 thread)".to_string(),
+            ),
+        };
+        Ok(WebSession {
+            state: Rc::new(RefCell::new(SessionState {
+                worker: None,
+                joined: false,
+                gpu: gpu.map(|(g, _)| g),
+                backend,
+                adapter,
+                fallback_reason,
+                train,
+                seed: u64::from(seed),
+                requested: None,
+                welcomes: 0,
+                handshake_up: 0,
+                handshake_down: 0,
+            })),
+        })
+    }
+
+    /// The bytes of the `Join` that opens a connection to `room`; `resume` is the worker id
+    /// of an earlier Welcome, to take that place up again.
+    pub fn join_message(&self, room: String, resume: Option<f64>) -> Uint8Array {
+        let mut s = self.state.borrow_mut();
+        let resume = resume
+            .filter(|r| r.is_finite() && *r >= 0.0)
+            .map(|r| r as u64);
+        s.requested = resume;
+        let backend = if s.backend == "gpu" {
+            Backend::Gpu
+        } else {
+            Backend::Cpu
+        };
+        let bytes = message::encode(&worker::join(
+            room.trim(),
+            ClientKind::Browser,
+            backend,
+            resume,
+        ));
+        s.handshake_up += bytes.len() as u64;
+        Uint8Array::from(bytes.as_slice())
+    }
+
+    /// Handles one binary message from the relay and returns what it meant: an object with
+    /// `kind` `"welcome"`, `"ack"`, `"center"`, `"control"` or `"error"` (see the fields of
+    /// each in `SessionEvent`). Throws on bytes that break the session.
+    pub fn on_message(&self, bytes: Uint8Array) -> Result<JsValue, JsValue> {
+        let bytes = bytes.to_vec();
+        let mut s = self.state.borrow_mut();
+        let msg = message::decode(&bytes, &Limits::default()).map_err(js_err)?;
+        let event = match msg {
+            Message::Welcome(welcome) => {
+                s.handshake_down += bytes.len() as u64;
+                let start = worker::prepare(&welcome, &s.train).map_err(js_err)?;
+                let event = SessionEvent::Welcome {
+                    worker_id: start.worker_id,
+                    resumed: s.requested == Some(start.worker_id),
+                    center_version: start.center_version,
+                    shard: start.indices.len(),
+                };
+                welcome_worker(&mut s, start)?;
+                event
+            }
+            Message::Error(e) if !s.joined => {
+                s.handshake_down += bytes.len() as u64;
+                SessionEvent::Error {
+                    code: e.code,
+                    message: e.message,
+                    joined: false,
+                }
+            }
+            msg => {
+                let w = s.worker.as_mut().ok_or_else(busy)?;
+                describe(w.on_received(msg, bytes.len()).map_err(js_err)?)
+            }
+        };
+        to_js(&event)
+    }
+
+    /// Whether a round may start: joined, no push in flight, not paused.
+    pub fn ready(&self) -> bool {
+        self.state
+            .borrow()
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.ready())
+    }
+
+    /// The teacher's delay, in milliseconds, to wait after each round before pushing.
+    pub fn delay_ms(&self) -> u32 {
+        self.state
+            .borrow()
+            .worker
+            .as_ref()
+            .map_or(0, |w| w.delay_ms())
+    }
+
+    /// Trains one round of the room's local steps and resolves to the bytes of its `Push`
+    /// (`undefined` when no round may start). When the GPU is lost, before or during the
+    /// round, the trainer is rebuilt on the CPU from the worker's model and the round runs
+    /// there; `fallback_reason` says so.
+    pub fn round(&self) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let mut w = {
+                let mut s = state.borrow_mut();
+                if !s.joined {
+                    return Err(js_err("not in a room yet: wait for the Welcome"));
+                }
+                s.worker.take().ok_or_else(busy)?
+            };
+            if !w.ready() {
+                state.borrow_mut().worker = Some(w);
+                return Ok(JsValue::UNDEFINED);
+            }
+            let push = run_round(&state, &mut w).await;
+            state.borrow_mut().worker = Some(w);
+            Ok(Uint8Array::from(push.as_slice()).into())
+        })
+    }
+
+    /// The page's numbers: backend (`"gpu"` or `"cpu"`, the one that trains now), adapter,
+    /// fallback reason (why the CPU trains although a GPU was wanted, or why the GPU stopped,
+    /// in plain words; `null` when nothing went wrong), worker id, center version,
+    /// pushes (accepted, refused), staleness `tau` (last, mean), `alpha_eff` (last, mean),
+    /// bytes up and down, distance from the center, last loss, pause and delay.
+    pub fn stats(&self) -> Result<JsValue, JsValue> {
+        let s = self.state.borrow();
+        let w = s.worker.as_ref();
+        let st = w.map(|w| w.stats().clone()).unwrap_or_default();
+        to_js(&SessionStats {
+            backend: s.backend,
+            adapter: s.adapter.clone(),
+            fallback_reason: s.fallback_reason.clone(),
+            joined: s.joined,
+            worker_id: w.map(|w| w.worker_id()),
+            center_version: w.map(|w| w.center_version()),
+            welcomes: s.welcomes,
+            pushes: st.pushes,
+            accepted: st.accepted,
+            refused: st.refused,
+            steps: st.steps,
+            samples: st.samples,
+            last_tau: st.last_tau,
+            mean_tau: st.mean_tau(),
+            last_alpha_eff: st.last_alpha_eff,
+            mean_alpha_eff: st.mean_alpha_eff(),
+            bytes_up: st.bytes_up + s.handshake_up,
+            bytes_down: st.bytes_down + s.handshake_down,
+            distance_to_center: w.and(finite(st.distance_to_center)),
+            last_loss: finite(st.last_loss),
+            relay_errors: st.errors,
+            paused: w.is_some_and(|w| w.paused()),
+            delay_ms: w.map_or(0, |w| w.delay_ms()),
+            batch: w.map_or(0, |w| w.hyper().batch),
+            local_steps: w.map_or(0, |w| w.hyper().local_steps),
+        })
+    }
+
+    /// Class probabilities (10 numbers that sum to 1) of this tab's own model, as of its
+    /// last round, for 784 pixels from [`prepare_digit`].
+    pub fn predict_own(&self, pixels: Uint8Array) -> Result<Float32Array, JsValue> {
+        self.predict_with(pixels, |w| w.params())
+    }
+
+    /// Class probabilities of the room's center as this worker last received it, on the
+    /// CPU forward pass.
+    pub fn predict_center(&self, pixels: Uint8Array) -> Result<Float32Array, JsValue> {
+        self.predict_with(pixels, |w| w.center())
+    }
+
+    /// Destroys the GPU device, as a driver reset would: the next round finds it lost and
+    /// goes on on the CPU. The browser test uses it to check the fallback.
+    pub fn lose_gpu(&self) {
+        let s = self.state.borrow();
+        if let Some(g) = &s.gpu {
+            g.destroy();
+        }
+    }
+}
+
+impl WebSession {
+    fn predict_with(
+        &self,
+        pixels: Uint8Array,
+        model: impl Fn(&Worker<Engine>) -> &[f32],
+    ) -> Result<Float32Array, JsValue> {
+        let pixels = pixels.to_vec();
+        if pixels.len() != IMAGE_PIXELS {
+            return Err(js_err(format!(
+                "predict: {} pixels given, an image has {IMAGE_PIXELS}",
+                pixels.len()
+            )));
+        }
+        let s = self.state.borrow();
+        if !s.joined {
+            return Err(js_err("not in a room yet: there is no model to ask"));
+        }
+        let w = s.worker.as_ref().ok_or_else(busy)?;
+        Ok(Float32Array::from(
+            cpu::predict(model(w), &pixels).as_slice(),
+        ))
+    }
+}
+
+/// Makes the worker from a Welcome's `start`, or takes the session up again with it after a
+/// reconnection (keeping the model, rebuilding the trainer only for a new shard).
+fn welcome_worker(s: &mut SessionState, start: Start) -> Result<(), JsValue> {
+    s.welcomes += 1;
+    if s.joined {
+        let mut w = s.worker.take().ok_or_else(busy)?;
+        let fresh = (w.shard_indices() != start.indices).then(|| {
+            let (engine, reason) = Engine::build(
+                s.gpu.as_ref(),
+                &start.shard.images,
+                &start.shard.labels,
+                &start.center,
+                start.sgd,
+                start.batch,
+            );
+            note_engine(s, &engine, reason);
+            engine
+        });
+        w.rejoin(start);
+        if let Some(engine) = fresh {
+            w.replace_trainer(Box::new(engine));
+        }
+        s.worker = Some(w);
+    } else {
+        let (engine, reason) = Engine::build(
+            s.gpu.as_ref(),
+            &start.shard.images,
+            &start.shard.labels,
+            &start.center,
+            start.sgd,
+            start.batch,
+        );
+        note_engine(s, &engine, reason);
+        s.worker = Some(Worker::new(start, Box::new(engine), s.seed));
+        s.joined = true;
+    }
+    Ok(())
+}
+
+/// Records the backend a new trainer runs on, and why it is not the GPU that was opened.
+fn note_engine(s: &mut SessionState, engine: &Engine, reason: Option<String>) {
+    if let Some(reason) = reason {
+        warn(&reason);
+        s.fallback_reason = Some(reason);
+        s.gpu = None;
+    }
+    if let Engine::Cpu(_) = engine {
+        s.backend = "cpu";
+        s.adapter = engine.trainer_ref().adapter();
+    }
+}
+
+/// One round on `w`'s trainer; on the GPU with the parameters read asynchronously. A lost
+/// GPU (found before the round, or by a failed read) is replaced by a CPU trainer built from
+/// the worker's model on its shard, and the round runs there.
+async fn run_round(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>) -> Vec<u8> {
+    if let Some(lost) = w.trainer_mut().lost() {
+        fall_back_to_cpu(state, w, &lost);
+    }
+    if let Engine::Gpu(_) = w.trainer_mut() {
+        w.train_steps();
+        let read = async {
+            let engine = w.trainer_mut();
+            let losses = engine.settle().await?;
+            let x = engine.read_params().await?;
+            Ok::<_, GpuLost>((x, losses))
+        }
+        .await;
+        match read {
+            Ok((x, losses)) => return w.finish_round(x, &losses),
+            Err(lost) => fall_back_to_cpu(state, w, &lost),
+        }
+    }
+    w.local_round()
+}
+
+/// Replaces a lost GPU trainer by a CPU one on the same shard, from the worker's model.
+fn fall_back_to_cpu(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>, lost: &GpuLost) {
+    let mut s = state.borrow_mut();
+    let shard = s.train.subset(w.shard_indices());
+    let sgd = Sgd {
+        momentum: w.hyper().momentum,
+        weight_decay: 0.0,
+    };
+    let cpu = CpuTrainer::new(
+        &shard.images,
+        &shard.labels,
+        w.params(),
+        sgd,
+        w.batch_capacity(),
+    );
+    w.replace_trainer(Box::new(Engine::Cpu(Box::new(cpu))));
+    let reason = format!("The GPU was lost ({lost}). Training goes on on the CPU.");
+    warn(&reason);
+    s.fallback_reason = Some(reason);
+    s.gpu = None;
+    s.backend = "cpu";
+    s.adapter = w.trainer_mut().adapter();
+}
+
+/// The page's view of a worker event.
+fn describe(event: Event) -> SessionEvent {
+    match event {
+        Event::Acked(Outcome::Accepted { tau, alpha_eff, .. }) => SessionEvent::Ack {
+            accepted: true,
+            tau: Some(tau),
+            alpha_eff: Some(alpha_eff),
+            code: None,
+            message: None,
+        },
+        Event::Acked(Outcome::Refused { code, message }) => SessionEvent::Ack {
+            accepted: false,
+            tau: None,
+            alpha_eff: None,
+            code: Some(code),
+            message: Some(message),
+        },
+        Event::Center { version, resynced } => SessionEvent::Center { version, resynced },
+        Event::Control(c) => {
+            let (action, delay_ms) = match c {
+                Control::Pause { .. } => ("pause", None),
+                Control::Resume { .. } => ("resume", None),
+                Control::Delay { ms, .. } => ("delay", Some(ms)),
+                Control::Settings(_) => ("settings", None),
+            };
+            SessionEvent::Control { action, delay_ms }
+        }
+        Event::Error(e) => SessionEvent::Error {
+            code: e.code,
+            message: e.message,
+            joined: true,
+        },
+    }
+}
+
+/// Makes a `width` x `height` grayscale drawing (0 background, 255 ink, row by row) into the
+/// 784 pixels of an MNIST-like digit: cropped to its ink, scaled into 20 x 20 keeping its
+/// aspect, centered by mass in 28 x 28. Throws "nothing is drawn yet" for a blank drawing.
+#[wasm_bindgen]
+pub fn prepare_digit(gray: Uint8Array, width: u32, height: u32) -> Result<Uint8Array, JsValue> {
+    let d = digit::mnist_like(&gray.to_vec(), width as usize, height as usize).map_err(js_err)?;
+    Ok(Uint8Array::from(d.pixels.as_slice()))
 }
 
 /// Floating-point operations one training sample costs (forward, backward, weight gradients),

@@ -252,7 +252,11 @@ pub struct Worker<T: Trainer + ?Sized = dyn Trainer> {
     worker_id: u64,
     hyper: Hyper,
     trainer: Box<T>,
+    /// The training-split indices of the shard the trainer holds.
+    indices: Vec<u32>,
     shard_len: usize,
+    /// The most samples one step may take: the batch the trainer was built for.
+    capacity: usize,
     /// The center version the worker last received (the base of its next push).
     center_version: u64,
     /// That center, decoded.
@@ -300,7 +304,9 @@ impl<T: Trainer + ?Sized> Worker<T> {
             worker_id: start.worker_id,
             hyper: start.hyper,
             trainer,
+            indices: start.indices,
             shard_len,
+            capacity: start.batch.max(1),
             center_version: start.center_version,
             x: start.center.clone(),
             feedback: ErrorFeedback::new(start.center.len()),
@@ -349,6 +355,64 @@ impl<T: Trainer + ?Sized> Worker<T> {
         &self.stats
     }
 
+    /// The worker's model as of its last round boundary: read back at the end of the round,
+    /// then pulled toward (or replaced by) the center that answered it. Between rounds it
+    /// equals the trainer's parameters.
+    pub fn params(&self) -> &[f32] {
+        &self.x
+    }
+
+    /// The training-split indices of the worker's shard.
+    pub fn shard_indices(&self) -> &[u32] {
+        &self.indices
+    }
+
+    /// The most samples one step takes: the batch its trainer was built for.
+    pub fn batch_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Takes the session up again on a new connection, from the `Start` of the relay's new
+    /// `Welcome` (PROTOCOL.md, Join: resume). The worker keeps the model it has (`x` and the
+    /// trainer's parameters) and takes the id, the settings and the newest center; the push
+    /// that was in flight is forgotten, and so is the error-feedback residual. Pause and
+    /// delay stay as the teacher last set them.
+    ///
+    /// Returns `false` when the new shard differs from the one the trainer holds (the relay
+    /// did not know the old id): then the caller must build a trainer on `start.shard` and
+    /// hand it over with [`Worker::replace_trainer`] before the next round.
+    pub fn rejoin(&mut self, start: Start) -> bool {
+        let same_shard = start.indices == self.indices;
+        self.worker_id = start.worker_id;
+        self.hyper = start.hyper;
+        self.center_version = start.center_version;
+        self.center = start.center;
+        self.stats.distance_to_center = distance(&self.x, &self.center);
+        self.feedback.reset();
+        self.phase = Phase::Idle;
+        self.round_steps = 0;
+        self.round_samples = 0;
+        if !same_shard {
+            self.indices = start.indices;
+            self.shard_len = start.shard.len();
+            self.capacity = start.batch.max(1);
+            self.epoch = 0;
+            self.order = epoch_order(self.shard_len, self.seed, 0);
+            self.cursor = 0;
+        }
+        same_shard
+    }
+
+    /// Replaces the trainer (after the GPU was lost, or after [`Worker::rejoin`] on a new
+    /// shard) with one built on the worker's shard: it starts from the worker's model with a
+    /// fresh optimizer state. A round whose parameters were never read is dropped.
+    pub fn replace_trainer(&mut self, mut trainer: Box<T>) {
+        trainer.set_params(&self.x, true);
+        self.trainer = trainer;
+        self.round_steps = 0;
+        self.round_samples = 0;
+    }
+
     /// The trainer, for callers that must reach it directly (the browser reads the GPU's
     /// parameters asynchronously between [`Worker::train_steps`] and
     /// [`Worker::finish_round`]).
@@ -378,9 +442,10 @@ impl<T: Trainer + ?Sized> Worker<T> {
 
     /// Queues the round's `K` local SGD steps on the trainer, with batches taken in
     /// [`epoch_order`] over the shard (a new order each epoch, the last batch of an epoch
-    /// possibly smaller).
+    /// possibly smaller), of at most the batch the trainer was built for.
     pub fn train_steps(&mut self) {
-        let batch = (self.hyper.batch as usize).max(1);
+        // New settings may ask for bigger batches than the trainer was built for.
+        let batch = (self.hyper.batch as usize).clamp(1, self.capacity);
         for _ in 0..self.hyper.local_steps {
             if self.cursor >= self.order.len() {
                 self.epoch += 1;
@@ -443,8 +508,14 @@ impl<T: Trainer + ?Sized> Worker<T> {
     /// Handles the bytes of one received WebSocket message: decodes it (counting its bytes)
     /// and passes it to [`Worker::on_message`].
     pub fn on_bytes(&mut self, bytes: &[u8]) -> Result<Event, WorkerError> {
-        self.stats.bytes_down += bytes.len() as u64;
         let msg = message::decode(bytes, &self.limits)?;
+        self.on_received(msg, bytes.len())
+    }
+
+    /// Handles a message the caller already decoded from `len` received bytes (which count
+    /// toward [`Stats::bytes_down`]).
+    pub fn on_received(&mut self, msg: Message, len: usize) -> Result<Event, WorkerError> {
+        self.stats.bytes_down += len as u64;
         self.on_message(msg)
     }
 
@@ -692,6 +763,69 @@ mod tests {
         assert_eq!(s.bytes_up, bytes.len() as u64);
         assert!((s.distance_to_center - distance(&x, &new_center)).abs() < 1e-3);
         assert!(w.ready());
+    }
+
+    #[test]
+    fn a_rejoin_keeps_the_model_and_takes_the_new_center() {
+        let (mut w, center) = worker(hyper(Codec::top_k_fraction(0.01, 44_426), true));
+        // The connection dies with a push in flight.
+        w.local_round();
+        assert!(w.in_flight());
+        let trained = w.trainer_mut().params();
+        let newer: Vec<f32> = center.iter().map(|c| c * 0.9).collect();
+        let mut welcome = welcome(hyper(Codec::Fp32, false), &newer);
+        welcome.center_version = 12;
+        let start = prepare(&welcome, &split(40)).unwrap();
+        assert!(w.rejoin(start), "the same shard keeps the trainer");
+        assert!(w.ready() && !w.in_flight());
+        assert_eq!(w.center_version(), 12);
+        assert_eq!(w.center(), newer.as_slice());
+        assert_eq!(
+            w.trainer_mut().params(),
+            trained,
+            "the model it had is kept"
+        );
+        assert!(w.feedback.residual.iter().all(|&r| r == 0.0));
+        // The next push is relative to the new center.
+        let bytes = w.local_round();
+        let Ok(Message::Push(p)) = message::decode(&bytes, &Limits::default()) else {
+            panic!("not a push");
+        };
+        assert_eq!(p.base_version, 12);
+    }
+
+    #[test]
+    fn a_rejoin_on_another_shard_asks_for_a_new_trainer() {
+        let (mut w, center) = worker(hyper(Codec::Fp32, false));
+        let mut welcome = welcome(hyper(Codec::Fp32, false), &center);
+        welcome.shard = Shard::Indices(vec![0, 1, 2]);
+        let start = prepare(&welcome, &split(40)).unwrap();
+        let shard = start.shard.clone();
+        assert!(!w.rejoin(start));
+        let model = w.params().to_vec();
+        let cpu = CpuTrainer::new(&shard.images, &shard.labels, &center, Sgd::default(), 4);
+        w.replace_trainer(Box::new(cpu));
+        assert_eq!(w.trainer_mut().params(), model);
+        let bytes = w.local_round();
+        let Ok(Message::Push(p)) = message::decode(&bytes, &Limits::default()) else {
+            panic!("not a push");
+        };
+        // 3 digits in batches of 4: three steps of the whole shard.
+        assert_eq!((p.local_steps, p.samples), (3, 9));
+    }
+
+    #[test]
+    fn settings_with_bigger_batches_stay_within_the_trainer() {
+        let (mut w, _) = worker(hyper(Codec::Fp32, false));
+        let mut h = hyper(Codec::Fp32, false);
+        h.batch = 64;
+        w.on_control(&Control::Settings(h));
+        let bytes = w.local_round();
+        let Ok(Message::Push(p)) = message::decode(&bytes, &Limits::default()) else {
+            panic!("not a push");
+        };
+        // Batches of the trainer's 4, not 64: 4 + 4 + 2 over the shard of 10.
+        assert_eq!(p.samples, 10);
     }
 
     #[test]

@@ -1,163 +1,23 @@
 // Browser tests of the wasm client: WebGPU (SwiftShader) in headless Chromium against the CPU
-// backend, the CPU fallback outside a secure context, and the training page on WebGPU.
-//
-// Environment: EASEL_BIN (the release `easel` binary; default $CARGO_TARGET_DIR/release/easel
-// or target/release/easel), CHROMIUM (default /usr/bin/chromium). Screenshots go to artifacts/.
+// backend, the CPU fallback outside a secure context, and the single-tab training page
+// (solo.html) on WebGPU. Helpers and environment: relay.mjs.
 // Every request goes to 127.0.0.1: "classroom.test" is mapped there by Chromium's resolver.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  checkPrerequisites, cleanup, launch as launchAt, mean, screenshot, startServer, waitInPage,
+} from './relay.mjs';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const EASEL_BIN = process.env.EASEL_BIN
-  || join(process.env.CARGO_TARGET_DIR || join(ROOT, 'target'), 'release', 'easel');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const ARTIFACTS = join(ROOT, 'artifacts');
-const BUNDLE = join(ROOT, 'www', 'pkg', 'easel_client_bg.wasm');
-
-/** The flags this machine's Chromium needs (see /work/shared/ENVIRONMENT.md); the user data
- * directory is passed separately, fresh for every browser. */
-const CHROMIUM_FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--enable-unsafe-webgpu',
-];
-
-let server;
 let port;
-const cleanups = [];
-
-/** Starts `easel serve` on a free port and resolves to that port. */
-function startServer() {
-  return new Promise((resolvePort, reject) => {
-    // Loopback only, free ports, and a throw-away home for the self-signed certificate.
-    const home = mkdtempSync(join(tmpdir(), 'easel-home-'));
-    cleanups.push(() => rmSync(home, { recursive: true, force: true }));
-    const child = spawn(EASEL_BIN, ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0'], {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, EASEL_HOME: home },
-    });
-    server = child;
-    let out = '';
-    let err = '';
-    const timer = setTimeout(
-      () => reject(new Error(`easel serve printed no "listening on" line in 20 s:\n${out}${err}`)),
-      20_000,
-    );
-    child.stdout.on('data', (d) => {
-      out += d;
-      const m = out.match(/^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m);
-      if (m) {
-        clearTimeout(timer);
-        resolvePort(Number(m[1]));
-      }
-    });
-    child.stderr.on('data', (d) => { err += d; });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`easel serve exited with status ${code} before listening:\n${err}`));
-    });
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-  });
-}
-
-/** A fresh headless Chromium with its own user data directory; closed after the tests. */
-async function launch(extraFlags = []) {
-  const userDataDir = mkdtempSync(join(tmpdir(), 'easel-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [...CHROMIUM_FLAGS, ...extraFlags],
-    viewport: { width: 1000, height: 900 },
-  });
-  cleanups.push(async () => {
-    await context.close().catch(() => {});
-    rmSync(userDataDir, { recursive: true, force: true });
-  });
-  // Nothing may leave the machine: every request must go to the server under test.
-  const outside = [];
-  await context.route('**/*', (route) => {
-    const url = new URL(route.request().url());
-    const local = url.port === String(port)
-      && (url.hostname === '127.0.0.1' || url.hostname === 'classroom.test');
-    if (local) return route.continue();
-    outside.push(url.href);
-    return route.abort();
-  });
-  const page = context.pages()[0] ?? await context.newPage();
-  const logs = [];
-  page.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
-  page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
-  // Uncaught errors (a wasm panic ends in one) mark the page as failed for waitInPage.
-  await context.addInitScript(() => {
-    window.addEventListener('error', (e) => { window.easelPageError ??= String(e.message); });
-    window.addEventListener('unhandledrejection', (e) => {
-      window.easelPageError ??= String(e.reason?.message ?? e.reason);
-    });
-  });
-  return { context, page, logs, outside };
-}
-
-/** Waits for `fn` to hold in the page; fails at once when the page reports an error (a wasm
- * panic, an uncaught exception), and on time-out, with the page's state and console output. */
-async function waitInPage(browser, fn, arg, timeout, what) {
-  const failed = () => window.easel?.error || window.easelTest?.error || window.easelPageError;
-  const state = () => browser.page.evaluate(() => JSON.stringify({
-    easel: window.easel && { ...window.easel, losses: window.easel.losses?.slice(-20) },
-    easelTest: window.easelTest,
-    pageError: window.easelPageError,
-  })).catch(() => '(page unreachable)');
-  try {
-    await browser.page.waitForFunction(
-      ([src, a, failedSrc]) => (0, eval)(failedSrc)() || (0, eval)(src)(a),
-      [fn.toString(), arg, failed.toString()],
-      { timeout, polling: 250 },
-    );
-  } catch {
-    throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}\n`
-      + `page state: ${await state()}\nconsole:\n${browser.logs.join('\n')}`);
-  }
-  const error = await browser.page.evaluate(failed);
-  if (error) {
-    throw new Error(`the page failed while waiting for ${what}: ${error}\n`
-      + `page state: ${await state()}\nconsole:\n${browser.logs.join('\n')}`);
-  }
-}
-
-async function screenshot(page, name) {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  await page.screenshot({ path: join(ARTIFACTS, name), fullPage: true });
-}
-
-const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const launch = (flags) => launchAt(port, flags);
 
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: install it `
-    + '(apt-get install -y chromium) or set CHROMIUM to its path');
-  assert.ok(existsSync(EASEL_BIN), `the easel binary is missing at ${EASEL_BIN}: `
-    + 'build it with `cargo build --release -p easel-relay` or set EASEL_BIN');
-  assert.ok(existsSync(BUNDLE), `the wasm bundle is missing at ${BUNDLE}: run \`cargo xtask wasm\``);
-  port = await startServer();
+  checkPrerequisites();
+  ({ port } = await startServer());
 });
 
-after(async () => {
-  for (const cleanup of cleanups) await cleanup();
-  if (server && server.exitCode === null) server.kill('SIGTERM');
-});
+after(cleanup);
 
 test('WebGPU (SwiftShader) and the CPU backend train to the same parameters', { timeout: 150_000 }, async () => {
   const browser = await launch();
@@ -185,7 +45,7 @@ test('WebGPU (SwiftShader) and the CPU backend train to the same parameters', { 
 test('a LAN address (no secure context) falls back to the CPU and says why', { timeout: 150_000 }, async () => {
   const browser = await launch(['--host-resolver-rules=MAP classroom.test 127.0.0.1']);
   const { page } = browser;
-  await page.goto(`http://classroom.test:${port}/?backend=auto`);
+  await page.goto(`http://classroom.test:${port}/solo.html?backend=auto`);
   await waitInPage(browser, () => window.easel?.ready, null, 60_000, 'the trainer');
   let state = await page.evaluate(() => window.easel);
   assert.equal(state.error, null, `the page reported an error: ${state.error}`);
@@ -203,10 +63,10 @@ test('a LAN address (no secure context) falls back to the CPU and says why', { t
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
 });
 
-test('the training page trains on WebGPU at 127.0.0.1 and the loss goes down', { timeout: 240_000 }, async () => {
+test('the single-tab page trains on WebGPU at 127.0.0.1 and the loss goes down', { timeout: 240_000 }, async () => {
   const browser = await launch();
   const { page } = browser;
-  await page.goto(`http://127.0.0.1:${port}/?backend=auto`);
+  await page.goto(`http://127.0.0.1:${port}/solo.html?backend=auto`);
   await waitInPage(browser, () => window.easel?.ready, null, 60_000, 'the trainer');
   const ready = await page.evaluate(() => window.easel);
   assert.equal(ready.error, null, `the page reported an error: ${ready.error}`);

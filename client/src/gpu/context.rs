@@ -1,6 +1,14 @@
 //! The device: one wgpu instance, adapter, device and queue, with every pipeline built once.
 
+use std::sync::{Arc, Mutex};
+
 use super::kernels::Kernels;
+
+/// The GPU device was lost (driver reset, browser reclaim, `destroy`): its buffers are gone
+/// and nothing more can be read from it. The text is the driver's or browser's reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct GpuLost(pub String);
 
 /// Why the GPU backend could not start or could not take a shard.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +54,8 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     pub(crate) kernels: Kernels,
     adapter_info: String,
+    /// Set by the device-lost callback: why the device was lost.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl Gpu {
@@ -87,6 +97,20 @@ impl Gpu {
                 source,
             })?;
         let kernels = Kernels::new(&device);
+        let lost = Arc::new(Mutex::new(None));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = flag.lock() {
+                slot.get_or_insert_with(|| {
+                    let message = message.trim().trim_end_matches('.');
+                    if message.is_empty() {
+                        format!("{reason:?}")
+                    } else {
+                        message.to_string()
+                    }
+                });
+            }
+        });
         Ok(Gpu {
             _instance: instance,
             _adapter: adapter,
@@ -94,7 +118,20 @@ impl Gpu {
             queue,
             kernels,
             adapter_info,
+            lost,
         })
+    }
+
+    /// Why the device was lost, once it has been; `None` while it works.
+    pub fn lost(&self) -> Option<GpuLost> {
+        self.lost.lock().ok().and_then(|l| l.clone()).map(GpuLost)
+    }
+
+    /// Destroys the device as a driver reset would: every later readback fails with
+    /// [`GpuLost`] and [`Gpu::lost`] reports it once the browser has told wgpu. For tests
+    /// of the fallback to the CPU.
+    pub fn destroy(&self) {
+        self.device.destroy();
     }
 
     /// A human-readable description of the adapter, for example

@@ -20,5 +20,5 @@ mod trainer;
 #[cfg(test)]
 mod tests;
 
-pub use context::{Gpu, GpuError};
+pub use context::{Gpu, GpuError, GpuLost};
 pub use trainer::{GpuTrainer, LOSS_INTERVAL};

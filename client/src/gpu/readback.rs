@@ -18,6 +18,8 @@ use std::future::Future;
 
 use futures_channel::oneshot;
 
+use super::context::GpuLost;
+
 /// The outcome of a map request.
 pub(crate) type MapResult = Result<(), wgpu::BufferAsyncError>;
 
@@ -36,14 +38,18 @@ pub(crate) fn map_read(buffer: &wgpu::Buffer) -> oneshot::Receiver<MapResult> {
 
 /// Waits for a mapping requested with [`map_read`]. Natively this blocks in
 /// `Device::poll` until the queue is idle (which runs the callback); on the web it yields
-/// to the browser until the callback has run.
-pub(crate) async fn wait_mapped(device: &wgpu::Device, rx: oneshot::Receiver<MapResult>) {
+/// to the browser until the callback has run. A lost device fails the mapping: that is
+/// [`GpuLost`], which the browser answers by training on the CPU.
+pub(crate) async fn wait_mapped(
+    device: &wgpu::Device,
+    rx: oneshot::Receiver<MapResult>,
+) -> Result<(), GpuLost> {
     device
         .poll(wgpu::PollType::wait_indefinitely())
-        .expect("the GPU device was lost while waiting for a readback");
+        .map_err(|e| GpuLost(format!("waiting for a readback: {e}")))?;
     rx.await
-        .expect("wgpu dropped a buffer-map callback without calling it")
-        .expect("mapping a readback buffer failed");
+        .map_err(|_| GpuLost("wgpu dropped a buffer-map callback".into()))?
+        .map_err(|e| GpuLost(format!("mapping a readback buffer: {e}")))
 }
 
 /// Copies `size` bytes at byte `offset` of `src` (which needs `COPY_SRC`) back to the CPU,
@@ -55,7 +61,7 @@ pub(crate) async fn read_buffer(
     src: &wgpu::Buffer,
     offset: u64,
     size: u64,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, GpuLost> {
     let staging = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("readback staging"),
         size,
@@ -68,14 +74,14 @@ pub(crate) async fn read_buffer(
     encoder.copy_buffer_to_buffer(src, offset, &staging, 0, size);
     queue.submit([encoder.finish()]);
     let rx = map_read(&staging);
-    wait_mapped(device, rx).await;
+    wait_mapped(device, rx).await?;
     let bytes = staging
         .slice(..)
         .get_mapped_range()
-        .expect("the staging buffer is mapped")
+        .map_err(|e| GpuLost(format!("reading a mapped buffer: {e}")))?
         .to_vec();
     staging.unmap();
-    bytes
+    Ok(bytes)
 }
 
 /// Runs a future to completion on the calling thread (native only). The web cannot block,

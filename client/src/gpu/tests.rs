@@ -98,13 +98,13 @@ fn u32_buffer(v: &[u32]) -> wgpu::Buffer {
 fn read_f32(b: &wgpu::Buffer) -> Vec<f32> {
     let g = gpu();
     let bytes = pollster::block_on(readback::read_buffer(&g.device, &g.queue, b, 0, b.size()));
-    bytemuck::pod_collect_to_vec(&bytes)
+    bytemuck::pod_collect_to_vec(&bytes.expect("readback"))
 }
 
 fn read_u32(b: &wgpu::Buffer) -> Vec<u32> {
     let g = gpu();
     let bytes = pollster::block_on(readback::read_buffer(&g.device, &g.queue, b, 0, b.size()));
-    bytemuck::pod_collect_to_vec(&bytes)
+    bytemuck::pod_collect_to_vec(&bytes.expect("readback"))
 }
 
 fn args(batch: usize) -> StepArgs {

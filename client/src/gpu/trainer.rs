@@ -20,7 +20,7 @@ use easel_protocol::model_spec::lenet5_28 as layout;
 use futures_channel::oneshot;
 use wgpu::util::DeviceExt;
 
-use super::context::{Gpu, GpuError};
+use super::context::{Gpu, GpuError, GpuLost};
 use super::kernels::{ConvDims, DenseDims, Op, StepArgs, UNIFORM_STRIDE};
 use super::readback::{self, MapResult};
 use crate::Sgd;
@@ -155,9 +155,12 @@ impl LossRing {
         while let Some(front) = self.pending.front_mut() {
             match front.mapped.try_recv() {
                 Ok(Some(result)) => {
-                    result.expect("mapping the loss staging buffer failed");
                     let p = self.pending.pop_front().expect("front exists");
-                    self.consume(p.staging, p.steps, out);
+                    // A failed mapping means the device is lost: its losses are gone, and
+                    // the next readback reports it.
+                    if result.is_ok() {
+                        self.consume(p.staging, p.steps, out);
+                    }
                 }
                 Ok(None) => break,
                 Err(oneshot::Canceled) => {
@@ -476,8 +479,9 @@ impl GpuTrainer {
     }
 
     /// The current parameters, after every queued step. Works on the web as well as
-    /// natively: it awaits the buffer mapping instead of blocking.
-    pub async fn read_params(&self) -> Vec<f32> {
+    /// natively: it awaits the buffer mapping instead of blocking. Fails only when the
+    /// device was lost.
+    pub async fn read_params(&self) -> Result<Vec<f32>, GpuLost> {
         self.readbacks.fetch_add(1, Ordering::Relaxed);
         let bytes = readback::read_buffer(
             &self.gpu.device,
@@ -486,13 +490,14 @@ impl GpuTrainer {
             0,
             (PARAMS * 4) as u64,
         )
-        .await;
-        bytemuck::pod_collect_to_vec(&bytes)
+        .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
     /// Waits (asynchronously) until every queued step has finished and returns every loss
-    /// not yet reported, in step order. The web's counterpart of [`Trainer::finish`].
-    pub async fn finish_async(&mut self) -> Vec<f32> {
+    /// not yet reported, in step order. The web's counterpart of [`Trainer::finish`]. Fails
+    /// only when the device was lost.
+    pub async fn finish_async(&mut self) -> Result<Vec<f32>, GpuLost> {
         let mut encoder = self
             .gpu
             .device
@@ -507,10 +512,10 @@ impl GpuTrainer {
         let mut out = std::mem::take(&mut self.losses.ready);
         while let Some(p) = self.losses.pending.pop_front() {
             self.readbacks.fetch_add(1, Ordering::Relaxed);
-            readback::wait_mapped(&self.gpu.device, p.mapped).await;
+            readback::wait_mapped(&self.gpu.device, p.mapped).await?;
             self.losses.consume(p.staging, p.steps, &mut out);
         }
-        out
+        Ok(out)
     }
 }
 
@@ -557,7 +562,7 @@ impl Trainer for GpuTrainer {
     }
 
     fn params(&mut self) -> Vec<f32> {
-        readback::block_on(self.read_params())
+        readback::block_on(self.read_params()).expect("the GPU device was lost")
     }
 
     fn step(&mut self, indices: &[u32], lr: f32) {
@@ -629,6 +634,6 @@ impl Trainer for GpuTrainer {
     }
 
     fn finish(&mut self) -> Vec<f32> {
-        readback::block_on(self.finish_async())
+        readback::block_on(self.finish_async()).expect("the GPU device was lost")
     }
 }

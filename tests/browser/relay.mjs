@@ -1,0 +1,181 @@
+// Helpers shared by the browser tests: start `easel serve` on free loopback ports, launch the
+// system Chromium (fresh profile, every request kept on 127.0.0.1), wait for a condition in a
+// page with its state and console on failure, and save screenshots.
+//
+// Environment: EASEL_BIN (the release `easel` binary; default $CARGO_TARGET_DIR/release/easel
+// or target/release/easel), CHROMIUM (default /usr/bin/chromium). Screenshots go to artifacts/.
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const EASEL_BIN = process.env.EASEL_BIN
+  || join(process.env.CARGO_TARGET_DIR || join(ROOT, 'target'), 'release', 'easel');
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const ARTIFACTS = join(ROOT, 'artifacts');
+const BUNDLE = join(ROOT, 'www', 'pkg', 'easel_client_bg.wasm');
+
+/** The flags this machine's Chromium needs (see /work/shared/ENVIRONMENT.md); the user data
+ * directory is passed separately, fresh for every browser. */
+const CHROMIUM_FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--enable-unsafe-webgpu',
+];
+
+const cleanups = [];
+
+/** Fails early, with what to run, when Chromium, the binary or the wasm bundle is missing. */
+export function checkPrerequisites() {
+  assert.ok(existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: install it `
+    + '(apt-get install -y chromium) or set CHROMIUM to its path');
+  assert.ok(existsSync(EASEL_BIN), `the easel binary is missing at ${EASEL_BIN}: `
+    + 'build it with `cargo build --release -p easel-relay` or set EASEL_BIN');
+  assert.ok(existsSync(BUNDLE), `the wasm bundle is missing at ${BUNDLE}: run \`cargo xtask wasm\``);
+}
+
+/**
+ * Starts `easel serve` on free loopback ports with a throw-away home for its certificate, and
+ * resolves to `{port, httpsPort, room, adminToken}` parsed from what it prints: the HTTP port,
+ * the HTTPS port, the code of its first room and the admin token of its teacher URL. It is
+ * stopped by `cleanup()`.
+ */
+export function startServer() {
+  return new Promise((resolveServer, reject) => {
+    const home = mkdtempSync(join(tmpdir(), 'easel-home-'));
+    cleanups.push(() => rmSync(home, { recursive: true, force: true }));
+    const child = spawn(EASEL_BIN, ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0'], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, EASEL_HOME: home },
+    });
+    cleanups.push(() => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+    });
+    let out = '';
+    let err = '';
+    const timer = setTimeout(
+      () => reject(new Error(`easel serve printed no "listening on" and room lines in 20 s:\n${out}${err}`)),
+      20_000,
+    );
+    child.stdout.on('data', (d) => {
+      out += d;
+      const http = out.match(/^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m);
+      const https = out.match(/^listening on https:\/\/127\.0\.0\.1:(\d+)\/$/m);
+      const room = out.match(/^room code: ([A-Z0-9]+)$/m) ?? out.match(/[?&]room=([A-Z0-9]+)/);
+      const admin = out.match(/^teacher .*[?&]admin=([0-9a-f]+)/m);
+      if (http && https && room && admin) {
+        clearTimeout(timer);
+        resolveServer({
+          port: Number(http[1]), httpsPort: Number(https[1]), room: room[1], adminToken: admin[1],
+        });
+      }
+    });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`easel serve exited with status ${code} before listening:\n${err}`));
+    });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+}
+
+/**
+ * A fresh headless Chromium with its own user data directory, whose requests may only go to
+ * `port` on 127.0.0.1 or classroom.test (mapped there by `--host-resolver-rules`); the rest
+ * are aborted and listed in `outside`. Closed by `cleanup()`.
+ */
+export async function launch(port, extraFlags = []) {
+  const userDataDir = mkdtempSync(join(tmpdir(), 'easel-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...CHROMIUM_FLAGS, ...extraFlags],
+    viewport: { width: 1000, height: 900 },
+  });
+  cleanups.push(async () => {
+    await context.close().catch(() => {});
+    rmSync(userDataDir, { recursive: true, force: true });
+  });
+  const outside = [];
+  await context.route('**/*', (route) => {
+    const url = new URL(route.request().url());
+    const local = url.port === String(port)
+      && (url.hostname === '127.0.0.1' || url.hostname === 'classroom.test');
+    if (local) return route.continue();
+    outside.push(url.href);
+    return route.abort();
+  });
+  const page = context.pages()[0] ?? await context.newPage();
+  const logs = [];
+  const listen = (p) => {
+    p.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
+    p.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
+  };
+  listen(page);
+  context.on('page', listen);
+  // Uncaught errors (a wasm panic ends in one) mark the page as failed for waitInPage.
+  await context.addInitScript(() => {
+    window.addEventListener('error', (e) => { window.easelPageError ??= String(e.message); });
+    window.addEventListener('unhandledrejection', (e) => {
+      window.easelPageError ??= String(e.reason?.message ?? e.reason);
+    });
+  });
+  return { context, page, logs, outside };
+}
+
+/** The page's state for failure messages: `window.easel.state()` when the page has it. */
+function pageState(page) {
+  return page.evaluate(() => {
+    const e = window.easel;
+    const easel = typeof e?.state === 'function' ? e.state() : e && { ...e };
+    if (easel?.losses) easel.losses = easel.losses.slice(-20);
+    return JSON.stringify({ easel, easelTest: window.easelTest, pageError: window.easelPageError });
+  }).catch(() => '(page unreachable)');
+}
+
+/** Waits for `fn(arg)` to hold in `page` (default: the browser's first page); fails at once
+ * when the page reports an error (a wasm panic, an uncaught exception), and on time-out, with
+ * the page's state and console output. */
+export async function waitInPage(browser, fn, arg, timeout, what, page = browser.page) {
+  const failed = () => window.easel?.error || window.easelTest?.error || window.easelPageError;
+  try {
+    await page.waitForFunction(
+      ([src, a, failedSrc]) => (0, eval)(failedSrc)() || (0, eval)(src)(a),
+      [fn.toString(), arg, failed.toString()],
+      { timeout, polling: 250 },
+    );
+  } catch {
+    throw new Error(`timed out after ${timeout / 1000} s waiting for ${what}\n`
+      + `page state: ${await pageState(page)}\nconsole:\n${browser.logs.join('\n')}`);
+  }
+  const error = await page.evaluate(failed);
+  if (error) {
+    throw new Error(`the page failed while waiting for ${what}: ${error}\n`
+      + `page state: ${await pageState(page)}\nconsole:\n${browser.logs.join('\n')}`);
+  }
+}
+
+export async function screenshot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, name), fullPage: true });
+}
+
+/** Closes every browser, stops every server and removes their temporary directories. */
+export async function cleanup() {
+  while (cleanups.length) await cleanups.pop()();
+}
+
+export const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
