@@ -557,4 +557,76 @@ mod tests {
             code::UNKNOWN_ROOM
         );
     }
+
+    #[test]
+    fn teacher_commands_reach_the_connections_they_concern() {
+        let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+        let code = hub.create_room();
+        let join = Join {
+            room: code.clone(),
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        };
+        let mut a = hub.join(&join, false).unwrap();
+        let mut b = hub.join(&join, false).unwrap();
+        let room = a.room.clone();
+        let delay = TeacherControl::Delay {
+            device: Some(a.worker_id),
+            ms: 700,
+        };
+        let state = room.teacher_control(&delay).unwrap();
+        assert_eq!(state["devices"][0]["state"], "delayed");
+        assert_eq!(
+            a.controls.try_recv(),
+            Ok(Order::Control(Control::Delay {
+                worker: None,
+                ms: 700
+            }))
+        );
+        assert!(
+            b.controls.try_recv().is_err(),
+            "only the delayed device hears"
+        );
+        let too_long = TeacherControl::Delay {
+            device: None,
+            ms: MAX_DELAY_MS + 1,
+        };
+        assert!(room.teacher_control(&too_long).is_err());
+        room.teacher_control(&TeacherControl::Remove {
+            device: b.worker_id,
+        })
+        .unwrap();
+        assert!(matches!(
+            b.controls.try_recv(),
+            Ok(Order::Close {
+                code: close::REMOVED,
+                ..
+            })
+        ));
+        let partition = TeacherControl::Partition {
+            scheme: "classes:2".into(),
+        };
+        let state = room.teacher_control(&partition).unwrap();
+        assert_eq!(state["settings"]["partition"], "classes:2");
+        assert!(matches!(
+            a.controls.try_recv(),
+            Ok(Order::Close {
+                code: close::REJOIN,
+                ..
+            })
+        ));
+        assert!(
+            b.controls.try_recv().is_err(),
+            "a removed device is not told again"
+        );
+        let state = room
+            .teacher_control(&TeacherControl::Reset { name: None })
+            .unwrap();
+        assert_eq!(state["run"], 2);
+        assert_eq!(room.center().0, 1, "the reset center is the next version");
+        assert_eq!(room.watched_version(), Some(1));
+    }
 }
