@@ -98,7 +98,7 @@ function chartSize(el) {
 
 function makeChart(id, opts, data) {
   const el = $(id);
-  const u = new uPlot({ ...chartSize(el), legend: { show: true }, ...opts }, data, el);
+  const u = new uPlot({ ...chartSize(el), legend: { show: true, live: false }, ...opts }, data, el);
   state.charts[id] = u;
   return u;
 }
@@ -143,8 +143,8 @@ function buildCharts() {
     axes: [{ ...AXIS, label: 'time since run start (s)' }, { ...AXIS, label: 'kB/s' }],
     series: [
       { label: 't (s)' },
-      { label: 'up (kB/s)', stroke: '#e8710a', width: 2 },
-      { label: 'down (kB/s)', stroke: '#1a56db', width: 2 },
+      { label: 'up (kB/s)', stroke: '#e8710a', width: 4 },
+      { label: 'down (kB/s)', stroke: '#1a56db', width: 2, dash: [8, 5] },
     ],
   }, [[], [], []]);
   makeChart('chart-distance', {
@@ -157,7 +157,7 @@ function buildCharts() {
     cursor: { show: false },
     scales: { x: { time: false }, y: { range: () => [-0.5, Math.max(1, state.devices.length) - 0.5] } },
     axes: [
-      { ...AXIS, label: 'seconds ago' , values: (u, ticks) => ticks.map((t) => `${Math.round(t)}`) },
+      { ...AXIS, label: 'seconds ago', incrs: [1, 2, 5, 10, 15, 30], values: (u, ticks) => ticks.map((t) => `${Math.round(t)}`) },
       {
         ...AXIS,
         size: 110,

@@ -168,12 +168,15 @@ pub fn codec_name(c: Codec) -> String {
 /// A room's settings as the dashboard shows and sends them back.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SettingsView {
+    #[serde(serialize_with = "short_f32")]
     pub alpha: f32,
     pub staleness: String,
     pub tau_max: u32,
     pub local_steps: u32,
+    #[serde(serialize_with = "short_f32")]
     pub lr: f32,
     pub batch: u32,
+    #[serde(serialize_with = "short_f32")]
     pub momentum: f32,
     pub codec_up: String,
     pub codec_down: String,
@@ -182,8 +185,18 @@ pub struct SettingsView {
     pub partition: String,
     pub partition_seed: u64,
     pub shards: u32,
+    #[serde(serialize_with = "short_f32")]
     pub max_norm: f32,
     pub init_seed: u64,
+}
+
+/// An `f32` as the shortest decimal that reads back to it (0.05, not 0.05000000074505806), so
+/// a form shows what the teacher typed.
+fn short_f32<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+    match x.to_string().parse::<f64>() {
+        Ok(v) if v.is_finite() => s.serialize_f64(v),
+        _ => s.serialize_none(),
+    }
 }
 
 impl SettingsView {
@@ -271,6 +284,14 @@ mod tests {
             })
             .contains("exp:A")
         );
+    }
+
+    #[test]
+    fn settings_show_the_decimals_the_teacher_typed() {
+        let v = SettingsView::of(&RoomSettings::default()).to_json();
+        assert_eq!(v["lr"].to_string(), "0.05");
+        assert_eq!(v["alpha"].to_string(), "0.5");
+        assert_eq!(v["staleness"], "inverse");
     }
 
     #[test]
