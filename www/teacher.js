@@ -127,7 +127,10 @@ function buildCharts() {
   }, [[], [], [], []]);
   makeChart('chart-histogram', {
     scales: { x: { time: false, range: (u, min, max) => [Math.min(-0.5, min - 0.5), max + 0.5] } },
-    axes: [{ ...AXIS, label: 'staleness τ (versions)' }, { ...AXIS, label: 'accepted pushes' }],
+    axes: [
+      { ...AXIS, label: 'staleness τ (versions)', incrs: [1, 2, 5, 10, 20, 50, 100] },
+      { ...AXIS, label: 'accepted pushes' },
+    ],
     series: [
       { label: 'τ' },
       { label: 'pushes', fill: '#1a56dbcc', stroke: '#1a56db', paths: uPlot.paths.bars({ size: [0.8, 60] }), points: { show: false } },

@@ -71,14 +71,19 @@ test('the teacher sees both bots, slows one down with its slider, and the charts
   assert.match(await page.locator('#qr svg').getAttribute('viewBox') ?? '', /\d/);
   assert.equal(await page.locator('#room-code').innerText(), serve.room);
 
-  // The first device's slider: 1,500 ms after each round.
+  // Click the first device's slider at 30% of its track: about 1,500 ms after each round.
   const row = page.locator('#devices tbody tr').first();
   const id = Number(await row.getAttribute('data-id'));
-  await row.locator('input[type=range]').fill('1500');
-  await waitFor(browser, (dev) => {
+  const slider = row.locator('input[type=range]');
+  const box = await slider.boundingBox();
+  await page.mouse.click(box.x + box.width * 0.3, box.y + box.height / 2);
+  const ms = Number(await slider.inputValue());
+  assert.ok(ms >= 1000 && ms <= 2000, `slider at ${ms} ms`);
+  await waitFor(browser, ([dev, want]) => {
     const x = window.easelDashboard.devices.find((d) => d.id === dev);
-    return x?.state === 'delayed' && x.delay_ms === 1500;
-  }, id, 20_000, 'the relay to report the device as delayed', dashState);
+    return x?.state === 'delayed' && x.delay_ms === want;
+  }, [id, ms], 20_000, 'the relay to report the device as delayed', dashState);
+  assert.match(await row.locator('[data-k=delay]').innerText(), new RegExp(`^${ms} ms$`));
   await page.locator(`#devices tr[data-id="${id}"] [data-k=state]`).getByText('delayed').waitFor({ timeout: 5000 });
   // Its timeline shows the waiting.
   await waitFor(browser, (dev) => window.easelDashboard.spans.some((s) => s.worker === dev && s.kind === 'waiting'),
