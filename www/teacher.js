@@ -454,7 +454,11 @@ function wireControls() {
     control({ type: 'partition', scheme: $('partition').value }).then(() => toast('partition set; devices rejoin')).catch(() => {}));
   $('pause-all').addEventListener('click', () => control({ type: 'pause' }).catch(() => {}));
   $('resume-all').addEventListener('click', () => control({ type: 'resume' }).catch(() => {}));
-  $('reset').addEventListener('click', () => control({ type: 'reset', name: 'reset' }).then(() => toast('model reset: a new run started')).catch(() => {}));
+  $('reset').addEventListener('click', () => {
+    // The one click that throws the class's model away asks first.
+    if (!window.confirm('Start again from a fresh model? The current run ends; its exports stay.')) return;
+    control({ type: 'reset', name: 'reset' }).then(() => toast('model reset: a new run started')).catch(() => {});
+  });
   $('new-run').addEventListener('submit', async (e) => {
     e.preventDefault();
     try {

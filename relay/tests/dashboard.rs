@@ -154,6 +154,12 @@ async fn dashboard_sees_bots_controls_them_and_exports_runs() {
         }
         other => panic!("expected 401, got {other:?}"),
     }
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/ws/dashboard?room=NOSUCH&admin={TOKEN}");
+    match tokio_tungstenite::client_async(url, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
+        other => panic!("expected 404, got {other:?}"),
+    }
     let path = format!("/api/rooms/{room}/control");
     let (status, body) = post(addr, &path, json!({"type": "pause"})).await;
     assert_eq!(status, 401, "{body}");
