@@ -296,6 +296,7 @@ function onUpdate(m) {
 }
 
 function onCommon(m) {
+  updateCurrentRun(m);
   state.version = m.version;
   state.histogram = m.histogram;
   state.devices = m.devices;
@@ -479,6 +480,7 @@ function renderRuns(runs, current) {
   const body = $('runs').tBodies[0];
   body.replaceChildren(...runs.slice().reverse().map((r) => {
     const tr = document.createElement('tr');
+    tr.dataset.run = String(r.id);
     const best = r.best_accuracy == null ? '–' : `${(100 * r.best_accuracy).toFixed(1)} %`;
     tr.innerHTML = `<td>${r.id}</td><td></td><td class="t-num">${r.pushes}</td><td class="t-num">${best}</td>
       <td><a href="${api(`/runs/${r.id}.csv`)}">CSV</a> · <a href="${api(`/runs/${r.id}.json`)}">JSON</a></td>`;
@@ -490,6 +492,18 @@ function renderRuns(runs, current) {
   sel.replaceChildren(new Option('none', ''), ...runs.filter((r) => r.id !== current).map((r) => new Option(`#${r.id} ${r.name}`, String(r.id))));
   sel.value = runs.some((r) => String(r.id) === chosen && r.id !== current) ? chosen : '';
   if (!sel.value) acc.overlay = null;
+}
+
+/** Keeps the current run's row live between the run list's refreshes. */
+function updateCurrentRun(m) {
+  const run = state.runs.find((r) => r.id === state.run);
+  if (!run) return;
+  if (m.type === 'update') run.pushes += m.pushes.length;
+  for (const e of m.evals) run.best_accuracy = Math.max(run.best_accuracy ?? 0, e.accuracy);
+  const tr = $('runs').querySelector(`tr[data-run="${run.id}"]`);
+  if (!tr) return;
+  tr.cells[2].textContent = String(run.pushes);
+  tr.cells[3].textContent = run.best_accuracy == null ? '–' : `${(100 * run.best_accuracy).toFixed(1)} %`;
 }
 
 async function loadOverlay(id) {

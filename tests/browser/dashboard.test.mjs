@@ -103,6 +103,8 @@ test('the teacher sees both bots, slows one down with its slider, and the charts
   assert.ok(s.points > 0 && s.alpha > 0, JSON.stringify(s));
   assert.equal(s.run, 1);
   assert.equal(await page.locator('#runs tbody tr').count(), 1);
+  assert.match(await page.locator('#runs tr[data-run="1"] td').nth(3).innerText(), /^\d+\.\d %$/,
+    'the current run shows its best accuracy');
   const href = await page.locator('#download-model').getAttribute('href');
   const model = await page.request.get(new URL(href, page.url()).href);
   assert.equal(model.status(), 200);
