@@ -8,6 +8,14 @@
 //!   `{"code": "ABCDE"}`.
 //! - `GET /api/rooms` (admin): the room codes.
 //! - `GET /api/rooms/CODE/ledger.csv` and `ledger.json` (admin): the staleness ledger.
+//! - `GET /ws/dashboard?room=CODE&admin=TOKEN`: the teacher's live dashboard
+//!   ([`crate::dashboard`]).
+//! - `POST /api/rooms/CODE/control` (admin, JSON [`TeacherControl`]): settings, delays,
+//!   pause, resume, remove, reset, partition; 200 with the new state or 400 with what to fix.
+//! - `POST /api/rooms/CODE/runs` (admin, `{"name": ..., "reset": bool}`) starts a run;
+//!   `GET /api/rooms/CODE/runs` lists them; `GET /api/rooms/CODE/runs/ID.json` and
+//!   `ID.csv` export one.
+//! - `GET /api/rooms/CODE/center.safetensors` (admin): the center with PyTorch's names.
 //! - anything else: the static-file filter given to [`run`].
 //!
 //! The admin token comes as `?admin=TOKEN` or as `Authorization: Bearer TOKEN`.
@@ -29,6 +37,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::eval::{self, Evaluator};
 use crate::hub::Hub;
 use crate::room::RoomSettings;
+use crate::teacher::TeacherControl;
 use crate::ws::{self, WsConfig};
 use crate::{Shutdown, tls};
 
@@ -101,32 +110,22 @@ impl RunningRelay {
     /// Where devices open the pages: `https://ADDRESS:PORT/` for each LAN address when the
     /// HTTPS listener is on all interfaces, else its own address.
     pub fn join_urls(&self) -> Vec<String> {
-        let Some(addr) = self.https else {
-            return Vec::new();
-        };
-        let ips = if addr.ip().is_unspecified() {
-            tls::lan_ips()
-        } else {
-            vec![addr.ip()]
-        };
-        ips.into_iter()
-            .map(|ip| format!("https://{}/", SocketAddr::new(ip, addr.port())))
-            .collect()
+        https_bases(self.https)
     }
 
-    /// The teacher's URL, on the plain HTTP listener (else HTTPS), with the admin token.
-    pub fn teacher_url(&self) -> Option<String> {
+    /// The teacher's dashboard for `room`, on the plain HTTP listener (else HTTPS), with the
+    /// admin token: `/teacher.html?room=CODE&admin=TOKEN`.
+    pub fn teacher_url(&self, room: &str) -> Option<String> {
         let (scheme, addr) = match (self.http, self.https) {
             (Some(a), _) => ("http", a),
             (None, Some(a)) => ("https", a),
             (None, None) => return None,
         };
-        let host = if addr.ip().is_unspecified() {
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        } else {
-            addr
-        };
-        Some(format!("{scheme}://{host}/?admin={}", self.admin_token))
+        Some(format!(
+            "{scheme}://{}/teacher.html?room={room}&admin={}",
+            loopback_if_unspecified(addr),
+            self.admin_token
+        ))
     }
 
     /// Resolves when the listeners and the evaluator have stopped (after shutdown).
@@ -134,6 +133,31 @@ impl RunningRelay {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// `https://ADDRESS:PORT/` for each LAN address when the listener is on all interfaces,
+/// else its own address.
+fn https_bases(https: Option<SocketAddr>) -> Vec<String> {
+    let Some(addr) = https else {
+        return Vec::new();
+    };
+    let ips = if addr.ip().is_unspecified() {
+        tls::lan_ips()
+    } else {
+        vec![addr.ip()]
+    };
+    ips.into_iter()
+        .map(|ip| format!("https://{}/", SocketAddr::new(ip, addr.port())))
+        .collect()
+}
+
+/// 127.0.0.1 in place of an unspecified address (0.0.0.0 or ::).
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
     }
 }
 
@@ -189,6 +213,11 @@ pub async fn run<R: Reply + 'static>(
         relay.http = Some(bound);
         tasks.push(task);
     }
+    let mut bases = https_bases(relay.https);
+    if let Some(a) = relay.http {
+        bases.push(format!("http://{}/", loopback_if_unspecified(a)));
+    }
+    hub.set_join_bases(bases);
     if let Some(evaluator) = config.evaluator {
         tasks.push(eval::spawn(hub, evaluator, config.eval_every, signal));
     }
@@ -203,7 +232,11 @@ pub fn routes<R: Reply + 'static>(
     shutdown: Shutdown,
     static_files: BoxedFilter<(R,)>,
 ) -> BoxedFilter<(Response,)> {
-    ws_route(hub.clone(), ws_cfg, shutdown)
+    ws_route(hub.clone(), ws_cfg, shutdown.clone())
+        .or(crate::dashboard::route(hub.clone(), shutdown))
+        .unify()
+        .or(teacher_api(hub.clone()))
+        .unify()
         .or(api(hub))
         .unify()
         .or(static_files.map(Reply::into_response))
@@ -280,11 +313,176 @@ pub fn api(hub: Hub) -> BoxedFilter<(Response,)> {
     create.or(list).unify().or(ledger).unify().boxed()
 }
 
+/// The dashboard's API: control, runs and the center download. Every route answers 401
+/// without the admin token and 404 for an unknown room.
+pub fn teacher_api(hub: Hub) -> BoxedFilter<(Response,)> {
+    let control = json_post(
+        hub.clone(),
+        "control",
+        "not a control command",
+        |room, c: TeacherControl| match room.teacher_control(&c) {
+            Ok(state) => warp::reply::json(&state).into_response(),
+            Err(why) => bad_request(&why),
+        },
+    );
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewRun {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        reset: bool,
+    }
+    let start = json_post(
+        hub.clone(),
+        "runs",
+        "expected {\"name\": \"...\", \"reset\": true|false}",
+        |room, r: NewRun| {
+            let id = room.start_run(&r.name, r.reset);
+            let mut v = room.runs_json();
+            v["started"] = id.into();
+            warp::reply::with_status(warp::reply::json(&v), StatusCode::CREATED).into_response()
+        },
+    );
+    let h = hub.clone();
+    let list = warp::path!("api" / "rooms" / String / "runs")
+        .and(warp::get())
+        .and(admin_token())
+        .map(move |code: String, token: Option<String>| {
+            with_room(&h, &code, token, |room| {
+                warp::reply::json(&room.runs_json()).into_response()
+            })
+        });
+    let h = hub.clone();
+    let export = warp::path!("api" / "rooms" / String / "runs" / String)
+        .and(warp::get())
+        .and(admin_token())
+        .map(move |code: String, file: String, token: Option<String>| {
+            with_room(&h, &code, token, |room| {
+                let missing = || status_json(StatusCode::NOT_FOUND, "no such run (see /runs)");
+                let (id, ext) = file.rsplit_once('.').unwrap_or((&file, ""));
+                let Ok(id) = id.parse::<u64>() else {
+                    return missing();
+                };
+                let name = format!("attachment; filename=\"easel-{code}-run-{id}.{ext}\"");
+                match ext {
+                    "json" => room.run_json(id).map_or_else(missing, |v| {
+                        warp::reply::with_header(warp::reply::json(&v), "content-disposition", name)
+                            .into_response()
+                    }),
+                    "csv" => room.run_csv(id).map_or_else(missing, |csv| {
+                        let r = warp::reply::with_header(
+                            csv,
+                            "content-type",
+                            "text/csv; charset=utf-8",
+                        );
+                        warp::reply::with_header(r, "content-disposition", name).into_response()
+                    }),
+                    _ => missing(),
+                }
+            })
+        });
+    let center = warp::path!("api" / "rooms" / String / "center.safetensors")
+        .and(warp::get())
+        .and(admin_token())
+        .map(move |code: String, token: Option<String>| {
+            with_room(&hub, &code, token, |room| {
+                let (version, params) = room.center();
+                match easel_client::checkpoint::to_safetensors(&params) {
+                    Ok(bytes) => {
+                        let name =
+                            format!("attachment; filename=\"easel-{code}-v{version}.safetensors\"");
+                        let r = warp::reply::with_header(
+                            bytes,
+                            "content-type",
+                            "application/octet-stream",
+                        );
+                        warp::reply::with_header(r, "content-disposition", name).into_response()
+                    }
+                    Err(e) => status_json(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            })
+        });
+    control
+        .or(start)
+        .unify()
+        .or(list)
+        .unify()
+        .or(export)
+        .unify()
+        .or(center)
+        .unify()
+        .boxed()
+}
+
+/// `POST /api/rooms/CODE/TAIL` (admin) with a JSON body of type `T` (at most 64 KiB),
+/// handled by `f`; a body that is not a `T` is 400 with `what` and serde's reason.
+fn json_post<T, F>(
+    hub: Hub,
+    tail: &'static str,
+    what: &'static str,
+    f: F,
+) -> BoxedFilter<(Response,)>
+where
+    T: serde::de::DeserializeOwned,
+    F: Fn(&crate::hub::RoomSlot, T) -> Response + Clone + Send + Sync + 'static,
+{
+    warp::path("api")
+        .and(warp::path("rooms"))
+        .and(warp::path::param::<String>())
+        .and(warp::path(tail))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(admin_token())
+        .and(warp::body::content_length_limit(64 * 1024))
+        .and(warp::body::bytes())
+        .map(
+            move |code: String, token: Option<String>, body: bytes::Bytes| {
+                with_room(&hub, &code, token, |room| {
+                    match serde_json::from_slice::<T>(&body) {
+                        Ok(t) => f(room, t),
+                        Err(e) => bad_request(&format!("{what}: {e}")),
+                    }
+                })
+            },
+        )
+        .boxed()
+}
+
+/// Runs `f` on the room `code` when `token` is the admin token; else 401, or 404.
+fn with_room(
+    hub: &Hub,
+    code: &str,
+    token: Option<String>,
+    f: impl FnOnce(&crate::hub::RoomSlot) -> Response,
+) -> Response {
+    if !hub.is_admin(token.as_deref()) {
+        return unauthorized();
+    }
+    match hub.room(code) {
+        Some(room) => f(&room),
+        None => status_json(StatusCode::NOT_FOUND, "no such room"),
+    }
+}
+
 fn forbidden() -> Response {
     status_json(StatusCode::FORBIDDEN, "the admin token is missing or wrong")
 }
 
-fn status_json(status: StatusCode, error: &str) -> Response {
+/// 401: the teacher's routes without the admin token.
+pub(crate) fn unauthorized() -> Response {
+    status_json(
+        StatusCode::UNAUTHORIZED,
+        "the admin token is missing or wrong: open the teacher URL that `easel serve` printed \
+         (it ends with &admin=TOKEN)",
+    )
+}
+
+fn bad_request(why: &str) -> Response {
+    status_json(StatusCode::BAD_REQUEST, why)
+}
+
+pub(crate) fn status_json(status: StatusCode, error: &str) -> Response {
     warp::reply::with_status(
         warp::reply::json(&serde_json::json!({ "error": error })),
         status,

@@ -14,13 +14,26 @@ use easel_protocol::{Control, ErrorMessage, Limits, Message, Push};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::room::{self, Room, RoomSettings};
+use crate::activity::Activity;
+use crate::room::{self, Room, RoomSettings, wall_ms};
+use crate::runs::{PushPoint, Runs};
+use crate::teacher::{MAX_DELAY_MS, SettingsView, TeacherControl};
+use crate::ws::close;
 
 /// Control messages a connection may have queued before more are dropped. Control is rare
 /// (a teacher's clicks); a connection that does not drain eight is not listening anyway.
 pub const CONTROL_QUEUE: usize = 8;
 /// Center evaluations kept per room (one every few seconds: hours of class).
 pub const EVAL_HISTORY: usize = 10_000;
+
+/// What the relay tells one connection on the teacher's behalf.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Order {
+    /// A Control message to send.
+    Control(Control),
+    /// Close the connection with this WebSocket close code and reason.
+    Close { code: u16, reason: String },
+}
 
 /// One evaluation of a room's center on the test digits.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -47,6 +60,9 @@ struct Shared {
     defaults: RoomSettings,
     /// Rooms by code. The map's lock is only held to find or insert a room.
     rooms: Mutex<HashMap<String, Arc<RoomSlot>>>,
+    /// Where devices open the pages (`https://IP:PORT/`, then `http://127.0.0.1:PORT/`), set
+    /// once the listeners are bound.
+    join_bases: Mutex<Vec<String>>,
 }
 
 /// A room and the channels to its connections.
@@ -66,11 +82,15 @@ struct RoomState {
     room: Room,
     /// Bounded control queue of each connected worker, by worker id, with the id of the
     /// connection that owns it (a worker that resumes on a new connection replaces it).
-    controls: HashMap<u64, (u64, mpsc::Sender<Control>)>,
+    controls: HashMap<u64, (u64, mpsc::Sender<Order>)>,
     /// Connections ever admitted, to give each one an id.
     connections: u64,
     /// Accuracy and loss of the center over time, newest last, at most [`EVAL_HISTORY`].
     evals: VecDeque<EvalPoint>,
+    /// The named runs, the last one current.
+    runs: Runs,
+    /// Every device's inferred timeline and rates.
+    activity: Activity,
 }
 
 /// What a connection gets when its Join is accepted.
@@ -87,7 +107,7 @@ pub struct Session {
     /// The room's newest center (teachers and observers read it).
     pub centers: watch::Receiver<Arc<[u8]>>,
     /// Control messages for this worker from the teacher.
-    pub controls: mpsc::Receiver<Control>,
+    pub controls: mpsc::Receiver<Order>,
     pub room: Arc<RoomSlot>,
 }
 
@@ -100,6 +120,7 @@ impl Hub {
                 limits,
                 defaults,
                 rooms: Mutex::new(HashMap::new()),
+                join_bases: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -120,6 +141,19 @@ impl Hub {
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
+    /// Sets the base URLs devices join at (each ends with `/`).
+    pub fn set_join_bases(&self, bases: Vec<String>) {
+        *lock(&self.shared.join_bases) = bases;
+    }
+
+    /// The join URLs of a room: each base with `?room=CODE`.
+    pub fn join_urls(&self, code: &str) -> Vec<String> {
+        lock(&self.shared.join_bases)
+            .iter()
+            .map(|b| format!("{b}?room={code}"))
+            .collect()
+    }
+
     /// Creates a room with the default settings; returns its code.
     pub fn create_room(&self) -> String {
         self.create_room_with(self.shared.defaults.clone())
@@ -135,6 +169,7 @@ impl Hub {
                 break c;
             }
         };
+        let runs = Runs::new("run 1", SettingsView::of(&settings).to_json(), wall_ms());
         let mut room = Room::new(code.clone(), settings, center, Instant::now());
         let (_, first) = room.center_message(0);
         let (centers, _) = watch::channel(first);
@@ -146,6 +181,8 @@ impl Hub {
                     controls: HashMap::new(),
                     connections: 0,
                     evals: VecDeque::new(),
+                    runs,
+                    activity: Activity::default(),
                 }),
                 centers,
             }),
@@ -189,6 +226,9 @@ impl RoomSlot {
         st.connections += 1;
         let connection = st.connections;
         st.controls.insert(welcome.worker_id, (connection, tx));
+        if room::trains(join.kind) {
+            st.activity.joined(welcome.worker_id, wall_ms());
+        }
         Ok(Session {
             worker_id: welcome.worker_id,
             connection,
@@ -212,6 +252,10 @@ impl RoomSlot {
     ) -> (Vec<u8>, Arc<[u8]>) {
         let mut st = lock(&self.state);
         let (ack, version) = st.room.handle_push(worker, push, bytes_in, Instant::now());
+        if let Some(point) = st.room.ledger().records().last().map(PushPoint::from) {
+            st.runs.current_mut().record_push(point);
+            st.activity.pushed(worker, point.wall_ms, point.local_steps);
+        }
         let (_, center) = st.room.center_message(caps);
         if version.is_some() {
             let (_, full) = st.room.center_message(0);
@@ -225,15 +269,138 @@ impl RoomSlot {
     /// holds the setting.
     pub fn control(&self, c: &Control) -> Result<(), ErrorMessage> {
         let mut st = lock(&self.state);
-        let forwards = st.room.control(c)?;
-        for (id, msg) in forwards {
-            if let Some((_, tx)) = st.controls.get(&id)
-                && tx.try_send(msg).is_err()
-            {
-                tracing::warn!(worker = id, "control queue full; message dropped");
-            }
+        control_locked(&mut st, c)
+    }
+
+    /// The center answering `worker`'s push was written to its socket: its timeline gets
+    /// the round's spans.
+    pub fn center_sent(&self, worker: u64) {
+        let mut st = lock(&self.state);
+        let delay = st.room.workers().get(&worker).map_or(0, |w| w.delay_ms);
+        st.activity.center_sent(worker, wall_ms(), delay);
+    }
+
+    /// Applies a command of the teacher's JSON API; the new settings and devices, or what
+    /// to fix.
+    pub fn teacher_control(&self, c: &TeacherControl) -> Result<serde_json::Value, String> {
+        let msg = |e: ErrorMessage| e.message;
+        if let TeacherControl::Reset { name } = c {
+            self.start_run(name.as_deref().unwrap_or("reset"), true);
+            return Ok(self.state_json());
         }
-        Ok(())
+        let mut st = lock(&self.state);
+        let now = wall_ms();
+        match c {
+            TeacherControl::Settings(change) => {
+                let hyper = change.apply(st.room.settings().hyper)?;
+                control_locked(&mut st, &Control::Settings(hyper)).map_err(msg)?;
+            }
+            TeacherControl::Delay { device, ms } => {
+                if *ms > MAX_DELAY_MS {
+                    return Err(format!(
+                        "delay {ms} ms is above the {MAX_DELAY_MS} ms limit"
+                    ));
+                }
+                let c = Control::Delay {
+                    worker: *device,
+                    ms: *ms,
+                };
+                control_locked(&mut st, &c).map_err(msg)?;
+            }
+            TeacherControl::Pause { device } | TeacherControl::Resume { device } => {
+                let pause = matches!(c, TeacherControl::Pause { .. });
+                let c = if pause {
+                    Control::Pause { worker: *device }
+                } else {
+                    Control::Resume { worker: *device }
+                };
+                control_locked(&mut st, &c).map_err(msg)?;
+                let ids: Vec<u64> = match device {
+                    Some(id) => vec![*id],
+                    None => st.room.workers().keys().copied().collect(),
+                };
+                for id in ids {
+                    st.activity.restart(id, (!pause).then_some(now));
+                }
+            }
+            TeacherControl::Remove { device } => {
+                if st.room.remove(*device).map_err(msg)? {
+                    close_locked(&mut st, *device, close::REMOVED, "removed by the teacher");
+                }
+            }
+            TeacherControl::Partition { scheme } => {
+                for id in st.room.set_partition(scheme).map_err(msg)? {
+                    close_locked(
+                        &mut st,
+                        id,
+                        close::REJOIN,
+                        "the partition changed: join again for a new shard",
+                    );
+                }
+            }
+            TeacherControl::Reset { .. } => {}
+        }
+        drop(st);
+        Ok(self.state_json())
+    }
+
+    /// The room's settings and devices as the control API answers them.
+    pub fn state_json(&self) -> serde_json::Value {
+        let st = lock(&self.state);
+        serde_json::json!({
+            "settings": SettingsView::of(st.room.settings()),
+            "run": st.runs.current().id,
+            "devices": crate::dashboard::device_rows(&st.room, &st.activity, Instant::now()),
+        })
+    }
+
+    /// Ends the current run and starts `name`; with `reset`, from a fresh center (the room's
+    /// init seed) with the ledger and the evaluations emptied. Returns the run's id.
+    pub fn start_run(&self, name: &str, reset: bool) -> u64 {
+        let center = reset.then(|| {
+            let seed = lock(&self.state).room.settings().init_seed;
+            easel_client::model::init_params(seed)
+        });
+        let mut st = lock(&self.state);
+        if let Some(center) = center {
+            st.room.reset(center, Instant::now());
+            st.evals.clear();
+            let (_, full) = st.room.center_message(0);
+            self.centers.send_replace(full);
+        }
+        let settings = SettingsView::of(st.room.settings()).to_json();
+        st.runs.start(name, settings, wall_ms())
+    }
+
+    /// The kept runs, oldest first, without their series.
+    pub fn runs_json(&self) -> serde_json::Value {
+        let st = lock(&self.state);
+        serde_json::json!({
+            "current": st.runs.current().id,
+            "runs": st.runs.all().map(|r| r.summary()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// A kept run as JSON.
+    pub fn run_json(&self, id: u64) -> Option<serde_json::Value> {
+        self.run(id).map(|r| r.to_json())
+    }
+
+    /// A kept run as CSV.
+    pub fn run_csv(&self, id: u64) -> Option<String> {
+        self.run(id).map(|r| r.to_csv())
+    }
+
+    /// A copy of a kept run: copied under the lock (a memcpy), formatted after it, so an
+    /// export of 50,000 points never holds up the room's pushes.
+    fn run(&self, id: u64) -> Option<crate::runs::Run> {
+        lock(&self.state).runs.get(id).cloned()
+    }
+
+    /// Runs `f` on the room, its runs and its devices' timelines (for the dashboard).
+    pub fn with_view<T>(&self, f: impl FnOnce(&Room, &Runs, &Activity) -> T) -> T {
+        let st = lock(&self.state);
+        f(&st.room, &st.runs, &st.activity)
     }
 
     /// Notes that a connection was heard from.
@@ -275,6 +442,7 @@ impl RoomSlot {
             st.evals.pop_front();
         }
         st.evals.push_back(point);
+        st.runs.current_mut().record_eval(point);
     }
 
     /// The evaluations so far, oldest first.
@@ -310,6 +478,33 @@ impl RoomSlot {
     /// Runs `f` on the room (for tests and the dashboard).
     pub fn with_room<T>(&self, f: impl FnOnce(&Room) -> T) -> T {
         f(&lock(&self.state).room)
+    }
+}
+
+/// Applies a Control with the room locked and queues what each worker must be told. A
+/// worker whose queue is full misses it (it is not reading); the room keeps the setting.
+fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
+    let forwards = st.room.control(c)?;
+    for (id, msg) in forwards {
+        if let Some((_, tx)) = st.controls.get(&id)
+            && tx.try_send(Order::Control(msg)).is_err()
+        {
+            tracing::warn!(worker = id, "control queue full; message dropped");
+        }
+    }
+    Ok(())
+}
+
+/// Tells a connected worker's connection to close with `code` and `reason`.
+fn close_locked(st: &mut RoomState, worker: u64, code: u16, reason: &str) {
+    if let Some((_, tx)) = st.controls.get(&worker) {
+        let order = Order::Close {
+            code,
+            reason: reason.to_string(),
+        };
+        if tx.try_send(order).is_err() {
+            tracing::warn!(worker, "control queue full; close not queued");
+        }
     }
 }
 
@@ -367,5 +562,77 @@ mod tests {
             hub.join(&unknown, false).unwrap_err().code,
             code::UNKNOWN_ROOM
         );
+    }
+
+    #[test]
+    fn teacher_commands_reach_the_connections_they_concern() {
+        let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+        let code = hub.create_room();
+        let join = Join {
+            room: code.clone(),
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        };
+        let mut a = hub.join(&join, false).unwrap();
+        let mut b = hub.join(&join, false).unwrap();
+        let room = a.room.clone();
+        let delay = TeacherControl::Delay {
+            device: Some(a.worker_id),
+            ms: 700,
+        };
+        let state = room.teacher_control(&delay).unwrap();
+        assert_eq!(state["devices"][0]["state"], "delayed");
+        assert_eq!(
+            a.controls.try_recv(),
+            Ok(Order::Control(Control::Delay {
+                worker: None,
+                ms: 700
+            }))
+        );
+        assert!(
+            b.controls.try_recv().is_err(),
+            "only the delayed device hears"
+        );
+        let too_long = TeacherControl::Delay {
+            device: None,
+            ms: MAX_DELAY_MS + 1,
+        };
+        assert!(room.teacher_control(&too_long).is_err());
+        room.teacher_control(&TeacherControl::Remove {
+            device: b.worker_id,
+        })
+        .unwrap();
+        assert!(matches!(
+            b.controls.try_recv(),
+            Ok(Order::Close {
+                code: close::REMOVED,
+                ..
+            })
+        ));
+        let partition = TeacherControl::Partition {
+            scheme: "classes:2".into(),
+        };
+        let state = room.teacher_control(&partition).unwrap();
+        assert_eq!(state["settings"]["partition"], "classes:2");
+        assert!(matches!(
+            a.controls.try_recv(),
+            Ok(Order::Close {
+                code: close::REJOIN,
+                ..
+            })
+        ));
+        assert!(
+            b.controls.try_recv().is_err(),
+            "a removed device is not told again"
+        );
+        let state = room
+            .teacher_control(&TeacherControl::Reset { name: None })
+            .unwrap();
+        assert_eq!(state["run"], 2);
+        assert_eq!(room.center().0, 1, "the reset center is the next version");
+        assert_eq!(room.watched_version(), Some(1));
     }
 }

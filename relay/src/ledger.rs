@@ -30,6 +30,8 @@ pub struct Record {
     /// Milliseconds since the base version was published (absent when the relay no longer
     /// remembers it).
     pub age_ms: Option<u64>,
+    /// Local SGD steps the worker says it took for this push.
+    pub local_steps: u32,
     /// The weight the push was applied with (0 when refused).
     pub alpha_eff: f32,
     /// `||x_i - x~||` against the center the push was applied to (NaN when refused).
@@ -82,6 +84,8 @@ pub struct WorkerStats {
     pub tau_max: u64,
     /// `alpha_eff` of the last accepted push.
     pub last_alpha_eff: Option<f32>,
+    /// `||x_i - x~||` of the last accepted push: how far the worker was from the center.
+    pub last_worker_distance: Option<f32>,
     pub bytes_in: u64,
 }
 
@@ -159,6 +163,7 @@ impl Ledger {
             w.tau_sum += r.tau;
             w.tau_max = w.tau_max.max(r.tau);
             w.last_alpha_eff = Some(r.alpha_eff);
+            w.last_worker_distance = Some(r.worker_distance);
         } else {
             t.refused += 1;
             *t.refused_by_code.entry(r.code).or_default() += 1;
@@ -294,6 +299,7 @@ mod tests {
             current: 10 + tau,
             tau,
             age_ms: Some(5),
+            local_steps: 8,
             alpha_eff: if code == 0 {
                 0.5 / (1.0 + tau as f32)
             } else {

@@ -4,20 +4,27 @@
 //! Layers, bottom up, each calling only the one below:
 //! - `easel_protocol` owns the bytes, the messages and the merging rules;
 //! - [`ledger`] and [`room`]: one room's state and rules as synchronous logic, no I/O;
+//!   [`runs`] (named runs and their exports), [`activity`] (each device's inferred
+//!   timeline, rates and state) and [`teacher`] (the control API's types) are pure too;
 //! - [`hub`]: the rooms behind short-held locks, and the channels to connections;
-//! - [`ws`]: one WebSocket connection; [`http`]: the routes and [`http::run`];
+//! - [`ws`]: one WebSocket connection; [`dashboard`]: the teacher's live JSON socket;
+//!   [`http`]: the routes and [`http::run`];
 //!   [`tls`]: certificates and the HTTPS/HTTP listeners; [`eval`]: center evaluation off
 //!   the reactor.
 //! - [`bots`]: native workers running `easel_client::worker` over WebSockets (`easel bots`);
 //!   [`experiment`]: the 8-worker run the end-to-end test and `easel bench relay` share.
 
+pub mod activity;
 pub mod bots;
+pub mod dashboard;
 pub mod eval;
 pub mod experiment;
 pub mod http;
 pub mod hub;
 pub mod ledger;
 pub mod room;
+pub mod runs;
+pub mod teacher;
 pub mod tls;
 pub mod ws;
 

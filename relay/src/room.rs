@@ -133,6 +133,8 @@ pub struct Worker {
     /// The artificial straggler delay the teacher set, in milliseconds.
     pub delay_ms: u32,
     pub paused: bool,
+    /// Removed by the teacher: its connection was closed and its resume is refused.
+    pub removed: bool,
 }
 
 fn ser_kind<S: serde::Serializer>(k: &ClientKind, s: S) -> Result<S::Ok, S::Error> {
@@ -261,6 +263,14 @@ impl Room {
                 "joining as teacher needs the admin token in the URL (?admin=TOKEN)",
             ));
         }
+        if let Some(id) = join.resume_worker
+            && self.workers.get(&id).is_some_and(|w| w.removed)
+        {
+            return Err(error(
+                code::FORBIDDEN,
+                format!("worker {id} was removed by the teacher; join again without resuming"),
+            ));
+        }
         let resumed = join
             .resume_worker
             .filter(|id| self.workers.get(id).is_some_and(|w| w.kind == join.kind));
@@ -287,6 +297,7 @@ impl Room {
                         connected: true,
                         delay_ms: 0,
                         paused: false,
+                        removed: false,
                     },
                 );
                 id
@@ -356,6 +367,7 @@ impl Room {
                 .iter()
                 .find(|(v, _)| *v == base)
                 .map(|(_, t)| now.saturating_duration_since(*t).as_millis() as u64),
+            local_steps: push.local_steps,
             alpha_eff: 0.0,
             worker_distance: f32::NAN,
             view_distance: f32::NAN,
@@ -525,6 +537,61 @@ impl Room {
         }
         out.retain(|(id, _)| self.workers.get(id).is_some_and(|w| w.connected));
         Ok(out)
+    }
+
+    /// Removes a training worker: it is paused, marked removed (its resume is refused) and
+    /// disconnected. Returns whether it was connected (its connection must be closed).
+    pub fn remove(&mut self, worker: u64) -> Result<bool, ErrorMessage> {
+        match self.workers.get_mut(&worker) {
+            Some(w) if trains(w.kind) && !w.removed => {
+                let was = w.connected;
+                w.removed = true;
+                w.paused = true;
+                w.connected = false;
+                Ok(was)
+            }
+            Some(w) if w.removed => Err(error(
+                code::MALFORMED,
+                format!("worker {worker} is already removed"),
+            )),
+            _ => Err(error(
+                code::MALFORMED,
+                format!("no worker {worker} in this room"),
+            )),
+        }
+    }
+
+    /// Starts over from `center`: the ledger is emptied and `center` becomes the next
+    /// version, alone in a fresh ring, so every push computed from an older center is
+    /// refused (resync) and its worker takes the new center from the Center that follows.
+    /// Versions keep counting up: workers never see a version go back.
+    ///
+    /// # Panics
+    /// If `center` does not have lenet5-28's parameter count.
+    pub fn reset(&mut self, center: Vec<f32>, now: Instant) -> u64 {
+        assert_eq!(center.len(), self.spec.param_count, "center length");
+        let version = self.ring.newest().0 + 1;
+        self.ring = CenterRing::new(self.settings.ring_len(), version, center.into());
+        self.published = VecDeque::from([(version, now)]);
+        self.ledger = Ledger::new(self.settings.ledger_capacity);
+        self.center_cache.clear();
+        version
+    }
+
+    /// Sets how the training digits are split (`iid`, `dirichlet:ALPHA`, `classes:K`), for
+    /// every Welcome from now on, resumes included. Returns the connected training workers,
+    /// which must rejoin to get a shard of the new partition.
+    pub fn set_partition(&mut self, scheme: &str) -> Result<Vec<u64>, ErrorMessage> {
+        let parsed: easel_client::data::Partition = scheme
+            .parse()
+            .map_err(|e| error(code::MALFORMED, format!("invalid partition: {e}")))?;
+        self.settings.partition.scheme = parsed.to_string();
+        Ok(self
+            .workers
+            .values()
+            .filter(|w| trains(w.kind) && w.connected)
+            .map(|w| w.id)
+            .collect())
     }
 }
 
@@ -738,6 +805,67 @@ mod tests {
         assert_eq!(r.settings().hyper.tau_max, 40);
         h.alpha = 2.0;
         assert!(r.control(&Control::Settings(h)).is_err());
+    }
+
+    #[test]
+    fn removed_workers_cannot_resume_and_reset_starts_a_fresh_center() {
+        let mut r = room();
+        let a = r
+            .join(&join(ClientKind::Bot), false, Instant::now())
+            .unwrap()
+            .worker_id;
+        let (_, v) = r.handle_push(a, &push(0, &vec![2.0; N]), 10, Instant::now());
+        assert_eq!(v, Some(1));
+        assert_eq!(r.remove(a), Ok(true));
+        assert!(r.workers()[&a].removed && !r.workers()[&a].connected);
+        assert!(r.remove(a).is_err() && r.remove(99).is_err());
+        let again = Join {
+            resume_worker: Some(a),
+            ..join(ClientKind::Bot)
+        };
+        assert_eq!(
+            r.join(&again, false, Instant::now()).unwrap_err().code,
+            code::FORBIDDEN
+        );
+        let b = r
+            .join(&join(ClientKind::Bot), false, Instant::now())
+            .unwrap()
+            .worker_id;
+        assert_ne!(a, b, "a removed device may join again as a new worker");
+        assert_eq!(r.reset(vec![3.0; N], Instant::now()), 2);
+        assert_eq!(r.center().0, 2);
+        assert!(r.center().1.iter().all(|&x| x == 3.0));
+        assert_eq!(r.ledger().totals().pushes, 0);
+        // A push from before the reset is refused and leaves the new center alone.
+        let (ack, v) = r.handle_push(b, &push(1, &vec![0.0; N]), 10, Instant::now());
+        assert!(refused_code(&ack).is_some() && v.is_none());
+        let (ack, v) = r.handle_push(b, &push(2, &vec![3.0; N]), 10, Instant::now());
+        assert_eq!((refused_code(&ack), v), (None, Some(3)));
+    }
+
+    #[test]
+    fn partition_changes_apply_to_later_welcomes_and_name_who_must_rejoin() {
+        let mut r = room();
+        let a = r
+            .join(&join(ClientKind::Bot), false, Instant::now())
+            .unwrap()
+            .worker_id;
+        r.join(&join(ClientKind::Teacher), true, Instant::now())
+            .unwrap();
+        assert!(r.set_partition("dirichlet:-1").is_err());
+        assert!(r.set_partition("nonsense").is_err());
+        assert_eq!(r.settings().partition.scheme, "iid");
+        assert_eq!(r.set_partition("Dirichlet:0.5"), Ok(vec![a]));
+        assert_eq!(r.settings().partition.scheme, "dirichlet:0.5");
+        r.leave(a);
+        let again = Join {
+            resume_worker: Some(a),
+            ..join(ClientKind::Bot)
+        };
+        let w = r.join(&again, false, Instant::now()).unwrap();
+        assert!(
+            matches!(w.shard, Shard::Partition { ref scheme, index: 0, .. } if scheme == "dirichlet:0.5")
+        );
     }
 
     proptest! {

@@ -211,7 +211,7 @@ async fn run(args: ServeArgs, data: PathBuf, mnist: Arc<Mnist>) -> anyhow::Resul
     for url in &joins {
         println!("students join:   {url}");
     }
-    if let Some(url) = relay.teacher_url() {
+    if let Some(url) = relay.teacher_url(&room) {
         println!("teacher (this computer only): {url}");
     }
     if let Some(fp) = &relay.fingerprint {

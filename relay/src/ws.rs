@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use warp::ws::Message as WsMessage;
 
 use crate::Shutdown;
-use crate::hub::{Hub, RoomSlot};
+use crate::hub::{Hub, Order, RoomSlot};
 use crate::room::{error, trains};
 
 /// WebSocket close codes the relay uses (RFC 6455).
@@ -30,6 +30,10 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A message above the size cap.
     pub const TOO_BIG: u16 = 1009;
+    /// The teacher removed this device; its resume is refused.
+    pub const REMOVED: u16 = 4000;
+    /// The room's partition changed: join again (resuming is fine) to get the new shard.
+    pub const REJOIN: u16 = 4001;
 }
 
 /// Timing of a connection.
@@ -66,23 +70,22 @@ struct Joined {
 
 /// The channels of a joined connection: the center watch (teachers and observers only)
 /// and the control queue.
-type Channels = (
-    Option<watch::Receiver<Arc<[u8]>>>,
-    mpsc::Receiver<easel_protocol::Control>,
-);
+type Channels = (Option<watch::Receiver<Arc<[u8]>>>, mpsc::Receiver<Order>);
 
 /// One event of a connection's loop.
 enum Event {
     Shutdown,
     Incoming(Option<Result<WsMessage, warp::Error>>),
     Center,
-    Control(easel_protocol::Control),
+    Order(Order),
     Tick,
 }
 
 /// Whether the connection goes on.
 enum Flow {
     Continue,
+    /// Continue; the replies answer a push (the relay notes when they were sent).
+    Pushed,
     Close,
 }
 
@@ -100,7 +103,7 @@ pub async fn serve_socket<S>(
     let (mut tx, mut rx) = socket.split();
     let mut joined: Option<Joined> = None;
     let mut centers: Option<watch::Receiver<Arc<[u8]>>> = None;
-    let mut controls: Option<mpsc::Receiver<easel_protocol::Control>> = None;
+    let mut controls: Option<mpsc::Receiver<Order>> = None;
     let mut next_center = Instant::now();
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_every, cfg.ping_every);
@@ -109,7 +112,7 @@ pub async fn serve_socket<S>(
             _ = shutdown.wait() => Event::Shutdown,
             m = rx.next() => Event::Incoming(m),
             _ = center_changed(&mut centers, next_center) => Event::Center,
-            Some(c) = control(&mut controls) => Event::Control(c),
+            Some(o) = control(&mut controls) => Event::Order(o),
             _ = ping.tick() => Event::Tick,
         };
         let out = match event {
@@ -156,10 +159,13 @@ pub async fn serve_socket<S>(
                     Flow::Continue,
                 )
             }
-            Event::Control(c) => (
+            Event::Order(Order::Control(c)) => (
                 vec![WsMessage::binary(message::encode(&Message::Control(c)))],
                 Flow::Continue,
             ),
+            Event::Order(Order::Close { code, reason }) => {
+                (vec![WsMessage::close_with(code, reason)], Flow::Close)
+            }
             Event::Tick => {
                 if last_heard.elapsed() >= cfg.dead_after {
                     let why = "no answer to pings";
@@ -179,6 +185,9 @@ pub async fn serve_socket<S>(
         }
         if !ok || matches!(flow, Flow::Close) {
             break;
+        }
+        if let (Flow::Pushed, Some(j)) = (flow, &joined) {
+            j.room.center_sent(j.worker);
         }
     }
     if let Some(j) = joined {
@@ -246,6 +255,7 @@ fn on_message(
             let (ack, center) = j.room.push(j.worker, &p, bytes.len(), j.caps);
             replies.push(WsMessage::binary(ack));
             replies.push(WsMessage::binary(Bytes::from_owner(center)));
+            return Flow::Pushed;
         }
         (Message::Push(_), _) => {
             replies.push(error_msg(&error(
@@ -292,9 +302,7 @@ async fn center_changed(centers: &mut Option<watch::Receiver<Arc<[u8]>>>, not_be
 }
 
 /// The next queued control message; never resolves for connections with no queue.
-async fn control(
-    controls: &mut Option<mpsc::Receiver<easel_protocol::Control>>,
-) -> Option<easel_protocol::Control> {
+async fn control(controls: &mut Option<mpsc::Receiver<Order>>) -> Option<Order> {
     match controls {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -463,8 +463,11 @@ async fn wss_with_the_self_signed_certificate() {
         relay.running.join_urls(),
         vec![format!("https://127.0.0.1:{}/", https.port())]
     );
-    let teacher = relay.running.teacher_url().unwrap();
-    assert!(teacher.ends_with(&format!("/?admin={TOKEN}")), "{teacher}");
+    let teacher = relay.running.teacher_url(&room).unwrap();
+    assert!(
+        teacher.ends_with(&format!("/teacher.html?room={room}&admin={TOKEN}")),
+        "{teacher}"
+    );
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.certs[0].clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());

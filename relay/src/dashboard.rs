@@ -1,0 +1,367 @@
+//! The teacher's live dashboard: `GET /ws/dashboard?room=CODE&admin=TOKEN`, a WebSocket of
+//! JSON text messages. On connect the relay sends a `snapshot` (room, join URLs and QR code,
+//! settings, devices, the current run's history); then every [`UPDATE_EVERY`] an `update`
+//! with what is new since the last one. A new run (or a reset) sends a new snapshot.
+//! PROTOCOL.md, "Teacher API", lists every field.
+//!
+//! Each connection has its own interval. It takes the room's lock once per tick to copy
+//! what is new (a few hundred points at most), and serializes after releasing it.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::ws::Message as WsMessage;
+use warp::{Filter, Reply};
+
+use crate::Shutdown;
+use crate::activity::{Activity, Counter, DeviceState, Span, bytes_per_s, device_state};
+use crate::hub::{EvalPoint, Hub, RoomSlot};
+use crate::room::{Room, kind_name, trains, wall_ms};
+use crate::runs::{PushPoint, Runs};
+use crate::teacher::{SettingsView, codec_names};
+
+/// How often a dashboard gets an update.
+pub const UPDATE_EVERY: Duration = Duration::from_millis(500);
+/// Push points a snapshot carries at most (the newest); the run export has them all.
+pub const SNAPSHOT_PUSHES: usize = 5_000;
+/// How far back a snapshot's activity spans go.
+pub const SNAPSHOT_SPANS_MS: u64 = 120_000;
+
+/// One row of the device table.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceRow {
+    pub id: u64,
+    pub name: String,
+    pub kind: &'static str,
+    pub backend: &'static str,
+    /// Local SGD steps per second over its last pushes.
+    pub steps_per_s: Option<f64>,
+    pub pushes: u64,
+    pub accepted: u64,
+    /// Mean staleness of its accepted pushes.
+    pub mean_tau: Option<f64>,
+    /// `||x_i - x~||` of its last accepted push.
+    pub distance: Option<f32>,
+    /// Seconds since the relay last heard from it.
+    pub last_seen_s: f64,
+    pub state: DeviceState,
+    pub delay_ms: u32,
+    pub shard: Option<u32>,
+}
+
+/// The device table: every training device that ever joined, by id.
+pub fn device_rows(room: &Room, activity: &Activity, now: Instant) -> Vec<DeviceRow> {
+    let stats = room.ledger().workers();
+    room.workers()
+        .values()
+        .filter(|w| trains(w.kind))
+        .map(|w| {
+            let s = stats.get(&w.id);
+            DeviceRow {
+                id: w.id,
+                name: w.name.clone(),
+                kind: kind_name(w.kind),
+                backend: match w.backend {
+                    easel_protocol::Backend::Cpu => "cpu",
+                    easel_protocol::Backend::Gpu => "gpu",
+                },
+                steps_per_s: activity.steps_per_s(w.id),
+                pushes: s.map_or(0, |s| s.pushes),
+                accepted: s.map_or(0, |s| s.accepted),
+                mean_tau: s.and_then(|s| s.mean_tau()),
+                distance: s
+                    .and_then(|s| s.last_worker_distance)
+                    .filter(|d| d.is_finite()),
+                last_seen_s: now.saturating_duration_since(w.last_seen).as_secs_f64(),
+                state: device_state(w.removed, w.connected, w.paused, w.delay_ms),
+                delay_ms: w.delay_ms,
+                shard: w.shard_index,
+            }
+        })
+        .collect()
+}
+
+/// Where a dashboard connection is: what it has already been sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cursor {
+    run: u64,
+    pushes: u64,
+    evals: u64,
+    spans: u64,
+    counter: Counter,
+}
+
+/// What a tick copies out of the room under its lock.
+struct Gathered {
+    version: u64,
+    settings: SettingsView,
+    devices: Vec<DeviceRow>,
+    evals: Vec<EvalPoint>,
+    pushes: Vec<PushPoint>,
+    spans: Vec<Span>,
+    histogram: Vec<(u64, u64)>,
+    counter: Counter,
+    totals: serde_json::Value,
+}
+
+/// Copies what is new since `cur` (everything of the current run when its run differs)
+/// and moves `cur` on. Returns whether the run changed (then a snapshot is due).
+fn gather(room: &Room, runs: &Runs, activity: &Activity, cur: &mut Cursor) -> (bool, Gathered) {
+    let run = runs.current();
+    let now = wall_ms();
+    let fresh = cur.run != run.id;
+    if fresh {
+        let kept = run.pushes.total();
+        *cur = Cursor {
+            run: run.id,
+            pushes: kept.saturating_sub(SNAPSHOT_PUSHES as u64),
+            evals: 0,
+            spans: 0,
+            counter: cur.counter,
+        };
+    }
+    let (mut spans, next_span) = activity.spans_since(cur.spans);
+    if fresh {
+        spans.retain(|s| s.end_ms + SNAPSHOT_SPANS_MS >= now);
+    }
+    let t = room.ledger().totals();
+    let counter = Counter {
+        wall_ms: now,
+        bytes_in: t.bytes_in,
+        bytes_out: t.bytes_out,
+    };
+    let g = Gathered {
+        version: room.center().0,
+        settings: SettingsView::of(room.settings()),
+        devices: device_rows(room, activity, Instant::now()),
+        evals: run.evals.since(cur.evals),
+        pushes: run.pushes.since(cur.pushes),
+        spans,
+        histogram: room
+            .ledger()
+            .histogram()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        counter,
+        totals: serde_json::to_value(t).unwrap_or_default(),
+    };
+    cur.pushes = run.pushes.total();
+    cur.evals = run.evals.total();
+    cur.spans = next_span;
+    (fresh, g)
+}
+
+/// The `snapshot` message.
+fn snapshot(hub: &Hub, slot: &RoomSlot, code: &str, g: Gathered) -> serde_json::Value {
+    let join_urls = hub.join_urls(code);
+    let qr_url = join_urls
+        .iter()
+        .find(|u| u.starts_with("https://"))
+        .or(join_urls.first())
+        .cloned();
+    let qr_svg = qr_url.as_deref().and_then(|u| qr_svg(u).ok());
+    let runs = slot.runs_json();
+    let run = slot.with_view(|_, runs, _| {
+        let r = runs.current();
+        serde_json::json!({
+            "id": r.id, "name": r.name, "started_ms": r.started_ms, "settings": r.settings,
+        })
+    });
+    serde_json::json!({
+        "type": "snapshot",
+        "server_ms": g.counter.wall_ms,
+        "room": code,
+        "join_urls": join_urls,
+        "qr_url": qr_url,
+        "qr_svg": qr_svg,
+        "settings": g.settings,
+        "codecs": codec_names(),
+        "version": g.version,
+        "run": run,
+        "runs": runs["runs"],
+        "devices": g.devices,
+        "evals": g.evals,
+        "pushes": g.pushes,
+        "spans": g.spans,
+        "histogram": g.histogram,
+        "totals": g.totals,
+    })
+}
+
+/// The `update` message; `prev` is the counter of the previous message.
+fn update(run: u64, prev: Counter, g: Gathered) -> serde_json::Value {
+    let (bin, bout) = bytes_per_s(prev, g.counter);
+    serde_json::json!({
+        "type": "update",
+        "server_ms": g.counter.wall_ms,
+        "run": run,
+        "version": g.version,
+        "settings": g.settings,
+        "devices": g.devices,
+        "evals": g.evals,
+        "pushes": g.pushes,
+        "spans": g.spans,
+        "histogram": g.histogram,
+        "bytes_per_s": { "in": bin, "out": bout },
+        "totals": g.totals,
+    })
+}
+
+/// The URL as an SVG QR code (black on white, with its quiet zone), scalable to any size.
+pub fn qr_svg(url: &str) -> Result<String, qrcode::types::QrError> {
+    let code = qrcode::QrCode::new(url.as_bytes())?;
+    Ok(code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(256, 256)
+        .quiet_zone(true)
+        .build())
+}
+
+/// `GET /ws/dashboard?room=CODE&admin=TOKEN`: 401 without the admin token, 404 for an
+/// unknown room, else the dashboard socket.
+pub fn route(hub: Hub, shutdown: Shutdown) -> BoxedFilter<(Response,)> {
+    warp::path!("ws" / "dashboard")
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::ws())
+        .map(
+            move |q: std::collections::HashMap<String, String>,
+                  auth: Option<String>,
+                  upgrade: warp::ws::Ws| {
+                let token = q
+                    .get("admin")
+                    .cloned()
+                    .or_else(|| auth.and_then(|a| a.strip_prefix("Bearer ").map(str::to_string)));
+                if !hub.is_admin(token.as_deref()) {
+                    return crate::http::unauthorized();
+                }
+                let code = q.get("room").map(|c| crate::room::normalize_code(c));
+                let Some((code, slot)) = code.and_then(|c| hub.room(&c).map(|s| (c, s))) else {
+                    return crate::http::status_json(
+                        StatusCode::NOT_FOUND,
+                        "no such room: pass ?room=CODE with the code `easel serve` printed",
+                    );
+                };
+                let hub = hub.clone();
+                let shutdown = shutdown.clone();
+                upgrade
+                    .on_upgrade(move |socket| serve(socket, hub, slot, code, shutdown))
+                    .into_response()
+            },
+        )
+        .boxed()
+}
+
+/// One dashboard connection until it closes or the relay shuts down.
+async fn serve(
+    socket: warp::ws::WebSocket,
+    hub: Hub,
+    slot: std::sync::Arc<RoomSlot>,
+    code: String,
+    mut shutdown: Shutdown,
+) {
+    let (mut tx, mut rx) = socket.split();
+    let mut cur = Cursor::default();
+    let mut tick = tokio::time::interval(UPDATE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let send_timeout = Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => {
+                let _ = tx.send(WsMessage::close_with(crate::ws::close::GOING_AWAY, "relay shutting down")).await;
+                break;
+            }
+            m = rx.next() => match m {
+                Some(Ok(m)) if !m.is_close() => continue,
+                _ => break,
+            },
+            _ = tick.tick() => {
+                let prev = cur.counter;
+                let (fresh, g) = slot.with_view(|room, runs, activity| gather(room, runs, activity, &mut cur));
+                cur.counter = g.counter;
+                let msg = if fresh {
+                    snapshot(&hub, &slot, &code, g)
+                } else {
+                    update(cur.run, prev, g)
+                };
+                let text = msg.to_string();
+                match tokio::time::timeout(send_timeout, tx.send(WsMessage::text(text))).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::RoomSettings;
+    use easel_protocol::message::Join;
+    use easel_protocol::{Backend, ClientKind, Codec, LENET5_28, Limits, Push};
+
+    #[test]
+    fn a_cursor_gets_each_point_once_and_a_new_run_is_a_snapshot() {
+        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let slot = hub.room(&hub.create_room()).unwrap();
+        let join = Join {
+            room: String::new(),
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        };
+        let s = hub
+            .join(
+                &Join {
+                    room: slot.with_room(|r| r.code().to_string()),
+                    ..join
+                },
+                false,
+            )
+            .unwrap();
+        let mut rng = rand::rng();
+        let mut push = |v| Push {
+            base_version: v,
+            local_steps: 4,
+            samples: 32,
+            loss: 1.0,
+            payload: easel_protocol::codec::encode(Codec::Fp32, &[0.0; 44_426], &mut rng),
+        };
+        let p = push(0);
+        slot.push(s.worker_id, &p, 10, 0);
+        slot.center_sent(s.worker_id);
+        let mut cur = Cursor::default();
+        let (fresh, g) = slot.with_view(|r, runs, a| gather(r, runs, a, &mut cur));
+        assert!(fresh);
+        assert_eq!((g.pushes.len(), g.devices.len()), (1, 1));
+        assert_eq!(g.devices[0].state, DeviceState::Training);
+        assert!(g.spans.iter().all(|sp| sp.worker == s.worker_id));
+        let (fresh, g) = slot.with_view(|r, runs, a| gather(r, runs, a, &mut cur));
+        assert!(!fresh && g.pushes.is_empty());
+        let p = push(1);
+        slot.push(s.worker_id, &p, 10, 0);
+        let (_, g) = slot.with_view(|r, runs, a| gather(r, runs, a, &mut cur));
+        assert_eq!(g.pushes.len(), 1);
+        assert_eq!(g.histogram, vec![(0, 2)]);
+        slot.start_run("second", false);
+        let (fresh, g) = slot.with_view(|r, runs, a| gather(r, runs, a, &mut cur));
+        assert!(fresh && g.pushes.is_empty());
+        let json = snapshot(&hub, &slot, "ABCDE", g);
+        assert_eq!(json["type"], "snapshot");
+        assert_eq!(json["run"]["name"], "second");
+    }
+
+    #[test]
+    fn the_qr_code_is_an_svg() {
+        let svg = qr_svg("https://192.168.1.20:8443/?room=ABCDE").unwrap();
+        assert!(svg.contains("<svg") && svg.contains("</svg>"));
+    }
+}

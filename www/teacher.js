@@ -1,0 +1,575 @@
+// The teacher's dashboard. One WebSocket (/ws/dashboard) pushes a snapshot, then an update
+// every half second; every control is a POST to /api/rooms/CODE/control. Charts are uPlot
+// (loaded by teacher.html); the activity timeline is drawn in a uPlot draw hook, the one
+// chart type uPlot lacks. PROTOCOL.md, "Teacher API", documents the messages.
+
+const params = new URLSearchParams(location.search);
+const ROOM = (params.get('room') || '').trim().toUpperCase();
+const TOKEN = params.get('admin') || '';
+
+/** Points kept per chart in the page (the run export has every point). */
+const MAX_POINTS = 5000;
+/** Width of the activity timeline, seconds. */
+const TIMELINE_S = 60;
+/** Samples of bytes/s kept (two a second: ten minutes). */
+const MAX_RATES = 1200;
+const SPAN_COLORS = { computing: '#1a56db', waiting: '#e8710a', communicating: '#0f9d58' };
+
+// The settings form, one row per setting: adding a setting is one entry here (and one
+// field in relay/src/teacher.rs's SettingsChange and SettingsView).
+const SETTINGS = [
+  { key: 'alpha', label: 'elastic α', unit: '0 … 1', kind: 'number', step: 0.05 },
+  { key: 'staleness', label: 'staleness rule s(τ)', unit: 'constant | inverse | exp:A | hinge:A:B', kind: 'text' },
+  { key: 'tau_max', label: 'τ max', unit: 'versions', kind: 'int' },
+  { key: 'local_steps', label: 'local steps K', unit: 'steps per push', kind: 'int' },
+  { key: 'lr', label: 'learning rate', unit: 'per step', kind: 'number', step: 0.005 },
+  { key: 'batch', label: 'batch', unit: 'digits per step', kind: 'int' },
+  { key: 'momentum', label: 'momentum', unit: '0 … <1', kind: 'number', step: 0.1 },
+  { key: 'codec_up', label: 'push codec', unit: 'devices → relay', kind: 'codec' },
+  { key: 'codec_down', label: 'center codec', unit: 'relay → devices', kind: 'codec' },
+  { key: 'error_feedback', label: 'error feedback', unit: 'on pushes', kind: 'bool' },
+];
+
+// State the browser test reads.
+const state = {
+  connected: false,
+  room: ROOM,
+  run: null,
+  runName: '',
+  runStartedMs: 0,
+  version: 0,
+  devices: [],
+  accuracy: null,
+  evals: [],
+  histogram: [],
+  pushes: 0,
+  settings: null,
+  codecs: [],
+  runs: [],
+  spans: [],
+  rates: [],
+  updates: 0,
+  snapshots: 0,
+  charts: {},
+  lastError: null,
+};
+window.easelDashboard = state;
+
+const $ = (id) => document.getElementById(id);
+
+function api(path) {
+  return `/api/rooms/${encodeURIComponent(ROOM)}${path}?admin=${encodeURIComponent(TOKEN)}`;
+}
+
+function toast(text, bad = false) {
+  const t = $('toast');
+  t.textContent = text;
+  t.className = bad ? 't-toast t-toast-bad' : 't-toast';
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, bad ? 8000 : 3000);
+}
+
+async function post(path, body) {
+  const r = await fetch(api(path), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  const json = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    state.lastError = json.error || `HTTP ${r.status}`;
+    toast(state.lastError, true);
+    throw new Error(state.lastError);
+  }
+  return json;
+}
+
+const control = (cmd) => post('/control', cmd);
+
+// ---- charts ------------------------------------------------------------------------------
+
+const AXIS = { stroke: '#1d1d1f', grid: { stroke: '#e2e2de' }, ticks: { stroke: '#c8c8c4' }, font: '15px system-ui', labelFont: 'bold 15px system-ui' };
+
+function chartSize(el) {
+  const w = Math.max(300, el.clientWidth || 300);
+  return { width: w, height: Math.round(Math.min(320, Math.max(200, w * 0.42))) };
+}
+
+function makeChart(id, opts, data) {
+  const el = $(id);
+  const u = new uPlot({ ...chartSize(el), legend: { show: true, live: false }, ...opts }, data, el);
+  state.charts[id] = u;
+  return u;
+}
+
+const seconds = (ms) => (ms - state.runStartedMs) / 1000;
+
+const acc = { x: [], accuracy: [], loss: [], overlay: null };
+const pushSeries = { x: [], alpha: [], distance: [] };
+
+function buildCharts() {
+  for (const u of Object.values(state.charts)) u.destroy();
+  state.charts = {};
+  makeChart('chart-accuracy', {
+    scales: { x: { time: false }, acc: { range: [0, 100] }, loss: { auto: true } },
+    axes: [
+      { ...AXIS, label: 'time since run start (s)' },
+      { ...AXIS, scale: 'acc', label: 'accuracy (%)' },
+      { ...AXIS, scale: 'loss', side: 1, grid: { show: false }, label: 'loss (cross-entropy)' },
+    ],
+    series: [
+      { label: 't (s)' },
+      { label: 'accuracy (%)', scale: 'acc', stroke: '#1a56db', width: 3, points: { show: true, size: 6 } },
+      { label: 'loss', scale: 'loss', stroke: '#c5221f', width: 2, dash: [6, 4] },
+      { label: 'overlay run accuracy (%)', scale: 'acc', stroke: '#7c3aed', width: 2, spanGaps: true, show: false },
+    ],
+  }, [[], [], [], []]);
+  makeChart('chart-histogram', {
+    scales: { x: { time: false, range: (u, min, max) => [Math.min(-0.5, min - 0.5), max + 0.5] } },
+    axes: [
+      { ...AXIS, label: 'staleness τ (versions)', incrs: [1, 2, 5, 10, 20, 50, 100] },
+      { ...AXIS, label: 'accepted pushes' },
+    ],
+    series: [
+      { label: 'τ' },
+      { label: 'pushes', fill: '#1a56dbcc', stroke: '#1a56db', paths: uPlot.paths.bars({ size: [0.8, 60] }), points: { show: false } },
+    ],
+  }, [[], []]);
+  makeChart('chart-alpha', {
+    scales: { x: { time: false }, y: { range: [0, 1] } },
+    axes: [{ ...AXIS, label: 'time since run start (s)' }, { ...AXIS, label: 'α_eff' }],
+    series: [{ label: 't (s)' }, { label: 'α_eff', stroke: '#0f9d58', paths: () => null, points: { show: true, size: 5, fill: '#0f9d58' } }],
+  }, [[], []]);
+  makeChart('chart-bytes', {
+    scales: { x: { time: false } },
+    axes: [{ ...AXIS, label: 'time since run start (s)' }, { ...AXIS, label: 'kB/s' }],
+    series: [
+      { label: 't (s)' },
+      { label: 'up (kB/s)', stroke: '#e8710a', width: 4 },
+      { label: 'down (kB/s)', stroke: '#1a56db', width: 2, dash: [8, 5] },
+    ],
+  }, [[], [], []]);
+  makeChart('chart-distance', {
+    scales: { x: { time: false } },
+    axes: [{ ...AXIS, label: 'time since run start (s)' }, { ...AXIS, label: '‖x̃(base) − x̃‖' }],
+    series: [{ label: 't (s)' }, { label: 'distance', stroke: '#7c3aed', paths: () => null, points: { show: true, size: 5, fill: '#7c3aed' } }],
+  }, [[], []]);
+  makeChart('chart-activity', {
+    legend: { show: false },
+    cursor: { show: false },
+    scales: { x: { time: false }, y: { range: () => [-0.5, Math.max(1, state.devices.length) - 0.5] } },
+    axes: [
+      { ...AXIS, label: 'seconds ago', incrs: [1, 2, 5, 10, 15, 30], values: (u, ticks) => ticks.map((t) => `${Math.round(t)}`) },
+      {
+        ...AXIS,
+        size: 110,
+        splits: () => state.devices.map((_, i) => i),
+        values: () => state.devices.map((d) => d.name),
+        grid: { show: false },
+      },
+    ],
+    series: [{}, { show: false }],
+    hooks: { draw: [drawActivity] },
+  }, [[-TIMELINE_S, 0], [null, null]]);
+}
+
+/** Draws the spans of every device as colored bars, one row per device. */
+function drawActivity(u) {
+  const ctx = u.ctx;
+  const now = state.serverMs || Date.now();
+  const rows = new Map(state.devices.map((d, i) => [d.id, i]));
+  const h = Math.max(6, (u.valToPos(0, 'y', true) - u.valToPos(1, 'y', true)) * 0.7);
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+  ctx.clip();
+  for (const s of state.spans) {
+    const row = rows.get(s.worker);
+    if (row === undefined) continue;
+    const x0 = u.valToPos((s.start_ms - now) / 1000, 'x', true);
+    const x1 = u.valToPos((s.end_ms - now) / 1000, 'x', true);
+    const y = u.valToPos(row, 'y', true);
+    ctx.fillStyle = SPAN_COLORS[s.kind] || '#888';
+    ctx.fillRect(x0, y - h / 2, Math.max(1.5, x1 - x0), h);
+  }
+  ctx.restore();
+}
+
+function resizeCharts() {
+  for (const [id, u] of Object.entries(state.charts)) u.setSize(chartSize($(id)));
+}
+
+function trim(arrays) {
+  const extra = arrays[0].length - MAX_POINTS;
+  if (extra > 0) for (const a of arrays) a.splice(0, extra);
+}
+
+function redrawCharts() {
+  const c = state.charts;
+  let data = [acc.x, acc.accuracy, acc.loss, acc.x.map(() => null)];
+  if (acc.overlay) {
+    data = uPlot.join([[acc.x, acc.accuracy, acc.loss], [acc.overlay.x, acc.overlay.y]]);
+  }
+  c['chart-accuracy'].setSeries(3, { show: !!acc.overlay });
+  c['chart-accuracy'].setData(data);
+  const taus = state.histogram.map(([t]) => t);
+  c['chart-histogram'].setData([taus, state.histogram.map(([, n]) => n)]);
+  c['chart-alpha'].setData([pushSeries.x, pushSeries.alpha]);
+  c['chart-distance'].setData([pushSeries.x, pushSeries.distance]);
+  c['chart-bytes'].setData([state.rates.map((r) => r.t), state.rates.map((r) => r.up), state.rates.map((r) => r.down)]);
+  c['chart-activity'].setData([[-TIMELINE_S, 0], [null, null]]);
+}
+
+// ---- data --------------------------------------------------------------------------------
+
+function addEvals(evals) {
+  for (const e of evals) {
+    acc.x.push(seconds(e.wall_ms));
+    acc.accuracy.push(100 * e.accuracy);
+    acc.loss.push(Number.isFinite(e.loss) ? e.loss : null);
+    state.evals.push(e);
+    state.accuracy = e.accuracy;
+  }
+  trim([acc.x, acc.accuracy, acc.loss]);
+  if (state.evals.length > MAX_POINTS) state.evals.splice(0, state.evals.length - MAX_POINTS);
+}
+
+function addPushes(pushes) {
+  for (const p of pushes) {
+    state.pushes += 1;
+    if (!p.accepted) continue;
+    pushSeries.x.push(seconds(p.wall_ms));
+    pushSeries.alpha.push(p.alpha_eff);
+    pushSeries.distance.push(p.view_distance);
+  }
+  trim([pushSeries.x, pushSeries.alpha, pushSeries.distance]);
+}
+
+function addSpans(spans) {
+  const horizon = (state.serverMs || Date.now()) - TIMELINE_S * 1000;
+  state.spans = state.spans.concat(spans).filter((s) => s.end_ms >= horizon);
+}
+
+function onSnapshot(m) {
+  state.snapshots += 1;
+  state.run = m.run.id;
+  state.runName = m.run.name;
+  state.runStartedMs = m.run.started_ms;
+  state.serverMs = m.server_ms;
+  state.codecs = m.codecs;
+  state.evals = [];
+  state.pushes = 0;
+  state.spans = [];
+  state.rates = [];
+  acc.x = []; acc.accuracy = []; acc.loss = [];
+  pushSeries.x = []; pushSeries.alpha = []; pushSeries.distance = [];
+  state.accuracy = null;
+  $('room-code').textContent = m.room;
+  $('join-code').textContent = m.room;
+  $('qr').innerHTML = m.qr_svg || '<p>No QR code: the relay has no join address.</p>';
+  const urls = $('join-urls');
+  urls.replaceChildren(...m.join_urls.map((u) => {
+    const li = document.createElement('li');
+    li.textContent = u;
+    if (u === m.qr_url) li.className = 't-url-main';
+    return li;
+  }));
+  renderSettings(m.settings, true);
+  renderRuns(m.runs, m.run.id);
+  addEvals(m.evals);
+  addPushes(m.pushes);
+  addSpans(m.spans);
+  onCommon(m);
+}
+
+function onUpdate(m) {
+  state.updates += 1;
+  state.serverMs = m.server_ms;
+  addEvals(m.evals);
+  addPushes(m.pushes);
+  addSpans(m.spans);
+  state.rates.push({ t: seconds(m.server_ms), up: m.bytes_per_s.in / 1000, down: m.bytes_per_s.out / 1000 });
+  if (state.rates.length > MAX_RATES) state.rates.shift();
+  renderSettings(m.settings, false);
+  onCommon(m);
+}
+
+function onCommon(m) {
+  updateCurrentRun(m);
+  state.version = m.version;
+  state.histogram = m.histogram;
+  state.devices = m.devices;
+  renderDevices();
+  $('head-version').textContent = String(m.version);
+  $('head-accuracy').textContent = state.accuracy == null ? '–' : `${(100 * state.accuracy).toFixed(1)} %`;
+  $('head-run').textContent = `#${state.run} ${state.runName}`;
+  redrawCharts();
+}
+
+// ---- devices -----------------------------------------------------------------------------
+
+const STATE_LABEL = {
+  training: 'training', delayed: 'delayed', paused: 'paused', disconnected: 'disconnected', removed: 'removed',
+};
+const fmt = (x, digits) => (x == null || !Number.isFinite(x) ? '–' : x.toFixed(digits));
+
+function renderDevices() {
+  const body = $('devices').tBodies[0];
+  const seen = new Set();
+  for (const d of state.devices) {
+    seen.add(String(d.id));
+    let tr = body.querySelector(`tr[data-id="${d.id}"]`);
+    if (!tr) tr = deviceRow(d, body);
+    const cell = (k) => tr.querySelector(`[data-k="${k}"]`);
+    cell('name').textContent = d.name;
+    cell('backend').textContent = `${d.kind} · ${d.backend}`;
+    const st = cell('state');
+    st.textContent = STATE_LABEL[d.state] || d.state;
+    st.className = `t-state t-state-${d.state}`;
+    tr.dataset.state = d.state;
+    cell('steps').textContent = fmt(d.steps_per_s, 1);
+    cell('pushes').textContent = `${d.accepted} / ${d.pushes}`;
+    cell('tau').textContent = fmt(d.mean_tau, 2);
+    cell('distance').textContent = fmt(d.distance, 3);
+    cell('seen').textContent = fmt(d.last_seen_s, 1);
+    const slider = tr.querySelector('input[type=range]');
+    if (document.activeElement !== slider && !slider.dataset.dragging) {
+      slider.value = String(d.delay_ms);
+      cell('delay').textContent = `${d.delay_ms} ms`;
+    }
+    const gone = d.state === 'removed' || d.state === 'disconnected';
+    for (const el of tr.querySelectorAll('button, input')) el.disabled = gone;
+    tr.querySelector('[data-act=pause]').textContent = d.state === 'paused' ? 'Resume' : 'Pause';
+  }
+  for (const tr of [...body.rows]) if (!seen.has(tr.dataset.id)) tr.remove();
+  $('no-devices').hidden = state.devices.length > 0;
+  const live = state.devices.filter((d) => d.state !== 'removed' && d.state !== 'disconnected').length;
+  $('dev-count').textContent = `${live} connected of ${state.devices.length}`;
+}
+
+function deviceRow(d, body) {
+  const tr = document.createElement('tr');
+  tr.dataset.id = String(d.id);
+  tr.innerHTML = `
+    <td data-k="name" class="t-name"></td><td data-k="backend"></td><td><span data-k="state"></span></td>
+    <td data-k="steps" class="t-num"></td><td data-k="pushes" class="t-num"></td><td data-k="tau" class="t-num"></td>
+    <td data-k="distance" class="t-num"></td><td data-k="seen" class="t-num"></td>
+    <td class="t-delay"><input type="range" min="0" max="5000" step="100" aria-label="artificial delay of ${d.name} in ms">
+      <output data-k="delay"></output></td>
+    <td class="t-actions"><button type="button" data-act="pause">Pause</button>
+      <button type="button" data-act="remove" class="t-danger">Remove</button></td>`;
+  const slider = tr.querySelector('input[type=range]');
+  slider.addEventListener('pointerdown', () => { slider.dataset.dragging = '1'; });
+  slider.addEventListener('input', () => {
+    tr.querySelector('[data-k=delay]').textContent = `${slider.value} ms`;
+  });
+  slider.addEventListener('change', async () => {
+    delete slider.dataset.dragging;
+    try {
+      await control({ type: 'delay', device: d.id, ms: Number(slider.value) });
+      toast(`${d.name}: ${slider.value} ms delay after each round`);
+    } catch { /* toast shown */ }
+  });
+  tr.querySelector('[data-act=pause]').addEventListener('click', async () => {
+    const paused = tr.dataset.state === 'paused';
+    await control({ type: paused ? 'resume' : 'pause', device: d.id }).catch(() => {});
+  });
+  tr.querySelector('[data-act=remove]').addEventListener('click', async () => {
+    await control({ type: 'remove', device: d.id }).then(() => toast(`${d.name} removed`)).catch(() => {});
+  });
+  body.appendChild(tr);
+  return tr;
+}
+
+// ---- room controls -----------------------------------------------------------------------
+
+function renderSettings(s, rebuild) {
+  state.settings = s;
+  const form = $('settings');
+  if (rebuild || !form.elements.length) {
+    form.replaceChildren();
+    for (const f of SETTINGS) {
+      const label = document.createElement('label');
+      label.className = 't-field';
+      label.innerHTML = `<span>${f.label} <small>${f.unit}</small></span>`;
+      let input;
+      if (f.kind === 'codec') {
+        input = document.createElement('select');
+        for (const c of state.codecs) input.add(new Option(c, c));
+      } else {
+        input = document.createElement('input');
+        input.type = f.kind === 'bool' ? 'checkbox' : f.kind === 'text' ? 'text' : 'number';
+        if (f.kind === 'int') input.step = '1';
+        if (f.step) input.step = String(f.step);
+      }
+      input.name = f.key;
+      label.appendChild(input);
+      form.appendChild(label);
+    }
+    const apply = document.createElement('button');
+    apply.type = 'submit';
+    apply.textContent = 'Apply settings';
+    form.appendChild(apply);
+  }
+  const p = $('partition');
+  if (document.activeElement !== p) p.value = s.partition;
+  for (const f of SETTINGS) {
+    const input = form.elements[f.key];
+    if (document.activeElement === input || input.dataset.edited) continue;
+    if (f.kind === 'bool') input.checked = !!s[f.key];
+    else input.value = String(s[f.key]);
+  }
+}
+
+function readSettings() {
+  const form = $('settings');
+  const change = {};
+  for (const f of SETTINGS) {
+    const input = form.elements[f.key];
+    let v;
+    if (f.kind === 'bool') v = input.checked;
+    else if (f.kind === 'int') v = parseInt(input.value, 10);
+    else if (f.kind === 'number') v = parseFloat(input.value);
+    else v = input.value.trim();
+    if (v !== state.settings[f.key]) change[f.key] = v;
+  }
+  return change;
+}
+
+function wireControls() {
+  const form = $('settings');
+  form.addEventListener('input', (e) => { if (e.target.name) e.target.dataset.edited = '1'; });
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const change = readSettings();
+    if (!Object.keys(change).length) return toast('nothing changed');
+    try {
+      const r = await control({ type: 'settings', ...change });
+      for (const el of form.elements) delete el.dataset.edited;
+      renderSettings(r.settings, false);
+      toast(`settings applied: ${Object.keys(change).join(', ')}`);
+    } catch { /* toast shown */ }
+  });
+  $('apply-partition').addEventListener('click', () =>
+    control({ type: 'partition', scheme: $('partition').value }).then(() => toast('partition set; devices rejoin')).catch(() => {}));
+  $('pause-all').addEventListener('click', () => control({ type: 'pause' }).catch(() => {}));
+  $('resume-all').addEventListener('click', () => control({ type: 'resume' }).catch(() => {}));
+  $('reset').addEventListener('click', () => {
+    // The one click that throws the class's model away asks first.
+    if (!window.confirm('Start again from a fresh model? The current run ends; its exports stay.')) return;
+    control({ type: 'reset', name: 'reset' }).then(() => toast('model reset: a new run started')).catch(() => {});
+  });
+  $('new-run').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      const r = await post('/runs', { name: $('run-name').value, reset: $('run-reset').checked });
+      toast(`run #${r.started} started`);
+      $('run-name').value = '';
+    } catch { /* toast shown */ }
+  });
+  $('overlay').addEventListener('change', () => loadOverlay($('overlay').value));
+  $('download-model').href = api('/center.safetensors');
+  window.addEventListener('resize', resizeCharts);
+}
+
+// ---- runs --------------------------------------------------------------------------------
+
+function renderRuns(runs, current) {
+  state.runs = runs;
+  const body = $('runs').tBodies[0];
+  body.replaceChildren(...runs.slice().reverse().map((r) => {
+    const tr = document.createElement('tr');
+    tr.dataset.run = String(r.id);
+    const best = r.best_accuracy == null ? '–' : `${(100 * r.best_accuracy).toFixed(1)} %`;
+    tr.innerHTML = `<td>${r.id}</td><td></td><td class="t-num">${r.pushes}</td><td class="t-num">${best}</td>
+      <td><a href="${api(`/runs/${r.id}.csv`)}">CSV</a> · <a href="${api(`/runs/${r.id}.json`)}">JSON</a></td>`;
+    tr.cells[1].textContent = r.id === current ? `${r.name} (current)` : r.name;
+    return tr;
+  }));
+  const sel = $('overlay');
+  const chosen = sel.value;
+  sel.replaceChildren(new Option('none', ''), ...runs.filter((r) => r.id !== current).map((r) => new Option(`#${r.id} ${r.name}`, String(r.id))));
+  sel.value = runs.some((r) => String(r.id) === chosen && r.id !== current) ? chosen : '';
+  if (!sel.value) acc.overlay = null;
+}
+
+/** Keeps the current run's row live between the run list's refreshes. */
+function updateCurrentRun(m) {
+  const run = state.runs.find((r) => r.id === state.run);
+  if (!run) return;
+  if (m.type === 'update') run.pushes += m.pushes.length;
+  for (const e of m.evals) run.best_accuracy = Math.max(run.best_accuracy ?? 0, e.accuracy);
+  const tr = $('runs').querySelector(`tr[data-run="${run.id}"]`);
+  if (!tr) return;
+  tr.cells[2].textContent = String(run.pushes);
+  tr.cells[3].textContent = run.best_accuracy == null ? '–' : `${(100 * run.best_accuracy).toFixed(1)} %`;
+}
+
+async function loadOverlay(id) {
+  if (!id) {
+    acc.overlay = null;
+  } else {
+    const r = await fetch(api(`/runs/${id}.json`)).then((x) => x.json());
+    acc.overlay = {
+      x: r.evals.map((e) => (e.wall_ms - r.started_ms) / 1000),
+      y: r.evals.map((e) => 100 * e.accuracy),
+    };
+  }
+  redrawCharts();
+}
+
+// ---- connection --------------------------------------------------------------------------
+
+function setLink(text, cls) {
+  const el = $('link-state');
+  el.textContent = text;
+  el.className = `t-pill ${cls}`;
+}
+
+function connect() {
+  const proto = location.protocol === 'https:' ? 'wss' : 'ws';
+  const ws = new WebSocket(`${proto}://${location.host}/ws/dashboard?room=${encodeURIComponent(ROOM)}&admin=${encodeURIComponent(TOKEN)}`);
+  ws.onopen = () => { state.connected = true; setLink('live', 't-pill-ok'); };
+  ws.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.type === 'snapshot') onSnapshot(m);
+    else if (m.type === 'update') onUpdate(m);
+  };
+  ws.onclose = () => {
+    state.connected = false;
+    setLink('reconnecting…', 't-pill-wait');
+    setTimeout(connect, 2000);
+  };
+}
+
+async function refreshRuns() {
+  try {
+    const r = await fetch(api('/runs')).then((x) => x.json());
+    renderRuns(r.runs, r.current);
+  } catch { /* the next tick tries again */ }
+}
+
+async function main() {
+  if (!ROOM || !TOKEN) {
+    $('no-token').hidden = false;
+    setLink('no admin token', 't-pill-bad');
+    return;
+  }
+  // Check the token before showing any control.
+  const probe = await fetch(api('/runs'));
+  if (probe.status === 401 || probe.status === 404) {
+    $('no-token').hidden = false;
+    const j = await probe.json().catch(() => ({}));
+    $('no-token').querySelector('p').textContent = j.error || 'The relay refused this link.';
+    setLink(probe.status === 401 ? 'wrong admin token' : 'no such room', 't-pill-bad');
+    return;
+  }
+  $('dashboard').hidden = false;
+  buildCharts();
+  wireControls();
+  connect();
+  setInterval(refreshRuns, 5000);
+}
+
+main();
