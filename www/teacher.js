@@ -355,7 +355,7 @@ function deviceRow(d, body) {
     <td data-k="name" class="t-name"></td><td data-k="backend"></td><td><span data-k="state"></span></td>
     <td data-k="steps" class="t-num"></td><td data-k="pushes" class="t-num"></td><td data-k="tau" class="t-num"></td>
     <td data-k="distance" class="t-num"></td><td data-k="seen" class="t-num"></td>
-    <td class="t-delay"><input type="range" min="0" max="5000" step="100" aria-label="artificial delay of ${d.name} in ms">
+    <td class="t-delay"><input type="range" min="0" max="10000" step="100" aria-label="artificial delay of ${d.name} in ms">
       <output data-k="delay"></output></td>
     <td class="t-actions"><button type="button" data-act="pause">Pause</button>
       <button type="button" data-act="remove" class="t-danger">Remove</button></td>`;

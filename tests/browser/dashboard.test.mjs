@@ -6,44 +6,23 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import {
-  CHROMIUM, Cleanups, EASEL_BIN, ROOT, launch, screenshot, startEasel, startServe, waitFor,
-} from './harness.mjs';
+  checkPrerequisites, cleanup, launch, screenshot, startBots, startServer, waitInPage,
+} from './relay.mjs';
 
-const cleanups = new Cleanups();
 let serve;
 
-/** What the dashboard exposes, for failure messages. */
-const dashState = () => {
-  const d = window.easelDashboard;
-  return d && {
-    connected: d.connected, run: d.run, devices: d.devices, accuracy: d.accuracy,
-    evals: d.evals.length, histogram: d.histogram, updates: d.updates, lastError: d.lastError,
-  };
-};
-
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: apt-get install -y chromium`);
-  assert.ok(existsSync(EASEL_BIN), `the easel binary is missing at ${EASEL_BIN}: `
-    + 'cargo build --release -p easel-relay --bin easel (or set EASEL_BIN)');
-  assert.ok(existsSync(join(ROOT, 'www', 'pkg', 'easel_client_bg.wasm')), 'run `cargo xtask wasm` first');
-  serve = await startServe(cleanups);
+  checkPrerequisites();
+  serve = await startServer();
   // Two native devices; they train until the test stops them.
-  await startEasel(
-    ['bots', '--relay', `ws://127.0.0.1:${serve.port}/ws`, '--room', serve.room, '--count', '2', '--every', '60'],
-    [],
-    cleanups,
-  );
+  await startBots(serve.port, serve.room, 2, ['--every', '60']);
 });
 
-after(async () => {
-  await cleanups.run();
-});
+after(cleanup);
 
 test('without the admin token the page says so and shows no controls', async () => {
-  const browser = await launch(serve.port, cleanups);
+  const browser = await launch(serve.port);
   const { page } = browser;
   for (const url of [
     `http://127.0.0.1:${serve.port}/teacher.html?room=${serve.room}`,
@@ -58,15 +37,15 @@ test('without the admin token the page says so and shows no controls', async () 
 });
 
 test('the teacher sees both bots, slows one down with its slider, and the charts fill in', { timeout: 180_000 }, async () => {
-  const browser = await launch(serve.port, cleanups, { viewport: { width: 1600, height: 1000 } });
+  const browser = await launch(serve.port, [], { width: 1600, height: 1000 });
   const { page } = browser;
   assert.match(serve.teacherUrl, /\/teacher\.html\?room=\w+&admin=\w+$/);
   await page.goto(serve.teacherUrl);
 
-  await waitFor(browser, () => {
+  await waitInPage(browser, () => {
     const d = window.easelDashboard;
     return d?.connected && d.devices.length === 2 && d.devices.every((x) => x.state === 'training' && x.pushes > 0);
-  }, null, 60_000, 'two training bots in the table', dashState);
+  }, null, 60_000, 'two training bots in the table');
   assert.equal(await page.locator('#devices tbody tr').count(), 2);
   assert.match(await page.locator('#qr svg').getAttribute('viewBox') ?? '', /\d/);
   assert.equal(await page.locator('#room-code').innerText(), serve.room);
@@ -79,21 +58,21 @@ test('the teacher sees both bots, slows one down with its slider, and the charts
   await page.mouse.click(box.x + box.width * 0.3, box.y + box.height / 2);
   const ms = Number(await slider.inputValue());
   assert.ok(ms >= 1000 && ms <= 2000, `slider at ${ms} ms`);
-  await waitFor(browser, ([dev, want]) => {
+  await waitInPage(browser, ([dev, want]) => {
     const x = window.easelDashboard.devices.find((d) => d.id === dev);
     return x?.state === 'delayed' && x.delay_ms === want;
-  }, [id, ms], 20_000, 'the relay to report the device as delayed', dashState);
+  }, [id, ms], 20_000, 'the relay to report the device as delayed');
   assert.match(await row.locator('[data-k=delay]').innerText(), new RegExp(`^${ms} ms$`));
   await page.locator(`#devices tr[data-id="${id}"] [data-k=state]`).getByText('delayed').waitFor({ timeout: 5000 });
   // Its timeline shows the waiting.
-  await waitFor(browser, (dev) => window.easelDashboard.spans.some((s) => s.worker === dev && s.kind === 'waiting'),
-    id, 30_000, 'a waiting span of the delayed device', dashState);
+  await waitInPage(browser, (dev) => window.easelDashboard.spans.some((s) => s.worker === dev && s.kind === 'waiting'),
+    id, 30_000, 'a waiting span of the delayed device');
 
   // Charts: uPlot canvases, accuracy points from the relay's evaluations, a histogram.
-  await waitFor(browser, () => {
+  await waitInPage(browser, () => {
     const d = window.easelDashboard;
     return d.accuracy !== null && d.charts['chart-accuracy'].data[0].length > 0 && d.histogram.length > 0;
-  }, null, 60_000, 'an accuracy point and a staleness histogram', dashState);
+  }, null, 60_000, 'an accuracy point and a staleness histogram');
   assert.ok(await page.locator('.uplot canvas').count() >= 6, 'six uPlot charts');
   const s = await page.evaluate(() => ({
     points: window.easelDashboard.charts['chart-accuracy'].data[0].length,

@@ -1,4 +1,5 @@
-// Helpers shared by the browser tests: start `easel serve` on free loopback ports, launch the
+// Helpers shared by the browser tests: start `easel serve` (and `easel bots`) on free loopback
+// ports, launch the
 // system Chromium (fresh profile, every request kept on 127.0.0.1), wait for a condition in a
 // page with its state and console on failure, and save screenshots.
 //
@@ -43,53 +44,83 @@ export function checkPrerequisites() {
   assert.ok(existsSync(BUNDLE), `the wasm bundle is missing at ${BUNDLE}: run \`cargo xtask wasm\``);
 }
 
-/**
- * Starts `easel serve` on free loopback ports with a throw-away home for its certificate, and
- * resolves to `{port, httpsPort, room, adminToken}` parsed from what it prints: the HTTP port,
- * the HTTPS port, the code of its first room and the admin token of its teacher URL. It is
- * stopped by `cleanup()`.
- */
-export function startServer() {
-  return new Promise((resolveServer, reject) => {
-    const home = mkdtempSync(join(tmpdir(), 'easel-home-'));
-    cleanups.push(() => rmSync(home, { recursive: true, force: true }));
-    const child = spawn(EASEL_BIN, ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0'], {
+/** Starts `easel ARGS` and resolves once its stdout matches every regex of `wait` (at once
+ * when `wait` is empty), with the process, its output so far and the matches. It is stopped
+ * by `cleanup()`. */
+export function startEasel(args, wait, { env = {}, timeout = 20_000 } = {}) {
+  return new Promise((resolveStart, reject) => {
+    const child = spawn(EASEL_BIN, args, {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, EASEL_HOME: home },
+      env: { ...process.env, ...env },
     });
-    cleanups.push(() => {
-      if (child.exitCode === null) child.kill('SIGTERM');
+    cleanups.push(async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((r) => { child.once('exit', r); setTimeout(r, 5000); });
+      }
     });
     let out = '';
     let err = '';
-    const timer = setTimeout(
-      () => reject(new Error(`easel serve printed no "listening on" and room lines in 20 s:\n${out}${err}`)),
-      20_000,
-    );
+    let done = false;
+    const finish = (matches) => {
+      done = true;
+      clearTimeout(timer);
+      resolveStart({ child, out: () => out, err: () => err, matches });
+    };
+    const timer = setTimeout(() => {
+      if (!done) reject(new Error(`easel ${args[0]} printed no ${wait} in ${timeout / 1000} s:\n${out}${err}`));
+    }, timeout);
     child.stdout.on('data', (d) => {
       out += d;
-      const http = out.match(/^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m);
-      const https = out.match(/^listening on https:\/\/127\.0\.0\.1:(\d+)\/$/m);
-      const room = out.match(/^room code: ([A-Z0-9]+)$/m) ?? out.match(/[?&]room=([A-Z0-9]+)/);
-      const admin = out.match(/^teacher .*[?&]admin=([0-9a-f]+)/m);
-      if (http && https && room && admin) {
-        clearTimeout(timer);
-        resolveServer({
-          port: Number(http[1]), httpsPort: Number(https[1]), room: room[1], adminToken: admin[1],
-        });
-      }
+      const matches = wait.map((re) => out.match(re));
+      if (!done && matches.every(Boolean)) finish(matches);
     });
     child.stderr.on('data', (d) => { err += d; });
     child.on('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`easel serve exited with status ${code} before listening:\n${err}`));
+      if (!done) reject(new Error(`easel ${args[0]} exited with status ${code}:\n${out}${err}`));
     });
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
+    child.on('error', (e) => { clearTimeout(timer); reject(e); });
+    if (wait.length === 0) finish([]);
   });
+}
+
+/**
+ * Starts `easel serve` on free loopback ports with a throw-away home for its certificate, and
+ * resolves to `{port, httpsPort, room, adminToken, teacherUrl}` parsed from what it prints: the
+ * HTTP port, the HTTPS port, the code of its first room and the teacher URL with its admin
+ * token. It is stopped by `cleanup()`.
+ */
+export async function startServer() {
+  const home = mkdtempSync(join(tmpdir(), 'easel-home-'));
+  cleanups.push(() => rmSync(home, { recursive: true, force: true }));
+  const s = await startEasel(
+    ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0'],
+    [
+      /^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m,
+      /^listening on https:\/\/127\.0\.0\.1:(\d+)\/$/m,
+      /^room code: ([A-Z0-9]+)$/m,
+      /^teacher .*?(http\S*[?&]admin=([0-9a-f]+))/m,
+    ],
+    { env: { EASEL_HOME: home } },
+  );
+  const [http, https, room, teacher] = s.matches;
+  return {
+    port: Number(http[1]),
+    httpsPort: Number(https[1]),
+    room: room[1],
+    teacherUrl: teacher[1],
+    adminToken: teacher[2],
+  };
+}
+
+/** `count` native bots (`easel bots`) in `room`, training until `cleanup()`. */
+export function startBots(port, room, count, extra = []) {
+  return startEasel(
+    ['bots', '--relay', `ws://127.0.0.1:${port}/ws`, '--room', room, '--count', String(count), ...extra],
+    [],
+  );
 }
 
 /**
@@ -97,13 +128,13 @@ export function startServer() {
  * `port` on 127.0.0.1 or classroom.test (mapped there by `--host-resolver-rules`); the rest
  * are aborted and listed in `outside`. Closed by `cleanup()`.
  */
-export async function launch(port, extraFlags = []) {
+export async function launch(port, extraFlags = [], viewport = { width: 1000, height: 900 }) {
   const userDataDir = mkdtempSync(join(tmpdir(), 'easel-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
     args: [...CHROMIUM_FLAGS, ...extraFlags],
-    viewport: { width: 1000, height: 900 },
+    viewport,
   });
   cleanups.push(async () => {
     await context.close().catch(() => {});
@@ -142,7 +173,14 @@ function pageState(page) {
     const e = window.easel;
     const easel = typeof e?.state === 'function' ? e.state() : e && { ...e };
     if (easel?.losses) easel.losses = easel.losses.slice(-20);
-    return JSON.stringify({ easel, easelTest: window.easelTest, pageError: window.easelPageError });
+    const d = window.easelDashboard;
+    const dashboard = d && {
+      connected: d.connected, run: d.run, devices: d.devices, accuracy: d.accuracy,
+      evals: d.evals?.length, histogram: d.histogram, updates: d.updates, lastError: d.lastError,
+    };
+    return JSON.stringify({
+      easel, dashboard, easelTest: window.easelTest, pageError: window.easelPageError,
+    });
   }).catch(() => '(page unreachable)');
 }
 
