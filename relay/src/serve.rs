@@ -211,6 +211,9 @@ async fn run(args: ServeArgs, data: PathBuf, mnist: Arc<Mnist>) -> anyhow::Resul
     for url in &joins {
         println!("students join:   {url}");
     }
+    if let Some(a) = relay.http {
+        println!("this computer:   http://{a}/?room={room}");
+    }
     if let Some(url) = relay.teacher_url(&room) {
         println!("teacher (this computer only): {url}");
     }
