@@ -10,6 +10,8 @@
 //!   the reactor.
 //! - [`bots`]: native workers running `easel_client::worker` over WebSockets (`easel bots`);
 //!   [`experiment`]: the 8-worker run the end-to-end test and `easel bench relay` share.
+//! - [`sim`]: `easel sim` and `easel report`, the deterministic discrete-event simulator
+//!   over the real model, codecs and `easel_protocol::strategy`.
 
 pub mod bots;
 pub mod eval;
@@ -18,6 +20,7 @@ pub mod http;
 pub mod hub;
 pub mod ledger;
 pub mod room;
+pub mod sim;
 pub mod tls;
 pub mod ws;
 
