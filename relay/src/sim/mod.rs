@@ -250,7 +250,7 @@ impl<'a> Sim<'a> {
                 cfg.partition
             )));
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F_5111);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F55_1111);
         let (center_agg, swarm, sum) = match &cfg.strategy {
             Strategy::Swarm { topology, quantize } => {
                 let graph = Graph::new(*topology, n, &mut rng)
