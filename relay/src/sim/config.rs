@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the configuration {}: {source}", path.display())]
+    /// The file could not be read (its cause, the I/O error, is the error's source).
+    #[error("cannot read the configuration {}", path.display())]
     Read {
         path: PathBuf,
         #[source]

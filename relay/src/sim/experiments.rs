@@ -45,7 +45,7 @@ pub enum ReportError {
         #[source]
         source: SimError,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("cannot write or list {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
