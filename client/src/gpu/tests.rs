@@ -914,3 +914,33 @@ fn losses_come_back_in_order_through_poll_losses_and_finish() {
         );
     }
 }
+
+#[test]
+#[ignore = "profiling aid"]
+fn profile_step() {
+    let mut r = rng(5);
+    let (images, labels) = random_shard(&mut r, 256);
+    let params = init_params(1);
+    let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 64).unwrap();
+    let batch = random_batch(&mut r, 256, 64);
+    let _ = t.profile(&batch, 2);
+    let rows = t.profile(&batch, 10);
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    for (label, ms) in &rows {
+        eprintln!(
+            "{ms:8.3} ms {:5.1}%  {}",
+            100.0 * ms / total,
+            &label[..label.len().min(60)]
+        );
+    }
+    eprintln!("{total:8.3} ms total; {:.0} samples/s", 64e3 / total);
+    let t0 = std::time::Instant::now();
+    for _ in 0..20 {
+        t.step(&batch, 0.0);
+    }
+    t.finish();
+    eprintln!(
+        "full step {:.3} ms",
+        t0.elapsed().as_secs_f64() * 1e3 / 20.0
+    );
+}
