@@ -91,6 +91,15 @@ fn f32_buffer(v: &[f32]) -> wgpu::Buffer {
     storage(bytemuck::cast_slice(v))
 }
 
+/// The flat parameter vector padded to whole `vec4`s, as [`GpuTrainer`] stores it: the dense
+/// kernels bind it as `array<vec4<f32>>`, whose last partial `vec4` (44,426 is not a multiple
+/// of 4) is out of bounds, and SwiftShader's robust accesses then read fc3's last biases wrong.
+fn params_buffer(params: &[f32]) -> wgpu::Buffer {
+    let mut padded = params.to_vec();
+    padded.resize(params.len().next_multiple_of(4), 0.0);
+    f32_buffer(&padded)
+}
+
 fn u32_buffer(v: &[u32]) -> wgpu::Buffer {
     storage(bytemuck::cast_slice(v))
 }
@@ -283,7 +292,7 @@ fn check_conv_forward(c: ConvDims, batch: usize, seed: u64) {
     run(
         Op::ConvForward(c),
         args(batch),
-        &[&f32_buffer(&x), &f32_buffer(&params), &pooled, &argmax],
+        &[&f32_buffer(&x), &params_buffer(&params), &pooled, &argmax],
     );
     assert_close("pooled conv output", &read_f32(&pooled), &want);
     let got_arg = read_u32(&argmax);
@@ -453,7 +462,7 @@ fn check_conv_backward_input(c: ConvDims, batch: usize, seed: u64) {
     run(
         Op::ConvBackwardInput(c),
         args(batch),
-        &[&f32_buffer(&dy), &f32_buffer(&params), &got],
+        &[&f32_buffer(&dy), &params_buffer(&params), &got],
     );
     assert_close("conv dx", &read_f32(&got), &dx);
 }
@@ -485,7 +494,7 @@ fn check_dense_forward(d: DenseDims, batch: usize, seed: u64) {
     run(
         Op::DenseForward(d),
         args(batch),
-        &[&f32_buffer(&x), &f32_buffer(&params), &y],
+        &[&f32_buffer(&x), &params_buffer(&params), &y],
     );
     assert_close("dense forward", &read_f32(&y), &want);
 }
@@ -560,7 +569,7 @@ fn check_dense_backward(d: DenseDims, batch: usize, seed: u64) {
     run(
         Op::DenseBackwardInput(d),
         args(batch),
-        &[&dyb, &f32_buffer(&params), &xb, &dxb],
+        &[&dyb, &params_buffer(&params), &xb, &dxb],
     );
     assert_close("dense dx", &read_f32(&dxb), &dx);
 }
