@@ -502,8 +502,11 @@ impl Op {
                 write(out, &c.uniform(batch), n)
             }
             Op::ConvBackwardInput(c) => {
-                let n = batch * blocks(c.in_ch, 4) * c.height * blocks(c.width, 4);
-                write(out, &c.uniform(batch), blocks(n, WORKGROUP))
+                // A 4x4 tile of four channels per invocation; each workgroup serves one
+                // block of four channels.
+                let tiles = batch * blocks(c.height, 4) * blocks(c.width, 4);
+                let n = blocks(c.in_ch, 4) * blocks(tiles, WORKGROUP);
+                write(out, &c.uniform(batch), n)
             }
             Op::ConvBackwardWeight(c) => {
                 // One workgroup per block of 4 channels x 8 columns; the bias is one

@@ -91,6 +91,15 @@ fn f32_buffer(v: &[f32]) -> wgpu::Buffer {
     storage(bytemuck::cast_slice(v))
 }
 
+/// The flat parameter vector padded to whole `vec4`s, as [`GpuTrainer`] stores it: the dense
+/// kernels bind it as `array<vec4<f32>>`, whose last partial `vec4` (44,426 is not a multiple
+/// of 4) is out of bounds, and SwiftShader's robust accesses then read fc3's last biases wrong.
+fn params_buffer(params: &[f32]) -> wgpu::Buffer {
+    let mut padded = params.to_vec();
+    padded.resize(params.len().next_multiple_of(4), 0.0);
+    f32_buffer(&padded)
+}
+
 fn u32_buffer(v: &[u32]) -> wgpu::Buffer {
     storage(bytemuck::cast_slice(v))
 }
@@ -283,7 +292,7 @@ fn check_conv_forward(c: ConvDims, batch: usize, seed: u64) {
     run(
         Op::ConvForward(c),
         args(batch),
-        &[&f32_buffer(&x), &f32_buffer(&params), &pooled, &argmax],
+        &[&f32_buffer(&x), &params_buffer(&params), &pooled, &argmax],
     );
     assert_close("pooled conv output", &read_f32(&pooled), &want);
     let got_arg = read_u32(&argmax);
@@ -453,7 +462,7 @@ fn check_conv_backward_input(c: ConvDims, batch: usize, seed: u64) {
     run(
         Op::ConvBackwardInput(c),
         args(batch),
-        &[&f32_buffer(&dy), &f32_buffer(&params), &got],
+        &[&f32_buffer(&dy), &params_buffer(&params), &got],
     );
     assert_close("conv dx", &read_f32(&got), &dx);
 }
@@ -485,7 +494,7 @@ fn check_dense_forward(d: DenseDims, batch: usize, seed: u64) {
     run(
         Op::DenseForward(d),
         args(batch),
-        &[&f32_buffer(&x), &f32_buffer(&params), &y],
+        &[&f32_buffer(&x), &params_buffer(&params), &y],
     );
     assert_close("dense forward", &read_f32(&y), &want);
 }
@@ -560,7 +569,7 @@ fn check_dense_backward(d: DenseDims, batch: usize, seed: u64) {
     run(
         Op::DenseBackwardInput(d),
         args(batch),
-        &[&dyb, &f32_buffer(&params), &xb, &dxb],
+        &[&dyb, &params_buffer(&params), &xb, &dxb],
     );
     assert_close("dense dx", &read_f32(&dxb), &dx);
 }
@@ -913,4 +922,34 @@ fn losses_come_back_in_order_through_poll_losses_and_finish() {
             "loss {i}: gpu {a}, cpu {b} (out of order or wrong)"
         );
     }
+}
+
+#[test]
+#[ignore = "profiling aid"]
+fn profile_step() {
+    let mut r = rng(5);
+    let (images, labels) = random_shard(&mut r, 256);
+    let params = init_params(1);
+    let mut t = GpuTrainer::new(gpu(), &images, &labels, &params, Sgd::default(), 64).unwrap();
+    let batch = random_batch(&mut r, 256, 64);
+    let _ = t.profile(&batch, 2);
+    let rows = t.profile(&batch, 10);
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    for (label, ms) in &rows {
+        eprintln!(
+            "{ms:8.3} ms {:5.1}%  {}",
+            100.0 * ms / total,
+            &label[..label.len().min(60)]
+        );
+    }
+    eprintln!("{total:8.3} ms total; {:.0} samples/s", 64e3 / total);
+    let t0 = std::time::Instant::now();
+    for _ in 0..20 {
+        t.step(&batch, 0.0);
+    }
+    t.finish();
+    eprintln!(
+        "full step {:.3} ms",
+        t0.elapsed().as_secs_f64() * 1e3 / 20.0
+    );
 }

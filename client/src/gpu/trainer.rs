@@ -637,3 +637,44 @@ impl Trainer for GpuTrainer {
         readback::block_on(self.finish_async()).expect("the GPU device was lost")
     }
 }
+
+#[cfg(test)]
+impl GpuTrainer {
+    /// Profiling aid: runs each dispatch of a step alone `reps` times after one full step
+    /// with `indices`, waiting for the GPU around each, and returns (label, ms per dispatch).
+    pub(crate) fn profile(&mut self, indices: &[u32], reps: u32) -> Vec<(String, f64)> {
+        self.step(indices, 0.0);
+        let (device, queue) = (&self.gpu.device, &self.gpu.queue);
+        let wait = || {
+            let _ = device.poll(wgpu::PollType::wait_indefinitely());
+        };
+        wait();
+        let mut out = Vec::new();
+        for (i, (op, bind_group)) in self.ops.iter().enumerate() {
+            let mut slot = vec![0u8; UNIFORM_STRIDE as usize];
+            let args = StepArgs {
+                batch: indices.len() as u32,
+                lr: 0.0,
+                loss_slot: 0,
+                sgd: self.sgd,
+            };
+            let groups = op.encode(&args, &mut slot);
+            let mut encoder = device.create_command_encoder(&Default::default());
+            let mut n = 0;
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for _ in 0..reps {
+                    self.gpu
+                        .kernels
+                        .dispatch(&mut pass, op.kernel(), bind_group, groups, &mut n);
+                }
+            }
+            let t = std::time::Instant::now();
+            queue.submit([encoder.finish()]);
+            wait();
+            let ms = t.elapsed().as_secs_f64() * 1e3 / f64::from(reps);
+            out.push((format!("{i:2} {op:?}"), ms));
+        }
+        out
+    }
+}
