@@ -22,7 +22,9 @@ use std::sync::Arc;
 use crate::message::code;
 
 /// How much a stale push still counts: `s(tau)`, in `[0, 1]` and non-increasing in `tau`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// In configuration files (serde) a table tagged by `kind`: `{ kind = "hinge", a = 1, b = 4 }`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Staleness {
     /// `s(tau) = 1`: staleness is ignored (up to the cut-off).
     Constant,

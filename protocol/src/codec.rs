@@ -47,8 +47,10 @@ pub const HEADER_LEN: usize = 5;
 /// payload, and one large value only coarsens its own bucket.
 pub const DEFAULT_BUCKET: u32 = 512;
 
-/// How a vector of `f32` is put into bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// How a vector of `f32` is put into bytes. In configuration files (serde) a codec is a
+/// table tagged by `kind`: `{ kind = "qsgd", bits = 8, bucket = 512 }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Codec {
     /// Four bytes per value, exact.
     Fp32,

@@ -6,6 +6,8 @@
 //!   QSGD, top-k, top-k + QSGD, error feedback).
 //! - [`frame`] and [`message`]: the binary WebSocket messages, bytes <-> frame <-> message.
 //! - [`aggregate`]: asynchronous elastic averaging with staleness accounting, pure.
+//! - [`strategy`]: the strategy family (EASGD, FedAvg, async SGD, bounded staleness,
+//!   SwarmSGD, ADACOMM, FedBuff) and the elastic-consistency meter, pure.
 //!
 //! PROTOCOL.md at the repository root describes the wire format byte by byte.
 
@@ -14,6 +16,7 @@ pub mod codec;
 pub mod frame;
 pub mod message;
 pub mod model_spec;
+pub mod strategy;
 mod wire;
 
 pub use aggregate::{

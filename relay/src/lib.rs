@@ -13,6 +13,8 @@
 //!   the reactor.
 //! - [`bots`]: native workers running `easel_client::worker` over WebSockets (`easel bots`);
 //!   [`experiment`]: the 8-worker run the end-to-end test and `easel bench relay` share.
+//! - [`sim`]: `easel sim` and `easel report`, the deterministic discrete-event simulator
+//!   over the real model, codecs and `easel_protocol::strategy`.
 
 pub mod activity;
 pub mod bots;
@@ -24,6 +26,7 @@ pub mod hub;
 pub mod ledger;
 pub mod room;
 pub mod runs;
+pub mod sim;
 pub mod teacher;
 pub mod tls;
 pub mod ws;

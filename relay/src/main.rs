@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli_bots;
+mod cli_sim;
 mod local;
 mod serve;
 
@@ -35,6 +36,10 @@ enum Command {
     Model,
     /// Run the relay: serve the browser client, the data and the WebSocket endpoint.
     Serve(serve::ServeArgs),
+    /// Simulate a room on a virtual clock (deterministic): accuracy over time, bytes, staleness.
+    Sim(cli_sim::SimArgs),
+    /// Run the experiments in experiments/ and write report.md and SVG plots.
+    Report(cli_sim::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -44,6 +49,8 @@ enum BenchCommand {
     /// Eight bot workers (two 5x slower) against a relay on 127.0.0.1, once per push codec:
     /// final accuracy and bytes per push.
     Relay(cli_bots::BenchRelayArgs),
+    /// Simulator wall time and peak memory for 10, 100 and 1,000 simulated workers.
+    Sim(cli_sim::BenchSimArgs),
 }
 
 /// Which device trains.
@@ -96,6 +103,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             what: BenchCommand::Relay(args),
         } => cli_bots::bench_relay(args),
         Command::Bots(args) => cli_bots::bots(args),
+        Command::Sim(args) => cli_sim::sim(args),
+        Command::Report(args) => cli_sim::report(args),
+        Command::Bench {
+            what: BenchCommand::Sim(args),
+        } => cli_sim::bench(args),
         Command::Model => {
             print!("{}", easel_client::LENET5_28.canonical_text());
             Ok(())

@@ -78,6 +78,28 @@ impl CpuTrainer {
     pub fn params_ref(&self) -> &[f32] {
         &self.params
     }
+
+    /// Exchanges the trainer's parameters and momentum with `params` and `velocity`,
+    /// without copying: one trainer (and one copy of the data) can then train many
+    /// simulated workers in turn, each keeping its own state between rounds.
+    ///
+    /// # Panics
+    /// If either vector's length is not the model's.
+    pub fn swap_state(&mut self, params: &mut Vec<f32>, velocity: &mut Vec<f32>) {
+        assert_eq!(params.len(), PARAMS, "swap_state: parameter vector length");
+        assert_eq!(velocity.len(), PARAMS, "swap_state: velocity length");
+        std::mem::swap(&mut self.params, params);
+        std::mem::swap(&mut self.velocity, velocity);
+    }
+
+    /// Exchanges the parameters only, for plain SGD (whose velocity is never used).
+    ///
+    /// # Panics
+    /// If the vector's length is not the model's.
+    pub fn swap_params(&mut self, params: &mut Vec<f32>) {
+        assert_eq!(params.len(), PARAMS, "swap_params: parameter vector length");
+        std::mem::swap(&mut self.params, params);
+    }
 }
 
 impl std::fmt::Debug for CpuTrainer {
@@ -285,6 +307,19 @@ mod tests {
         assert_eq!(t.backend(), "cpu");
         assert!(t.adapter().starts_with("CPU ("));
         assert_eq!(t.shard_len(), 20);
+
+        // Swapping state in and out trains two models in turn exactly as two trainers would.
+        let (mut a, mut va) = (init_params(5), vec![0.0; PARAMS]);
+        let mut alone = CpuTrainer::new(&images, &labels, &a, sgd, 4);
+        alone.step(&idx, 0.1);
+        t.swap_state(&mut a, &mut va);
+        t.step(&idx, 0.1);
+        t.swap_state(&mut a, &mut va);
+        assert_eq!(a, alone.params());
+        assert!(va.iter().any(|&v| v != 0.0));
+        let mut b = init_params(5);
+        t.swap_params(&mut b);
+        assert_eq!(t.params_ref(), &init_params(5)[..]);
         assert!(format!("{t:?}").starts_with("CpuTrainer { shard_len: 20,"));
     }
 }

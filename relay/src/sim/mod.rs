@@ -1,0 +1,730 @@
+//! `easel sim`: a deterministic discrete-event simulation of a room of workers.
+//!
+//! A virtual clock in integer microseconds and a binary heap of events (ties broken by a
+//! sequence number, so the order never depends on anything but the configuration) drive
+//! `N` simulated workers. Each trains the real model on the CPU backend
+//! ([`easel_client::CpuTrainer`], one trainer whose parameters are swapped per worker) on its
+//! real shard ([`easel_client::data::partition`]), compresses its update with the real
+//! codecs (with error feedback), and sends it over a simulated network (latency plus the
+//! encoded message's bytes over the bandwidth) to a center driven by the real strategy code
+//! ([`easel_protocol::strategy`]). SwarmSGD runs without a center: workers average in
+//! pairs, and the mean model is evaluated.
+//!
+//! A worker's round is computed when it ends: its local steps start from its model as it is
+//! at that moment, so a Swarm neighbour's average that lands during the round counts as
+//! having happened before the round's steps.
+//!
+//! Everything is single-threaded and seeded: the same configuration gives byte-identical
+//! output.
+
+pub mod config;
+pub mod experiments;
+pub mod svg;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+use easel_client::data::{Mnist, partition};
+use easel_client::schedule::epoch_order;
+use easel_client::{CpuTrainer, Sgd, Trainer, cpu, model};
+use easel_protocol::codec::{self, Codec, ErrorFeedback};
+use easel_protocol::message::{self, Message, Push};
+use easel_protocol::strategy::{
+    Action, Adacomm, Aggregator, Graph, Meter, Reply, Strategy, Summary, after_reply, average_pair,
+    quantized_average,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, LogNormal};
+use serde::Serialize;
+
+pub use config::{ConfigError, SimConfig, SpeedDist};
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// One evaluation of the model (the center, or Swarm's mean model).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct EvalPoint {
+    /// Virtual seconds.
+    pub t_s: f64,
+    pub accuracy: f64,
+    pub loss: f64,
+}
+
+/// Staleness of the applied updates.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Staleness {
+    /// `histogram[t]`: applied updates with `tau == t`.
+    pub histogram: Vec<u64>,
+    pub mean: f64,
+    pub p95: u32,
+    pub max: u32,
+}
+
+/// One worker's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkerResult {
+    pub worker: u32,
+    /// Rounds of local steps finished.
+    pub rounds: u64,
+    /// Its applied updates' staleness and view distances.
+    pub meter: Summary,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SimResult {
+    pub strategy: String,
+    pub workers: u32,
+    pub seed: u64,
+    /// Accuracy over virtual time.
+    pub curve: Vec<EvalPoint>,
+    pub target_accuracy: f64,
+    /// The first evaluation at or above the target, in virtual seconds.
+    pub time_to_target_s: Option<f64>,
+    pub final_accuracy: f64,
+    pub best_accuracy: f64,
+    /// Bytes of every message from workers (pushes, Swarm payloads) and to them.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Rounds of local steps finished, over all workers.
+    pub rounds: u64,
+    /// SGD steps taken, over all workers.
+    pub steps: u64,
+    /// Updates applied to the center (Swarm: pairwise exchanges).
+    pub applied: u64,
+    /// Updates refused (the worker resynchronised).
+    pub refused: u64,
+    /// The center's last version (0 for Swarm).
+    pub version: u64,
+    pub staleness: Staleness,
+    /// The elastic-consistency meter over the run: `distance_max` is the empirical `B`.
+    pub meter: Summary,
+    pub per_worker: Vec<WorkerResult>,
+    /// The virtual time the run ended at, in seconds.
+    pub virtual_s: f64,
+}
+
+/// What happens at an instant of the virtual clock.
+#[derive(Clone, Debug)]
+enum Event {
+    /// Worker `w` finished its round's local steps.
+    RoundDone { w: u32 },
+    /// Worker `w`'s push reaches the center.
+    Arrive { w: u32, base: u64, payload: Vec<u8> },
+    /// The center's answer reaches worker `w`.
+    Answer {
+        w: u32,
+        version: u64,
+        center: Arc<[f32]>,
+        reply: Reply,
+    },
+    /// Swarm: worker `w`'s exchange with `peer` completes.
+    Meet { w: u32, peer: u32 },
+    /// Evaluate the model.
+    Eval,
+}
+
+/// One simulated worker's state between rounds.
+struct SimWorker {
+    /// Training-split indices of its shard.
+    shard: Vec<u32>,
+    x: Vec<f32>,
+    /// Momentum (empty for plain SGD).
+    velocity: Vec<f32>,
+    /// The center it last received, and its version.
+    view: Arc<[f32]>,
+    view_version: u64,
+    feedback: ErrorFeedback,
+    rng: ChaCha8Rng,
+    seed: u64,
+    epoch: u64,
+    order: Vec<u32>,
+    cursor: usize,
+    /// This worker's slowdown (stragglers) times the nominal step time, in microseconds.
+    step_us: f64,
+    rounds: u64,
+    last_loss: f32,
+}
+
+/// The simulation's state.
+struct Sim<'a> {
+    cfg: &'a SimConfig,
+    data: &'a Mnist,
+    now: u64,
+    seq: u64,
+    heap: BinaryHeap<Reverse<(u64, u64)>>,
+    events: BTreeMap<u64, Event>,
+    trainer: CpuTrainer,
+    workers: Vec<SimWorker>,
+    center: Option<Aggregator>,
+    swarm: Option<(Graph, Option<Codec>, Meter)>,
+    /// Swarm: the sum of all workers' models, kept up to date in `f64`.
+    sum: Vec<f64>,
+    adacomm: Option<Adacomm>,
+    rng: ChaCha8Rng,
+    batch: Vec<u32>,
+    curve: Vec<EvalPoint>,
+    bytes_up: u64,
+    bytes_down: u64,
+    steps: u64,
+    applied: u64,
+    refused: u64,
+    end: u64,
+}
+
+/// Microseconds of a virtual duration in seconds.
+fn micros(seconds: f64) -> u64 {
+    (seconds * 1e6).round().max(0.0) as u64
+}
+
+/// Runs the simulation `cfg` describes on `data` (the real MNIST split).
+pub fn run(cfg: &SimConfig, data: &Mnist) -> Result<SimResult, SimError> {
+    cfg.validate().map_err(SimError::Config)?;
+    let mut sim = Sim::new(cfg, data)?;
+    sim.run();
+    Ok(sim.result())
+}
+
+impl<'a> Sim<'a> {
+    fn new(cfg: &'a SimConfig, data: &'a Mnist) -> Result<Sim<'a>, SimError> {
+        let n = cfg.workers;
+        let scheme = cfg.partition_scheme().map_err(SimError::Config)?;
+        let shards = partition(&data.train.labels, n as usize, scheme, cfg.seed)
+            .map_err(|e| SimError::Config(format!("partition: {e}")))?;
+        let init = model::init_params(cfg.seed);
+        let center: Arc<[f32]> = init.clone().into();
+        let sgd = Sgd {
+            momentum: cfg.train.momentum,
+            weight_decay: 0.0,
+        };
+        let trainer = CpuTrainer::new(
+            &data.train.images,
+            &data.train.labels,
+            &init,
+            sgd,
+            cfg.train.batch as usize,
+        );
+        let step_us = cfg.speed.step_ms * 1e3;
+        let workers = shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, shard)| {
+                let seed = cfg.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let slow = if (i as u32) < cfg.speed.stragglers {
+                    cfg.speed.factor
+                } else {
+                    1.0
+                };
+                SimWorker {
+                    order: epoch_order(shard.len(), seed, 0),
+                    shard,
+                    x: init.clone(),
+                    velocity: if sgd.momentum == 0.0 {
+                        Vec::new()
+                    } else {
+                        vec![0.0; init.len()]
+                    },
+                    view: center.clone(),
+                    view_version: 0,
+                    feedback: ErrorFeedback::new(0),
+                    rng: ChaCha8Rng::seed_from_u64(seed),
+                    seed,
+                    epoch: 0,
+                    cursor: 0,
+                    step_us: step_us * slow,
+                    rounds: 0,
+                    last_loss: f32::NAN,
+                }
+            })
+            .collect::<Vec<_>>();
+        if let Some(i) = workers.iter().position(|w| w.shard.is_empty()) {
+            return Err(SimError::Config(format!(
+                "partition {} gives worker {i} no digits; use fewer workers or another scheme",
+                cfg.partition
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F_5111);
+        let (center_agg, swarm, sum) = match &cfg.strategy {
+            Strategy::Swarm { topology, quantize } => {
+                let graph = Graph::new(*topology, n, &mut rng)
+                    .map_err(|e| SimError::Config(e.to_string()))?;
+                let sum = init.iter().map(|&v| f64::from(v) * f64::from(n)).collect();
+                (None, Some((graph, *quantize, Meter::default())), sum)
+            }
+            s => {
+                let agg = Aggregator::new(s.clone(), n, 0, center, cfg.train.max_norm)
+                    .map_err(|e| SimError::Config(e.to_string()))?;
+                (Some(agg), None, Vec::new())
+            }
+        };
+        let adacomm = match cfg.strategy {
+            Strategy::Adacomm {
+                k0,
+                k_min,
+                interval_s,
+            } => Some(Adacomm::new(k0, k_min, interval_s)),
+            _ => None,
+        };
+        Ok(Sim {
+            cfg,
+            data,
+            now: 0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            trainer,
+            workers,
+            center: center_agg,
+            swarm,
+            sum,
+            adacomm,
+            rng,
+            batch: Vec::with_capacity(cfg.train.batch as usize),
+            curve: Vec::new(),
+            bytes_up: 0,
+            bytes_down: 0,
+            steps: 0,
+            applied: 0,
+            refused: 0,
+            end: micros(cfg.duration_s),
+        })
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.heap.push(Reverse((at, self.seq)));
+        self.events.insert(self.seq, event);
+        self.seq += 1;
+    }
+
+    /// Microseconds to move `bytes` one way.
+    fn transfer_us(&self, bytes: usize) -> u64 {
+        let net = &self.cfg.network;
+        micros(net.latency_ms / 1e3 + bytes as f64 * 8.0 / (net.bandwidth_mbps * 1e6))
+    }
+
+    fn run(&mut self) {
+        for w in 0..self.cfg.workers {
+            self.start_round(w);
+        }
+        self.schedule(0, Event::Eval);
+        while let Some(Reverse((at, seq))) = self.heap.pop() {
+            if at > self.end {
+                break;
+            }
+            self.now = at;
+            let event = self
+                .events
+                .remove(&seq)
+                .expect("every scheduled event is stored");
+            match event {
+                Event::RoundDone { w } => self.round_done(w),
+                Event::Arrive { w, base, payload } => self.arrive(w, base, &payload),
+                Event::Answer {
+                    w,
+                    version,
+                    center,
+                    reply,
+                } => self.answer(w, version, center, reply),
+                Event::Meet { w, peer } => self.meet(w, peer),
+                Event::Eval => {
+                    self.evaluate();
+                    let next = self.now + micros(self.cfg.eval_every_s);
+                    if next < self.end {
+                        self.schedule(next, Event::Eval);
+                    }
+                }
+            }
+        }
+        self.now = self.end;
+        self.evaluate();
+    }
+
+    /// Local steps in a round of worker `w`.
+    fn local_steps(&self) -> u32 {
+        match &self.adacomm {
+            Some(a) => a.period(),
+            None => self.cfg.strategy.local_steps(self.cfg.train.local_steps),
+        }
+    }
+
+    fn start_round(&mut self, w: u32) {
+        let steps = self.local_steps();
+        let jitter = match self.cfg.speed.dist {
+            SpeedDist::Fixed => 1.0,
+            SpeedDist::Lognormal { mu, sigma } => {
+                let d = LogNormal::new(mu, sigma).expect("validated lognormal parameters");
+                d.sample(&mut self.workers[w as usize].rng)
+            }
+        };
+        let us = self.workers[w as usize].step_us * f64::from(steps) * jitter;
+        self.schedule(self.now + us.round() as u64, Event::RoundDone { w });
+    }
+
+    /// Runs worker `w`'s local steps on the shared trainer; returns the mean loss.
+    fn train(&mut self, w: u32) -> f32 {
+        let steps = self.local_steps();
+        let batch = self.cfg.train.batch as usize;
+        let lr = self.cfg.train.lr;
+        let worker = &mut self.workers[w as usize];
+        let momentum = !worker.velocity.is_empty();
+        if momentum {
+            self.trainer.swap_state(&mut worker.x, &mut worker.velocity);
+        } else {
+            self.trainer.swap_params(&mut worker.x);
+        }
+        for _ in 0..steps {
+            if worker.cursor >= worker.order.len() {
+                worker.epoch += 1;
+                worker.order = epoch_order(worker.shard.len(), worker.seed, worker.epoch);
+                worker.cursor = 0;
+            }
+            let end = (worker.cursor + batch).min(worker.order.len());
+            self.batch.clear();
+            self.batch.extend(
+                worker.order[worker.cursor..end]
+                    .iter()
+                    .map(|&i| worker.shard[i as usize]),
+            );
+            self.trainer.step(&self.batch, lr);
+            worker.cursor = end;
+        }
+        if momentum {
+            self.trainer.swap_state(&mut worker.x, &mut worker.velocity);
+        } else {
+            self.trainer.swap_params(&mut worker.x);
+        }
+        self.steps += u64::from(steps);
+        worker.rounds += 1;
+        let losses = self.trainer.finish();
+        let loss = losses.iter().sum::<f32>() / losses.len().max(1) as f32;
+        worker.last_loss = loss;
+        loss
+    }
+
+    fn round_done(&mut self, w: u32) {
+        if self.swarm.is_some() {
+            let before = self.workers[w as usize].x.clone();
+            self.train(w);
+            self.track_sum(&before, w);
+            return self.gossip(w);
+        }
+        let loss = self.train(w);
+        let train = &self.cfg.train;
+        let worker = &mut self.workers[w as usize];
+        let delta: Vec<f32> = worker
+            .x
+            .iter()
+            .zip(worker.view.iter())
+            .map(|(a, c)| a - c)
+            .collect();
+        let payload = if train.error_feedback {
+            worker
+                .feedback
+                .compress(train.codec_up, &delta, &mut worker.rng)
+        } else {
+            codec::encode(train.codec_up, &delta, &mut worker.rng)
+        };
+        let base = worker.view_version;
+        let bytes = message::encode(&Message::Push(Push {
+            base_version: base,
+            local_steps: self.local_steps(),
+            samples: 0,
+            loss,
+            payload: payload.clone(),
+        }))
+        .len();
+        self.bytes_up += bytes as u64;
+        let at = self.now + self.transfer_us(bytes);
+        self.schedule(at, Event::Arrive { w, base, payload });
+    }
+
+    /// Swarm: `w` picks a neighbour; both models travel through the relay, up and down.
+    fn gossip(&mut self, w: u32) {
+        let (graph, quantize, _) = self.swarm.as_ref().expect("a swarm run");
+        let peer = graph.pick(w, &mut self.rng);
+        let codec = quantize.unwrap_or(Codec::Fp32);
+        let bytes = codec::encoded_len(codec, model::PARAMS);
+        self.bytes_up += 2 * bytes as u64;
+        self.bytes_down += 2 * bytes as u64;
+        let at = self.now + 2 * self.transfer_us(bytes);
+        self.schedule(at, Event::Meet { w, peer });
+    }
+
+    /// Swarm: worker `w`'s model changed from `before`; keep the sum of models current.
+    fn track_sum(&mut self, before: &[f32], w: u32) {
+        let x = &self.workers[w as usize].x;
+        for ((s, b), a) in self.sum.iter_mut().zip(before).zip(x) {
+            *s += f64::from(*a) - f64::from(*b);
+        }
+    }
+
+    fn mean_model(&self) -> Vec<f32> {
+        let n = f64::from(self.cfg.workers);
+        self.sum.iter().map(|s| (s / n) as f32).collect()
+    }
+
+    fn meet(&mut self, w: u32, peer: u32) {
+        let mean = self.mean_model();
+        let (lo, hi) = (w.min(peer) as usize, w.max(peer) as usize);
+        let (before_lo, before_hi) = (self.workers[lo].x.clone(), self.workers[hi].x.clone());
+        let distance = easel_protocol::distance(&self.workers[w as usize].x, &mean);
+        let (left, right) = self.workers.split_at_mut(hi);
+        let (a, b) = (&mut left[lo].x, &mut right[0].x);
+        let (_, quantize, meter) = self.swarm.as_mut().expect("a swarm run");
+        match quantize {
+            Some(codec) => {
+                quantized_average(a, b, *codec, &mut self.rng)
+                    .expect("validated codec on finite models");
+            }
+            None => average_pair(a, b),
+        }
+        meter.record(w, 0, distance);
+        self.applied += 1;
+        self.track_sum(&before_lo, lo as u32);
+        self.track_sum(&before_hi, hi as u32);
+        self.start_round(w);
+    }
+
+    fn arrive(&mut self, w: u32, base: u64, payload: &[u8]) {
+        let agg = self.center.as_mut().expect("a central run");
+        let action = match codec::decode(payload, model::PARAMS) {
+            Ok(delta) => agg.on_update(w, base, &delta),
+            // Workers only send what the real codecs encode; a failure is a refusal.
+            Err(_) => Action::Refused(easel_protocol::strategy::Refusal::Invalid(
+                easel_protocol::Reason::WrongLength {
+                    expected: model::PARAMS,
+                    found: 0,
+                },
+            )),
+        };
+        let (reply, to) = match action {
+            Action::Applied { reply, updates, .. } => {
+                self.applied += u64::from(updates);
+                if let Some(a) = self.adacomm.as_mut() {
+                    let losses: Vec<f64> = reply
+                        .iter()
+                        .map(|&r| f64::from(self.workers[r as usize].last_loss))
+                        .collect();
+                    a.on_round(self.now, losses.iter().sum::<f64>() / losses.len() as f64);
+                }
+                (Reply::Accepted, reply)
+            }
+            Action::Buffered { reply, .. } => (Reply::Accepted, reply),
+            Action::Held { .. } => return,
+            Action::Refused(_) => {
+                self.refused += 1;
+                (Reply::Refused, vec![w])
+            }
+        };
+        let (version, center) = {
+            let (v, c) = self.center.as_ref().expect("a central run").center();
+            (v, c.clone())
+        };
+        let down = self.cfg.train.codec_down;
+        for r in to {
+            // The center as the worker decodes it: shared as it is for fp32, which is exact.
+            let (bytes, received) = if down == Codec::Fp32 {
+                (codec::encoded_len(down, center.len()), center.clone())
+            } else {
+                let payload = codec::encode(down, &center, &mut self.rng);
+                let decoded = codec::decode(&payload, center.len())
+                    .expect("the codecs decode what they encode");
+                (payload.len(), decoded.into())
+            };
+            self.bytes_down += bytes as u64;
+            let at = self.now + self.transfer_us(bytes);
+            self.schedule(
+                at,
+                Event::Answer {
+                    w: r,
+                    version,
+                    center: received,
+                    reply,
+                },
+            );
+        }
+    }
+
+    fn answer(&mut self, w: u32, version: u64, center: Arc<[f32]>, reply: Reply) {
+        let worker = &mut self.workers[w as usize];
+        let merged = after_reply(
+            &self.cfg.strategy,
+            reply,
+            &mut worker.x,
+            &worker.view,
+            &center,
+        );
+        if merged.reset_optimizer {
+            worker.velocity.fill(0.0);
+        }
+        if merged.reset_residual {
+            worker.feedback.reset();
+        }
+        worker.view = center;
+        worker.view_version = version;
+        self.start_round(w);
+    }
+
+    fn evaluate(&mut self) {
+        let params: Vec<f32> = match &self.center {
+            Some(agg) => agg.center().1.to_vec(),
+            None => self.mean_model(),
+        };
+        let test = &self.data.test;
+        let n = self.cfg.eval_samples.unwrap_or(test.len()).min(test.len());
+        let e = cpu::evaluate(
+            &params,
+            &test.images[..n * model::IMAGE_PIXELS],
+            &test.labels[..n],
+        );
+        let t_s = self.now as f64 / 1e6;
+        if self.curve.last().is_some_and(|p| p.t_s == t_s) {
+            self.curve.pop();
+        }
+        self.curve.push(EvalPoint {
+            t_s,
+            accuracy: e.accuracy,
+            loss: e.loss,
+        });
+    }
+
+    fn result(self) -> SimResult {
+        let meter = match (&self.center, &self.swarm) {
+            (Some(agg), _) => agg.meter().clone(),
+            (None, Some((_, _, m))) => m.clone(),
+            (None, None) => Meter::default(),
+        };
+        let summary = meter.summary();
+        let per: BTreeMap<u32, Summary> = meter.per_worker().into_iter().collect();
+        let target = self.cfg.target_accuracy;
+        SimResult {
+            strategy: self.cfg.strategy.name().to_string(),
+            workers: self.cfg.workers,
+            seed: self.cfg.seed,
+            target_accuracy: target,
+            time_to_target_s: self
+                .curve
+                .iter()
+                .find(|p| p.accuracy >= target)
+                .map(|p| p.t_s),
+            final_accuracy: self.curve.last().map_or(0.0, |p| p.accuracy),
+            best_accuracy: self.curve.iter().map(|p| p.accuracy).fold(0.0, f64::max),
+            bytes_up: self.bytes_up,
+            bytes_down: self.bytes_down,
+            rounds: self.workers.iter().map(|w| w.rounds).sum(),
+            steps: self.steps,
+            applied: self.applied,
+            refused: self.refused,
+            version: self.center.as_ref().map_or(0, |a| a.center().0),
+            staleness: Staleness {
+                histogram: meter.histogram().to_vec(),
+                mean: summary.tau_mean,
+                p95: summary.tau_p95,
+                max: summary.tau_max,
+            },
+            meter: summary,
+            per_worker: self
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WorkerResult {
+                    worker: i as u32,
+                    rounds: w.rounds,
+                    meter: per.get(&(i as u32)).copied().unwrap_or_default(),
+                })
+                .collect(),
+            virtual_s: self.now as f64 / 1e6,
+            curve: self.curve,
+        }
+    }
+}
+
+impl SimResult {
+    /// The result as pretty JSON (the same bytes for the same configuration).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("results serialize")
+    }
+
+    /// A human-readable summary.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let ttt = self
+            .time_to_target_s
+            .map_or("not reached".into(), |t| format!("{t:.1} s"));
+        let lines = [
+            ("strategy", self.strategy.clone()),
+            ("workers", self.workers.to_string()),
+            ("virtual time", format!("{:.1} s", self.virtual_s)),
+            (
+                "final / best accuracy",
+                format!(
+                    "{:.2}% / {:.2}%",
+                    100.0 * self.final_accuracy,
+                    100.0 * self.best_accuracy
+                ),
+            ),
+            (
+                "time to target",
+                format!("{ttt} (target {:.0}%)", 100.0 * self.target_accuracy),
+            ),
+            (
+                "rounds / steps",
+                format!("{} / {}", self.rounds, self.steps),
+            ),
+            (
+                "applied / refused",
+                format!("{} / {}", self.applied, self.refused),
+            ),
+            (
+                "bytes up / down",
+                format!("{} / {}", self.bytes_up, self.bytes_down),
+            ),
+            (
+                "tau mean / p95 / max",
+                format!(
+                    "{:.2} / {} / {}",
+                    self.staleness.mean, self.staleness.p95, self.staleness.max
+                ),
+            ),
+            (
+                "view distance mean / p95 / B",
+                format!(
+                    "{:.4} / {:.4} / {:.4}",
+                    self.meter.distance_mean, self.meter.distance_p95, self.meter.distance_max
+                ),
+            ),
+        ];
+        for (k, v) in lines {
+            out.push_str(&format!("{k:<30} {v}\n"));
+        }
+        out.push_str("\n  t (s)  accuracy    loss\n");
+        for p in &self.curve {
+            out.push_str(&format!(
+                "{:7.1}  {:7.2}%  {:.4}\n",
+                p.t_s,
+                100.0 * p.accuracy,
+                p.loss
+            ));
+        }
+        out
+    }
+}
+
+/// Peak resident memory of this process so far (`VmHWM` in `/proc/self/status`), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests;
