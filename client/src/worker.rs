@@ -782,6 +782,50 @@ mod tests {
     }
 
     #[test]
+    fn the_reply_follows_the_room_strategy() {
+        use easel_protocol::Merge;
+        let accepted = Outcome::Accepted {
+            tau: 0,
+            alpha_eff: 0.5,
+            version: 6,
+        };
+        let refused = Outcome::Refused {
+            code: easel_protocol::message::code::TOO_STALE,
+            message: "stale".into(),
+        };
+        for (merge, outcome) in [
+            (Merge::Fedavg { m_of_n: None }, accepted.clone()),
+            (Merge::Fedbuff { m: 2 }, accepted),
+            (Merge::Bounded { b: None }, refused),
+        ] {
+            let h = Hyper {
+                merge,
+                ..hyper(Codec::Fp32, false)
+            };
+            let (mut w, center) = worker(h);
+            w.local_round();
+            let x = w.params().to_vec();
+            let rebase = matches!(outcome, Outcome::Refused { .. });
+            w.on_bytes(&ack(5, outcome)).unwrap();
+            let new_center: Vec<f32> = center.iter().map(|c| c * 0.5).collect();
+            w.on_bytes(&center_msg(6, &new_center)).unwrap();
+            let expected: Vec<f32> = if rebase {
+                // Bounded staleness keeps its progress on the new center.
+                (0..x.len())
+                    .map(|i| new_center[i] + x[i] - center[i])
+                    .collect()
+            } else {
+                new_center.clone()
+            };
+            let got = w.trainer_mut().params();
+            assert!(
+                got.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5),
+                "{merge:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_rejoin_keeps_the_model_and_takes_the_new_center() {
         let (mut w, center) = worker(hyper(Codec::top_k_fraction(0.01, 44_426), true));
         // The connection dies with a push in flight.
