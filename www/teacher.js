@@ -28,7 +28,22 @@ const SETTINGS = [
   { key: 'codec_up', label: 'push codec', unit: 'devices → relay', kind: 'codec' },
   { key: 'codec_down', label: 'center codec', unit: 'relay → devices', kind: 'codec' },
   { key: 'error_feedback', label: 'error feedback', unit: 'on pushes', kind: 'bool' },
+  { key: 'strategy', label: 'strategy', unit: 'easgd | fedavg[:M] | async_sgd | bounded[:B] | adacomm:K0:KMIN:S | fedbuff:M', kind: 'text' },
 ];
+
+// Presets: predict, run, compare. Each sets the room's strategy (and settings), optionally
+// makes the first `stragglers` devices wait 3 s per round, and starts a fresh named run, so
+// the overlay picker can put it over the previous one. `ask` is the question to predict.
+const PRESETS = [
+  { name: 'async EASGD', settings: { strategy: 'easgd', tau_max: 16 }, ask: 'Does the slow device hold the class back?' },
+  { name: 'sync FedAvg', settings: { strategy: 'fedavg' }, ask: 'Which reaches 90% first: sync or async?' },
+  { name: 'FedAvg, fastest 2 of 3', settings: { strategy: 'fedavg:2' }, ask: 'Does dropping the slowest device cost accuracy?' },
+  { name: 'async SGD', settings: { strategy: 'async_sgd', tau_max: 16 }, ask: 'Taking the center, or pulling toward it: which is steadier?' },
+  { name: 'bounded staleness s=4', settings: { strategy: 'bounded', tau_max: 4 }, ask: 'How many pushes get refused?' },
+  { name: 'FedBuff M=4', settings: { strategy: 'fedbuff:4', tau_max: 16 }, ask: 'Does buffering 4 updates smooth the curve?' },
+  { name: 'ADACOMM', settings: { strategy: 'adacomm:32:4:10' }, ask: 'Does K fall as the loss falls?' },
+];
+const STRAGGLER_MS = 3000;
 
 // State the browser test reads.
 const state = {
@@ -468,9 +483,39 @@ function wireControls() {
       $('run-name').value = '';
     } catch { /* toast shown */ }
   });
+  renderPresets();
   $('overlay').addEventListener('change', () => loadOverlay($('overlay').value));
   $('download-model').href = api('/center.safetensors');
   window.addEventListener('resize', resizeCharts);
+}
+
+// ---- presets ------------------------------------------------------------------------------
+function renderPresets() {
+  const list = $('presets');
+  list.replaceChildren(...PRESETS.map((p, i) => {
+    const li = document.createElement('li');
+    li.innerHTML = `<button type="button" data-preset="${i}"></button> <span class="t-muted"></span>`;
+    li.firstChild.textContent = p.name;
+    li.lastChild.textContent = p.ask;
+    li.firstChild.addEventListener('click', () => runPreset(p));
+    return li;
+  }));
+}
+
+async function runPreset(p) {
+  const stragglers = Math.max(0, Number($('preset-stragglers').value) || 0);
+  try {
+    const r = await control({ type: 'settings', ...p.settings });
+    renderSettings(r.settings, false);
+    const devices = (r.devices || []).map((d) => d.id);
+    for (const [i, id] of devices.entries()) {
+      await control({ type: 'delay', device: id, ms: i < stragglers ? STRAGGLER_MS : 0 });
+    }
+    const name = stragglers ? `${p.name}, ${stragglers} straggler${stragglers > 1 ? 's' : ''}` : p.name;
+    const run = await post('/runs', { name, reset: true });
+    state.preset = { name: p.name, run: run.started, strategy: r.settings.strategy };
+    toast(`run #${run.started} "${name}" started. ${p.ask}`);
+  } catch { /* toast shown */ }
 }
 
 // ---- runs --------------------------------------------------------------------------------

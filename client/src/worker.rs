@@ -21,9 +21,10 @@
 //! into [`Worker::train_steps`], an awaited read of the parameters, and
 //! [`Worker::finish_round`].
 
-use easel_protocol::aggregate::{distance, easgd_pull};
+use easel_protocol::aggregate::distance;
 use easel_protocol::codec::{self, Codec, ErrorFeedback};
 use easel_protocol::message::{self, Join, caps};
+use easel_protocol::strategy::{Reply, after_reply};
 use easel_protocol::{
     Ack, Backend, Center, ClientKind, Control, ErrorMessage, Hyper, LENET5_28, Limits, Message,
     Outcome, ProtocolError, Push, Shard, Welcome,
@@ -440,7 +441,8 @@ impl<T: Trainer + ?Sized> Worker<T> {
         self.delay_ms
     }
 
-    /// Queues the round's `K` local SGD steps on the trainer, with batches taken in
+    /// Queues the round's `K` local SGD steps on the trainer (`K` is the Hyper's
+    /// `local_steps` under every strategy: FedAvg's `k`, ADACOMM's current period), with batches taken in
     /// [`epoch_order`] over the shard (a new order each epoch, the last batch of an epoch
     /// possibly smaller), of at most the batch the trainer was built for.
     pub fn train_steps(&mut self) {
@@ -561,12 +563,17 @@ impl<T: Trainer + ?Sized> Worker<T> {
         Ok(Event::Acked(ack.outcome))
     }
 
-    /// A new center, after an Ack: pull toward it, `x_i <- x_i - alpha (x_i - x~)`, after an
-    /// accepted push; take it, `x_i <- x~`, and reset the residual after a refused one.
+    /// A new center, after an Ack: the room's strategy says what the worker does with it
+    /// (`strategy::worker::after_reply`): after an accepted push, EASGD pulls toward it,
+    /// `x_i <- x_i - alpha (x_i - x~)`, and the other strategies take it, `x_i <- x~`;
+    /// after a refused one the worker takes it and resets the residual (bounded staleness:
+    /// keeps its own progress on top of it).
     pub fn on_center(&mut self, c: Center) -> Result<Event, WorkerError> {
         let Phase::AwaitCenter { accepted } = self.phase else {
             return Err(WorkerError::Unexpected("Center"));
         };
+        // The center the push was computed from: bounded staleness rebases on it.
+        let view = self.center.clone();
         let decoded = codec::decode(&c.payload, self.center.len()).map_err(|source| {
             WorkerError::Payload {
                 what: "center",
@@ -589,12 +596,20 @@ impl<T: Trainer + ?Sized> Worker<T> {
         }
         self.center_version = c.version;
         self.stats.distance_to_center = distance(&self.x, &self.center);
-        if accepted {
-            easgd_pull(&mut self.x, &self.center, self.hyper.alpha);
-            self.trainer.set_params(&self.x, false);
+        let reply = if accepted {
+            Reply::Accepted
         } else {
-            self.x.copy_from_slice(&self.center);
-            self.trainer.set_params(&self.x, true);
+            Reply::Refused
+        };
+        let merged = after_reply(
+            &self.hyper.strategy(),
+            reply,
+            &mut self.x,
+            &view,
+            &self.center,
+        );
+        self.trainer.set_params(&self.x, merged.reset_optimizer);
+        if merged.reset_residual {
             self.feedback.reset();
         }
         self.phase = Phase::Idle;
@@ -665,6 +680,7 @@ mod tests {
             codec_up,
             codec_down: Codec::Fp32,
             error_feedback,
+            merge: easel_protocol::Merge::Easgd,
         }
     }
 
@@ -754,7 +770,7 @@ mod tests {
             }
         );
         let mut expected = x.clone();
-        easgd_pull(&mut expected, &new_center, 0.5);
+        easel_protocol::easgd_pull(&mut expected, &new_center, 0.5);
         let got = w.trainer_mut().params();
         assert!(got.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5));
         assert_eq!(w.center_version(), 8);
@@ -763,6 +779,50 @@ mod tests {
         assert_eq!(s.bytes_up, bytes.len() as u64);
         assert!((s.distance_to_center - distance(&x, &new_center)).abs() < 1e-3);
         assert!(w.ready());
+    }
+
+    #[test]
+    fn the_reply_follows_the_room_strategy() {
+        use easel_protocol::Merge;
+        let accepted = Outcome::Accepted {
+            tau: 0,
+            alpha_eff: 0.5,
+            version: 6,
+        };
+        let refused = Outcome::Refused {
+            code: easel_protocol::message::code::TOO_STALE,
+            message: "stale".into(),
+        };
+        for (merge, outcome) in [
+            (Merge::Fedavg { m_of_n: None }, accepted.clone()),
+            (Merge::Fedbuff { m: 2 }, accepted),
+            (Merge::Bounded { b: None }, refused),
+        ] {
+            let h = Hyper {
+                merge,
+                ..hyper(Codec::Fp32, false)
+            };
+            let (mut w, center) = worker(h);
+            w.local_round();
+            let x = w.params().to_vec();
+            let rebase = matches!(outcome, Outcome::Refused { .. });
+            w.on_bytes(&ack(5, outcome)).unwrap();
+            let new_center: Vec<f32> = center.iter().map(|c| c * 0.5).collect();
+            w.on_bytes(&center_msg(6, &new_center)).unwrap();
+            let expected: Vec<f32> = if rebase {
+                // Bounded staleness keeps its progress on the new center.
+                (0..x.len())
+                    .map(|i| new_center[i] + x[i] - center[i])
+                    .collect()
+            } else {
+                new_center.clone()
+            };
+            let got = w.trainer_mut().params();
+            assert!(
+                got.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 1e-5),
+                "{merge:?}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub use aggregate::{
 };
 pub use codec::{Codec, CodecError, ErrorFeedback, encoded_len};
 pub use message::{
-    Ack, Backend, Center, ClientKind, Control, ErrorMessage, Hyper, Limits, Message, ModelInfo,
-    Outcome, ProtocolError, Push, Shard, Welcome,
+    Ack, Backend, Center, ClientKind, Control, ErrorMessage, Hyper, Limits, Merge, Message,
+    ModelInfo, Outcome, ProtocolError, Push, Shard, Welcome,
 };
 pub use model_spec::{LENET5_28, LayerKind, LayerSpec, ModelSpec, TensorSpec};

@@ -288,6 +288,40 @@ pub struct Hyper {
     pub codec_down: Codec,
     /// Whether workers keep an error-feedback residual for their pushes.
     pub error_feedback: bool,
+    /// How the relay merges pushes; its shared numbers are the fields above (see
+    /// [`Merge`]).
+    pub merge: Merge,
+}
+
+/// The room's merging strategy as the wire carries it: the kind and only the parameters
+/// that [`Hyper`] does not already hold. One copy of every number: `alpha`, `staleness`
+/// and `tau_max` are Hyper's, FedAvg's `k` is `local_steps`, bounded staleness's `s` is
+/// `tau_max`, and under ADACOMM `local_steps` is the current period (the relay announces
+/// each change with [`Control::Settings`]). [`Hyper::strategy`] makes the full
+/// [`crate::strategy::Strategy`]. SwarmSGD has no central model and runs only in the
+/// simulator.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Merge {
+    /// Asynchronous EASGD (`alpha`, `staleness`, `tau_max`).
+    #[default]
+    Easgd,
+    /// FedAvg: `local_steps` steps, a barrier; `m_of_n: Some(m)` closes a round after the
+    /// fastest `m` workers.
+    Fedavg { m_of_n: Option<u32> },
+    /// Asynchronous SGD on deltas weighed by `staleness`, refused beyond `tau_max`.
+    AsyncSgd,
+    /// Bounded staleness `s = tau_max`, optionally a view distance bound `b`.
+    Bounded { b: Option<f32> },
+    /// ADACOMM: FedAvg whose period starts at `k0` and adapts every `interval_s` seconds,
+    /// never below `k_min`.
+    Adacomm {
+        k0: u32,
+        k_min: u32,
+        interval_s: f32,
+    },
+    /// FedBuff: every `m` updates (weighed by `staleness`, refused beyond `tau_max`) are
+    /// applied together.
+    Fedbuff { m: u32 },
 }
 
 impl Hyper {
@@ -311,7 +345,42 @@ impl Hyper {
         }
         self.codec_up.validate().map_err(|_| "codec_up")?;
         self.codec_down.validate().map_err(|_| "codec_down")?;
+        // The room's size is checked where it is known (the relay's barrier).
+        self.strategy().validate(u32::MAX).map_err(|_| "strategy")?;
         Ok(())
+    }
+
+    /// The full strategy these settings make (see [`Merge`] for which field is which).
+    pub fn strategy(&self) -> crate::strategy::Strategy {
+        use crate::strategy::Strategy as S;
+        let (alpha, staleness, tau_max) = (self.alpha, self.staleness, self.tau_max);
+        match self.merge {
+            Merge::Easgd => S::Easgd {
+                alpha,
+                staleness,
+                tau_max,
+            },
+            Merge::Fedavg { m_of_n } => S::Fedavg {
+                k: self.local_steps,
+                m_of_n,
+            },
+            Merge::AsyncSgd => S::AsyncSgd { staleness, tau_max },
+            Merge::Bounded { b } => S::Bounded { s: tau_max, b },
+            Merge::Adacomm {
+                k0,
+                k_min,
+                interval_s,
+            } => S::Adacomm {
+                k0,
+                k_min,
+                interval_s: f64::from(interval_s),
+            },
+            Merge::Fedbuff { m } => S::Fedbuff {
+                m,
+                staleness,
+                tau_max,
+            },
+        }
     }
 }
 
@@ -720,6 +789,52 @@ fn put_hyper(out: &mut Vec<u8>, h: &Hyper) {
     h.codec_up.write_descriptor(out);
     h.codec_down.write_descriptor(out);
     out.put_u8(h.error_feedback as u8);
+    match h.merge {
+        Merge::Easgd => out.put_u8(0),
+        Merge::Fedavg { m_of_n } => {
+            out.put_u8(1);
+            out.put_u32(m_of_n.unwrap_or(0));
+        }
+        Merge::AsyncSgd => out.put_u8(2),
+        Merge::Bounded { b } => {
+            out.put_u8(3);
+            out.put_f32(b.unwrap_or(0.0));
+        }
+        Merge::Adacomm {
+            k0,
+            k_min,
+            interval_s,
+        } => {
+            out.put_u8(4);
+            out.put_u32(k0);
+            out.put_u32(k_min);
+            out.put_f32(interval_s);
+        }
+        Merge::Fedbuff { m } => {
+            out.put_u8(5);
+            out.put_u32(m);
+        }
+    }
+}
+
+fn read_merge(r: &mut Reader) -> Result<Merge, ProtocolError> {
+    Ok(match r.u8()? {
+        0 => Merge::Easgd,
+        1 => Merge::Fedavg {
+            m_of_n: Some(r.u32()?).filter(|&m| m > 0),
+        },
+        2 => Merge::AsyncSgd,
+        3 => Merge::Bounded {
+            b: Some(r.f32()?).filter(|&b| b != 0.0),
+        },
+        4 => Merge::Adacomm {
+            k0: r.u32()?,
+            k_min: r.u32()?,
+            interval_s: r.f32()?,
+        },
+        5 => Merge::Fedbuff { m: r.u32()? },
+        _ => return Err(invalid("strategy")),
+    })
 }
 
 fn read_hyper(r: &mut Reader) -> Result<Hyper, ProtocolError> {
@@ -749,6 +864,7 @@ fn read_hyper(r: &mut Reader) -> Result<Hyper, ProtocolError> {
             1 => true,
             _ => return Err(invalid("error_feedback flag")),
         },
+        merge: read_merge(r)?,
     };
     h.validate()
         .map_err(|what| ProtocolError::InvalidValue { what })?;
@@ -834,14 +950,32 @@ mod tests {
         ]
     }
 
+    fn merge() -> impl Strategy<Value = Merge> {
+        prop_oneof![
+            Just(Merge::Easgd),
+            proptest::option::of(1u32..).prop_map(|m_of_n| Merge::Fedavg { m_of_n }),
+            Just(Merge::AsyncSgd),
+            proptest::option::of(0.001f32..100.0).prop_map(|b| Merge::Bounded { b }),
+            (1u32..64, 1u32..64, 0.01f32..1000.0).prop_map(|(k0, k, interval_s)| {
+                Merge::Adacomm {
+                    k0,
+                    k_min: k.min(k0),
+                    interval_s,
+                }
+            }),
+            (1u32..).prop_map(|m| Merge::Fedbuff { m }),
+        ]
+    }
+
     prop_compose! {
         fn hyper()(
             alpha in 0.0f32..=1.0, staleness in staleness(), tau_max in any::<u32>(),
             local_steps in 1u32.., lr in 0.0f32..10.0, batch in 1u32.., momentum in 0.0f32..0.999,
-            codec_up in codec(), codec_down in codec(), error_feedback in any::<bool>()
+            codec_up in codec(), codec_down in codec(), error_feedback in any::<bool>(),
+            merge in merge()
         ) -> Hyper {
             Hyper { alpha, staleness, tau_max, local_steps, lr, batch, momentum,
-                    codec_up, codec_down, error_feedback }
+                    codec_up, codec_down, error_feedback, merge }
         }
     }
 
@@ -1171,6 +1305,7 @@ mod tests {
             codec_up: Codec::Fp32,
             codec_down: Codec::Fp16,
             error_feedback: false,
+            merge: Merge::Easgd,
         };
         assert!(good.validate().is_ok());
         for (bad, what) in [
@@ -1197,6 +1332,24 @@ mod tests {
                 },
                 "QSGD bit width",
             ),
+            (
+                Hyper {
+                    merge: Merge::Fedbuff { m: 0 },
+                    ..good
+                },
+                "strategy",
+            ),
+            (
+                Hyper {
+                    merge: Merge::Adacomm {
+                        k0: 4,
+                        k_min: 8,
+                        interval_s: 1.0,
+                    },
+                    ..good
+                },
+                "strategy",
+            ),
         ] {
             let bytes = encode(&Message::Control(Control::Settings(bad)));
             assert_eq!(
@@ -1205,6 +1358,59 @@ mod tests {
                 "{what}"
             );
         }
+        // An unknown strategy byte (the last byte of this Hyper) is refused too.
+        let mut bytes = encode(&Message::Control(Control::Settings(good)));
+        *bytes.last_mut().unwrap() = 6;
+        assert_eq!(
+            decode(&bytes, &small()),
+            Err(ProtocolError::InvalidValue { what: "strategy" })
+        );
+    }
+
+    #[test]
+    fn hyper_holds_every_strategy_number_once() {
+        let h = Hyper {
+            alpha: 0.25,
+            staleness: Staleness::Inverse,
+            tau_max: 4,
+            local_steps: 12,
+            lr: 0.05,
+            batch: 32,
+            momentum: 0.0,
+            codec_up: Codec::Fp32,
+            codec_down: Codec::Fp32,
+            error_feedback: false,
+            merge: Merge::Easgd,
+        };
+        use crate::strategy::Strategy as S;
+        let with = |merge| Hyper { merge, ..h }.strategy();
+        assert_eq!(
+            with(Merge::Easgd),
+            S::Easgd {
+                alpha: 0.25,
+                staleness: Staleness::Inverse,
+                tau_max: 4
+            }
+        );
+        assert_eq!(
+            with(Merge::Fedavg { m_of_n: Some(2) }),
+            S::Fedavg {
+                k: 12,
+                m_of_n: Some(2)
+            }
+        );
+        assert_eq!(
+            with(Merge::Bounded { b: None }),
+            S::Bounded { s: 4, b: None }
+        );
+        assert_eq!(
+            with(Merge::Fedbuff { m: 3 }),
+            S::Fedbuff {
+                m: 3,
+                staleness: Staleness::Inverse,
+                tau_max: 4
+            }
+        );
     }
 
     #[test]
@@ -1244,6 +1450,7 @@ mod tests {
                 codec_up: Codec::Fp32,
                 codec_down: Codec::Fp32,
                 error_feedback: false,
+                merge: Merge::Easgd,
             },
             shard: Shard::Indices((0..l.max_shard as u32).collect()),
             center_version: 0,

@@ -61,6 +61,7 @@ impl Default for Setup {
                 codec_up: Codec::Fp32,
                 codec_down: Codec::Fp32,
                 error_feedback: false,
+                merge: easel_protocol::Merge::Easgd,
             },
         }
     }
@@ -156,7 +157,6 @@ pub async fn run(
                 error_feedback,
                 ..setup.hyper
             },
-            ring_capacity: setup.hyper.tau_max as usize + 1,
             partition: Partition {
                 scheme: "iid".into(),
                 seed: setup.seed,

@@ -33,6 +33,9 @@ pub enum Order {
     Control(Control),
     /// Close the connection with this WebSocket close code and reason.
     Close { code: u16, reason: String },
+    /// The answer to this worker's push held at a barrier: its encoded Ack, then the
+    /// encoded Center.
+    Answer { ack: Vec<u8>, center: Arc<[u8]> },
 }
 
 /// One evaluation of a room's center on the test digits.
@@ -241,27 +244,32 @@ impl RoomSlot {
         })
     }
 
-    /// Handles a push: the encoded Ack and the encoded Center to send after it. When the
-    /// push made a new version, the observers' watch gets it too.
+    /// Handles a push: the encoded Ack and the encoded Center to send after it, or `None`
+    /// while the push is held at a barrier (the answer comes later as an
+    /// [`Order::Answer`]). Workers whose held pushes this push released get theirs queued
+    /// now. When the push made a new version, the observers' watch gets it too.
     pub fn push(
         &self,
         worker: u64,
         push: &Push,
         bytes_in: usize,
         caps: u32,
-    ) -> (Vec<u8>, Arc<[u8]>) {
+    ) -> Option<(Vec<u8>, Arc<[u8]>)> {
         let mut st = lock(&self.state);
-        let (ack, version) = st.room.handle_push(worker, push, bytes_in, Instant::now());
+        let pushed = st.room.handle_push(worker, push, bytes_in, Instant::now());
         if let Some(point) = st.room.ledger().records().last().map(PushPoint::from) {
             st.runs.current_mut().record_push(point);
             st.activity.pushed(worker, point.wall_ms, point.local_steps);
         }
-        let (_, center) = st.room.center_message(caps);
-        if version.is_some() {
+        if pushed.version.is_some() {
             let (_, full) = st.room.center_message(0);
             self.centers.send_replace(full);
         }
-        (message::encode(&Message::Ack(ack)), center)
+        answer_locked(&mut st, pushed.released);
+        queue_locked(&mut st, pushed.forwards);
+        let ack = pushed.ack?;
+        let (_, center) = st.room.center_message(caps);
+        Some((message::encode(&Message::Ack(ack)), center))
     }
 
     /// Applies a teacher's Control and queues what each worker must be told. A worker whose
@@ -363,7 +371,11 @@ impl RoomSlot {
         });
         let mut st = lock(&self.state);
         if let Some(center) = center {
+            let released = st
+                .room
+                .release_held(code::RESYNC, "the teacher reset the room: resync");
             st.room.reset(center, Instant::now());
+            answer_locked(&mut st, released);
             st.evals.clear();
             let (_, full) = st.room.center_message(0);
             self.centers.send_replace(full);
@@ -419,6 +431,12 @@ impl RoomSlot {
         {
             st.controls.remove(&worker);
             st.room.leave(worker);
+            // A barrier round waiting for this worker would wait for ever.
+            let released = st.room.release_held(
+                code::RESYNC,
+                "a worker left; the round starts again: resync",
+            );
+            answer_locked(&mut st, released);
         }
     }
 
@@ -484,7 +502,43 @@ impl RoomSlot {
 /// Applies a Control with the room locked and queues what each worker must be told. A
 /// worker whose queue is full misses it (it is not reading); the room keeps the setting.
 fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
+    let before = st.room.settings().hyper.strategy();
     let forwards = st.room.control(c)?;
+    let abandon = match c {
+        Control::Settings(_) => st.room.settings().hyper.strategy() != before,
+        Control::Pause { .. } => true,
+        Control::Resume { .. } | Control::Delay { .. } => false,
+    };
+    if abandon {
+        let released = st.room.release_held(
+            code::RESYNC,
+            "the round was abandoned (a worker paused or the strategy changed): resync",
+        );
+        answer_locked(st, released);
+    }
+    queue_locked(st, forwards);
+    Ok(())
+}
+
+/// Queues each worker's Ack and the newest Center (in the codec it reads) to its connection.
+fn answer_locked(st: &mut RoomState, acks: Vec<(u64, easel_protocol::Ack)>) {
+    for (id, ack) in acks {
+        let caps = st.room.workers().get(&id).map_or(0, |w| w.capabilities);
+        let (_, center) = st.room.center_message(caps);
+        let order = Order::Answer {
+            ack: message::encode(&Message::Ack(ack)),
+            center,
+        };
+        if let Some((_, tx)) = st.controls.get(&id)
+            && tx.try_send(order).is_err()
+        {
+            tracing::warn!(worker = id, "control queue full; answer dropped");
+        }
+    }
+}
+
+/// Queues Controls to the connections of the workers they name.
+fn queue_locked(st: &mut RoomState, forwards: Vec<crate::room::Forward>) {
     for (id, msg) in forwards {
         if let Some((_, tx)) = st.controls.get(&id)
             && tx.try_send(Order::Control(msg)).is_err()
@@ -492,7 +546,6 @@ fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
             tracing::warn!(worker = id, "control queue full; message dropped");
         }
     }
-    Ok(())
 }
 
 /// Tells a connected worker's connection to close with `code` and `reason`.
@@ -543,7 +596,10 @@ mod tests {
             loss: f32::NAN,
             payload: easel_protocol::codec::encode(Codec::Fp32, &[0.0; 44_426], &mut rng),
         };
-        let (ack, _) = s.room.push(s.worker_id, &push, 10, 0);
+        let (ack, _) = s
+            .room
+            .push(s.worker_id, &push, 10, 0)
+            .expect("EASGD answers at once");
         let ack = match message::decode(&ack, hub.limits()) {
             Ok(Message::Ack(a)) => a,
             other => panic!("{other:?}"),

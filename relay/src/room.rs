@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use easel_protocol::message::{self, Join, caps, code};
+use easel_protocol::strategy::{Action, Adacomm, Aggregator, Strategy};
 use easel_protocol::{
-    Ack, Backend, Center, CenterRing, ClientKind, Codec, Control, ErrorMessage, Hyper, LENET5_28,
-    Message, ModelInfo, ModelSpec, Outcome, Policy, Push, Shard, Staleness, Welcome, apply_push,
-    codec,
+    Ack, Backend, Center, ClientKind, Codec, Control, ErrorMessage, Hyper, LENET5_28, Merge,
+    Message, ModelInfo, ModelSpec, Outcome, Push, Shard, Staleness, Welcome, codec, distance, norm,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -57,8 +57,6 @@ pub struct RoomSettings {
     pub hyper: Hyper,
     /// Pushes with `||delta||` above this are refused (code 7).
     pub max_norm: f32,
-    /// Center versions kept for rebasing; raised to `tau_max + 1` if lower.
-    pub ring_capacity: usize,
     pub partition: Partition,
     /// Ledger records kept (totals stay exact beyond it).
     pub ledger_capacity: usize,
@@ -82,9 +80,9 @@ impl Default for RoomSettings {
                 codec_up: Codec::Fp32,
                 codec_down: Codec::Fp32,
                 error_feedback: false,
+                merge: Merge::Easgd,
             },
             max_norm: 1e3,
-            ring_capacity: 32,
             partition: Partition {
                 scheme: "iid".into(),
                 seed: 1,
@@ -93,22 +91,6 @@ impl Default for RoomSettings {
             ledger_capacity: ledger::DEFAULT_CAPACITY,
             init_seed: 1,
         }
-    }
-}
-
-impl RoomSettings {
-    /// The push acceptance rules these settings make.
-    pub fn policy(&self) -> Policy {
-        Policy {
-            alpha: self.hyper.alpha,
-            staleness: self.hyper.staleness,
-            tau_max: self.hyper.tau_max,
-            max_norm: self.max_norm,
-        }
-    }
-
-    fn ring_len(&self) -> usize {
-        self.ring_capacity.max(self.hyper.tau_max as usize + 1)
     }
 }
 
@@ -167,6 +149,28 @@ pub fn trains(k: ClientKind) -> bool {
 /// What a worker is told after a `Control` from the teacher: `worker: None` means "you".
 pub type Forward = (u64, Control);
 
+/// A push held at a barrier.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    worker: u64,
+    base: u64,
+    tau: u32,
+}
+
+/// What became of a push: the answers to send now.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// The pusher's Ack; `None` while its push is held at a barrier.
+    pub ack: Option<Ack>,
+    /// The version the push made, if the center changed.
+    pub version: Option<u64>,
+    /// Other workers whose held pushes the round's close answered, with their Acks; each
+    /// gets its Ack, then the new Center.
+    pub released: Vec<(u64, Ack)>,
+    /// Controls for connected workers (ADACOMM's new period).
+    pub forwards: Vec<Forward>,
+}
+
 /// A room.
 #[derive(Debug)]
 pub struct Room {
@@ -176,9 +180,16 @@ pub struct Room {
     spec: ModelSpec,
     /// Hyper-parameters and acceptance rules; the teacher changes them with Control.
     settings: RoomSettings,
-    /// The recent center versions, newest last: the current center, and the bases pushes
-    /// are rebased on.
-    ring: CenterRing,
+    /// The room's strategy over the recent center versions (newest: the current center;
+    /// the others: the bases pushes are rebased on).
+    agg: Aggregator,
+    /// Pushes held at a barrier, waiting for their round to close.
+    held: Vec<Held>,
+    /// ADACOMM's period schedule, and the losses of the round in progress.
+    adacomm: Option<Adacomm>,
+    round_losses: Vec<f32>,
+    /// When the room was made: ADACOMM's clock starts there.
+    started: Instant,
     /// When each version still in the ring was published, for the ledger's `age_ms`.
     published: VecDeque<(u64, Instant)>,
     /// One record per push, accepted or refused.
@@ -199,17 +210,31 @@ impl Room {
     /// A room for lenet5-28 starting from `center` as version 0.
     ///
     /// # Panics
-    /// If `center` does not have lenet5-28's parameter count.
+    /// If `center` does not have lenet5-28's parameter count, or the settings do not pass
+    /// `Hyper::validate`.
     pub fn new(code: String, settings: RoomSettings, center: Vec<f32>, now: Instant) -> Room {
         assert_eq!(center.len(), LENET5_28.param_count, "center length");
-        let ring = CenterRing::new(settings.ring_len(), 0, center.into());
+        let strategy = settings.hyper.strategy();
+        let mut agg = Aggregator::new(
+            strategy.clone(),
+            u32::MAX,
+            0,
+            center.into(),
+            settings.max_norm,
+        )
+        .expect("the room's settings pass Hyper::validate");
+        agg.set_workers(1);
         Room {
             code,
             spec: LENET5_28,
             ledger: Ledger::new(settings.ledger_capacity),
             rng: StdRng::seed_from_u64(settings.init_seed ^ 0x5eed),
+            adacomm: Adacomm::of(&strategy),
             settings,
-            ring,
+            agg,
+            held: Vec::new(),
+            round_losses: Vec::new(),
+            started: now,
             published: VecDeque::from([(0, now)]),
             workers: BTreeMap::new(),
             next_id: 1,
@@ -236,7 +261,7 @@ impl Room {
 
     /// The newest version and its center.
     pub fn center(&self) -> (u64, Arc<[f32]>) {
-        let (v, c) = self.ring.newest();
+        let (v, c) = self.agg.center();
         (v, c.clone())
     }
 
@@ -310,7 +335,7 @@ impl Room {
         w.capabilities = join.capabilities;
         let shard_index = w.shard_index.unwrap_or(0);
         let down = self.down_codec(join.capabilities);
-        let (version, center) = self.ring.newest();
+        let (version, center) = self.agg.center();
         let p = &self.settings.partition;
         Ok(Welcome {
             worker_id: id,
@@ -342,18 +367,18 @@ impl Room {
     }
 
     /// Handles one push from `worker`, whose message had `bytes_in` bytes: decodes the
-    /// payload, applies it with `aggregate::apply_push` or refuses it (center untouched),
-    /// and records it in the ledger. Returns the Ack and, when accepted, the new version.
-    /// The `Center` to send after the Ack is [`Room::center_message`].
+    /// payload, hands it to the room's strategy ([`Aggregator::on_update`]: applied,
+    /// buffered, held at the barrier, or refused with the center untouched), and records it
+    /// in the ledger. The `Center` to send after each Ack is [`Room::center_message`].
     pub fn handle_push(
         &mut self,
         worker: u64,
         push: &Push,
         bytes_in: usize,
         now: Instant,
-    ) -> (Ack, Option<u64>) {
+    ) -> Pushed {
         let caps = self.workers.get(&worker).map(|w| w.capabilities);
-        let (current, _) = self.ring.newest();
+        let (current, _) = self.agg.center();
         let base = push.base_version;
         let mut rec = Record {
             seq: 0,
@@ -378,61 +403,195 @@ impl Room {
             code: 0,
             reason: String::new(),
         };
+        let mut out = Pushed::default();
         let outcome = match self.workers.get(&worker).map(|w| w.kind) {
-            Some(k) if trains(k) => self.apply(push, &mut rec, now),
+            Some(k) if trains(k) => self.apply(worker, push, &mut rec, &mut out, now),
             _ => Err((code::UNEXPECTED, "only training workers push".to_string())),
         };
         if let Some(w) = self.workers.get_mut(&worker) {
             w.last_seen = now;
         }
-        let ack = Ack {
-            base_version: base,
-            outcome: match outcome {
-                Ok(()) => Outcome::Accepted {
+        let ack = match outcome {
+            Ok(false) => None,
+            Ok(true) => Some(Ack {
+                base_version: base,
+                outcome: Outcome::Accepted {
                     tau: rec.tau as u32,
                     alpha_eff: rec.alpha_eff,
-                    version: rec.version.unwrap_or(current),
+                    version: rec.version.unwrap_or(self.agg.center().0),
                 },
-                Err((c, why)) => {
-                    rec.code = c;
-                    rec.reason = why.clone();
-                    Outcome::Refused {
+            }),
+            Err((c, why)) => {
+                rec.code = c;
+                rec.reason = why.clone();
+                Some(Ack {
+                    base_version: base,
+                    outcome: Outcome::Refused {
                         code: c,
                         message: why,
-                    }
-                }
-            },
+                    },
+                })
+            }
         };
-        let ack_len = message::encode(&Message::Ack(ack.clone())).len();
-        let center_len = self.center_message(caps.unwrap_or(0)).1.len();
-        rec.bytes_out = (ack_len + center_len) as u64;
-        let version = rec.version;
+        if let Some(ack) = &ack {
+            let ack_len = message::encode(&Message::Ack(ack.clone())).len();
+            let center_len = self.center_message(caps.unwrap_or(0)).1.len();
+            rec.bytes_out = (ack_len + center_len) as u64;
+        }
+        out.version = rec.version;
+        out.ack = ack;
         self.ledger.record(rec);
-        (ack, version)
+        out
     }
 
-    fn apply(&mut self, push: &Push, rec: &mut Record, now: Instant) -> Result<(), (u16, String)> {
+    /// Connected, unpaused training workers: a barrier's `n`.
+    fn active(&self) -> u32 {
+        let n = self
+            .workers
+            .values()
+            .filter(|w| trains(w.kind) && w.connected && !w.paused && !w.removed)
+            .count();
+        n.max(1) as u32
+    }
+
+    /// Runs the push through the strategy; `Ok(true)`: answer now, `Ok(false)`: held.
+    fn apply(
+        &mut self,
+        worker: u64,
+        push: &Push,
+        rec: &mut Record,
+        out: &mut Pushed,
+        now: Instant,
+    ) -> Result<bool, (u16, String)> {
         let delta = codec::decode(&push.payload, self.spec.param_count)
             .map_err(|e| (e.code(), e.to_string()))?;
-        let applied = apply_push(
-            &mut self.ring,
-            &self.settings.policy(),
-            push.base_version,
-            &delta,
-        )
-        .map_err(|r| (r.code(), r.to_string()))?;
-        rec.tau = u64::from(applied.tau);
-        rec.alpha_eff = applied.alpha_eff;
-        rec.worker_distance = applied.worker_distance;
-        rec.view_distance = applied.view_distance;
-        rec.delta_norm = applied.delta_norm;
-        rec.version = Some(applied.version);
-        self.published.push_back((applied.version, now));
-        while self.published.len() > self.ring.len() {
-            self.published.pop_front();
+        let base = push.base_version;
+        // The ledger's distances, from the versions the strategy rebases on.
+        let (current, center) = self.agg.center();
+        let ring = self.agg.ring();
+        if let (Ok(view), Ok(x_i)) = (ring.get(base), ring.rebase(base, &delta)) {
+            rec.view_distance = distance(view, center);
+            rec.worker_distance = distance(&x_i, center);
         }
-        self.center_cache.clear();
-        Ok(())
+        rec.delta_norm = norm(&delta);
+        let tau = current.saturating_sub(base);
+        let strategy = self.agg.strategy().clone();
+        self.agg.set_workers(self.active());
+        let action = self.agg.on_update(worker as u32, base, &delta);
+        let loss = push.loss;
+        match action {
+            Action::Refused(r) => Err((r.code(), r.to_string())),
+            Action::Buffered { .. } => {
+                rec.alpha_eff = weight(&strategy, tau, 1);
+                Ok(true)
+            }
+            Action::Held { pending } => {
+                rec.alpha_eff = weight(&strategy, tau, self.barrier_m(&strategy, pending));
+                self.held.push(Held {
+                    worker,
+                    base,
+                    tau: tau as u32,
+                });
+                self.round_losses.push(loss);
+                Ok(false)
+            }
+            Action::Applied {
+                version, updates, ..
+            } => {
+                rec.alpha_eff = weight(&strategy, tau, updates);
+                rec.version = Some(version);
+                self.published.push_back((version, now));
+                while self.published.len() > self.agg.ring().len() {
+                    self.published.pop_front();
+                }
+                self.center_cache.clear();
+                if strategy.is_synchronous() {
+                    self.round_losses.push(loss);
+                    let w = 1.0 / updates as f32;
+                    for h in std::mem::take(&mut self.held) {
+                        let ack = Ack {
+                            base_version: h.base,
+                            outcome: Outcome::Accepted {
+                                tau: h.tau,
+                                alpha_eff: w,
+                                version,
+                            },
+                        };
+                        out.released.push((h.worker, ack));
+                    }
+                    self.round_closed(now, out);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// The updates a barrier round will average (a held push's weight is `1 / m`).
+    fn barrier_m(&self, strategy: &Strategy, pending: u32) -> u32 {
+        match strategy {
+            Strategy::Fedavg {
+                m_of_n: Some(m), ..
+            } => *m,
+            _ => self.active().max(pending),
+        }
+    }
+
+    /// A barrier round closed: ADACOMM sets its next period from the round's mean loss and
+    /// tells every worker when it changed.
+    fn round_closed(&mut self, now: Instant, out: &mut Pushed) {
+        let losses = std::mem::take(&mut self.round_losses);
+        let Some(a) = &mut self.adacomm else {
+            return;
+        };
+        let finite: Vec<f64> = losses
+            .iter()
+            .filter(|l| l.is_finite())
+            .map(|&l| f64::from(l))
+            .collect();
+        if finite.is_empty() {
+            return;
+        }
+        let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+        let at = now.saturating_duration_since(self.started).as_micros() as u64;
+        let k = a.on_round(at, mean);
+        if k != self.settings.hyper.local_steps {
+            self.settings.hyper.local_steps = k;
+            let h = self.settings.hyper;
+            out.forwards = self.connected_trainers(Control::Settings(h));
+        }
+    }
+
+    fn connected_trainers(&self, c: Control) -> Vec<Forward> {
+        self.workers
+            .values()
+            .filter(|w| trains(w.kind) && w.connected)
+            .map(|w| (w.id, c.clone()))
+            .collect()
+    }
+
+    /// Answers every push held at the barrier with a refusal (`code`, `why`): the round
+    /// is abandoned (a worker left or paused, the strategy changed, the room was reset) and
+    /// its workers resynchronise with the current center.
+    pub fn release_held(&mut self, code: u16, why: &str) -> Vec<(u64, Ack)> {
+        self.round_losses.clear();
+        if !self.held.is_empty() {
+            let (v, c) = self.agg.center();
+            let c = c.clone();
+            self.agg.reset(v, c);
+        }
+        std::mem::take(&mut self.held)
+            .into_iter()
+            .map(|h| {
+                let ack = Ack {
+                    base_version: h.base,
+                    outcome: Outcome::Refused {
+                        code,
+                        message: why.to_string(),
+                    },
+                };
+                (h.worker, ack)
+            })
+            .collect()
     }
 
     /// The encoded `Center` message of the newest version for a client with capability
@@ -440,7 +599,7 @@ impl Room {
     /// Always the whole center (no difference). Cached per version and codec.
     pub fn center_message(&mut self, caps: u32) -> (u64, Arc<[u8]>) {
         let codec = self.down_codec(caps);
-        let (version, center) = self.ring.newest();
+        let (version, center) = self.agg.center();
         if let Some((_, v, bytes)) = self.center_cache.iter().find(|(c, _, _)| *c == codec)
             && *v == version
         {
@@ -522,13 +681,21 @@ impl Room {
                 hyper
                     .validate()
                     .map_err(|what| error(code::MALFORMED, format!("invalid setting: {what}")))?;
-                self.settings.hyper = hyper;
-                if self.ring.len() < self.settings.ring_len() {
-                    // A larger tau_max needs a larger ring; older versions are dropped and
-                    // pushes from them resync.
-                    let (v, c) = self.ring.newest();
-                    self.ring = CenterRing::new(self.settings.ring_len(), v, c.clone());
+                let strategy = hyper.strategy();
+                let mut hyper = hyper;
+                if strategy != *self.agg.strategy() {
+                    // Held or buffered updates are dropped (the caller answers the held
+                    // ones with [`Room::release_held`]); ADACOMM starts from `k0`.
+                    self.agg
+                        .set_strategy(strategy.clone())
+                        .map_err(|e| error(code::MALFORMED, e.to_string()))?;
+                    self.adacomm = Adacomm::of(&strategy);
+                    self.round_losses.clear();
+                    if let Strategy::Adacomm { k0, .. } = strategy {
+                        hyper.local_steps = k0;
+                    }
                 }
+                self.settings.hyper = hyper;
                 self.center_cache.clear();
                 for id in targets(&self.workers, None)? {
                     out.push((id, Control::Settings(hyper)));
@@ -570,8 +737,10 @@ impl Room {
     /// If `center` does not have lenet5-28's parameter count.
     pub fn reset(&mut self, center: Vec<f32>, now: Instant) -> u64 {
         assert_eq!(center.len(), self.spec.param_count, "center length");
-        let version = self.ring.newest().0 + 1;
-        self.ring = CenterRing::new(self.settings.ring_len(), version, center.into());
+        let version = self.agg.center().0 + 1;
+        self.agg.reset(version, center.into());
+        self.held.clear();
+        self.round_losses.clear();
         self.published = VecDeque::from([(version, now)]);
         self.ledger = Ledger::new(self.settings.ledger_capacity);
         self.center_cache.clear();
@@ -592,6 +761,22 @@ impl Room {
             .filter(|w| trains(w.kind) && w.connected)
             .map(|w| w.id)
             .collect())
+    }
+}
+
+/// The weight a push's update gets under `strategy` when it is one of `m` averaged
+/// together (the ledger's `alpha_eff`): EASGD's `alpha s(tau)`, async SGD's `s(tau)`,
+/// bounded staleness's 1, FedBuff's `s(tau) / m`, a barrier's `1 / m`.
+fn weight(strategy: &Strategy, tau: u64, m: u32) -> f32 {
+    let m = m.max(1) as f32;
+    match *strategy {
+        Strategy::Easgd {
+            alpha, staleness, ..
+        } => easel_protocol::alpha_eff(alpha, staleness, tau),
+        Strategy::AsyncSgd { staleness, .. } => staleness.weight(tau),
+        Strategy::Bounded { .. } | Strategy::Swarm { .. } => 1.0,
+        Strategy::Fedbuff { staleness, m, .. } => staleness.weight(tau) / m.max(1) as f32,
+        Strategy::Fedavg { .. } | Strategy::Adacomm { .. } => 1.0 / m,
     }
 }
 
@@ -625,7 +810,6 @@ mod tests {
                 tau_max: 2,
                 ..RoomSettings::default().hyper
             },
-            ring_capacity: 3,
             ..RoomSettings::default()
         };
         Room::new("ABCDE".into(), settings, vec![0.0; N], Instant::now())
@@ -653,6 +837,12 @@ mod tests {
         }
     }
 
+    /// An answer given at once (EASGD): the pusher's Ack and the new version.
+    fn answered(p: Pushed) -> (Ack, Option<u64>) {
+        assert!(p.released.is_empty());
+        (p.ack.expect("answered at once"), p.version)
+    }
+
     fn refused_code(ack: &Ack) -> Option<u16> {
         match ack.outcome {
             Outcome::Refused { code, .. } => Some(code),
@@ -667,7 +857,7 @@ mod tests {
             .join(&join(ClientKind::Bot), false, Instant::now())
             .unwrap()
             .worker_id;
-        let (ack, v) = r.handle_push(id, &push(0, &vec![2.0; N]), 100, Instant::now());
+        let (ack, v) = answered(r.handle_push(id, &push(0, &vec![2.0; N]), 100, Instant::now()));
         assert_eq!(v, Some(1));
         assert_eq!(
             ack.outcome,
@@ -683,7 +873,7 @@ mod tests {
         assert!(rec.accepted() && rec.tau == 0 && rec.bytes_in == 100);
         assert!(rec.bytes_out > 177_709, "Ack and a fp32 center");
         // Stale by one: alpha_eff = 0.5 / 2.
-        let (ack, _) = r.handle_push(id, &push(0, &vec![0.0; N]), 100, Instant::now());
+        let (ack, _) = answered(r.handle_push(id, &push(0, &vec![0.0; N]), 100, Instant::now()));
         assert!(
             matches!(ack.outcome, Outcome::Accepted { tau: 1, alpha_eff, .. } if alpha_eff == 0.25)
         );
@@ -712,7 +902,7 @@ mod tests {
             ),
         ];
         for (p, want) in &cases {
-            let (ack, v) = r.handle_push(id, p, 10, Instant::now());
+            let (ack, v) = answered(r.handle_push(id, p, 10, Instant::now()));
             assert_eq!((refused_code(&ack), v), (Some(*want), None));
         }
         assert_eq!(r.center().0, 0);
@@ -721,9 +911,9 @@ mod tests {
         // Three versions later, base 0 is too stale.
         for _ in 0..3 {
             let v = r.center().0;
-            r.handle_push(id, &push(v, &vec![0.1; N]), 10, Instant::now());
+            answered(r.handle_push(id, &push(v, &vec![0.1; N]), 10, Instant::now()));
         }
-        let (ack, _) = r.handle_push(id, &push(0, &vec![0.0; N]), 10, Instant::now());
+        let (ack, _) = answered(r.handle_push(id, &push(0, &vec![0.0; N]), 10, Instant::now()));
         assert_eq!(refused_code(&ack), Some(code::TOO_STALE));
     }
 
@@ -814,7 +1004,7 @@ mod tests {
             .join(&join(ClientKind::Bot), false, Instant::now())
             .unwrap()
             .worker_id;
-        let (_, v) = r.handle_push(a, &push(0, &vec![2.0; N]), 10, Instant::now());
+        let (_, v) = answered(r.handle_push(a, &push(0, &vec![2.0; N]), 10, Instant::now()));
         assert_eq!(v, Some(1));
         assert_eq!(r.remove(a), Ok(true));
         assert!(r.workers()[&a].removed && !r.workers()[&a].connected);
@@ -837,9 +1027,9 @@ mod tests {
         assert!(r.center().1.iter().all(|&x| x == 3.0));
         assert_eq!(r.ledger().totals().pushes, 0);
         // A push from before the reset is refused and leaves the new center alone.
-        let (ack, v) = r.handle_push(b, &push(1, &vec![0.0; N]), 10, Instant::now());
+        let (ack, v) = answered(r.handle_push(b, &push(1, &vec![0.0; N]), 10, Instant::now()));
         assert!(refused_code(&ack).is_some() && v.is_none());
-        let (ack, v) = r.handle_push(b, &push(2, &vec![3.0; N]), 10, Instant::now());
+        let (ack, v) = answered(r.handle_push(b, &push(2, &vec![3.0; N]), 10, Instant::now()));
         assert_eq!((refused_code(&ack), v), (None, Some(3)));
     }
 
@@ -868,8 +1058,147 @@ mod tests {
         );
     }
 
+    /// A room under `merge` with `n` bot workers joined.
+    fn room_with(merge: Merge, n: usize) -> (Room, Vec<u64>) {
+        let mut r = room();
+        let ids = (0..n)
+            .map(|_| {
+                r.join(&join(ClientKind::Bot), false, Instant::now())
+                    .unwrap()
+                    .worker_id
+            })
+            .collect();
+        let h = Hyper {
+            merge,
+            ..r.settings().hyper
+        };
+        r.control(&Control::Settings(h)).unwrap();
+        (r, ids)
+    }
+
+    #[test]
+    fn fedavg_answers_a_round_only_when_every_worker_pushed() {
+        let (mut r, ids) = room_with(Merge::Fedavg { m_of_n: None }, 3);
+        for round in 0..3u64 {
+            for (i, &id) in ids.iter().enumerate() {
+                let p = r.handle_push(id, &push(round, &vec![i as f32; N]), 10, Instant::now());
+                if i + 1 < ids.len() {
+                    assert!(p.ack.is_none() && p.version.is_none() && p.released.is_empty());
+                    assert_eq!(r.center().0, round, "held: no new version");
+                } else {
+                    assert_eq!(p.version, Some(round + 1));
+                    let released: Vec<u64> = p.released.iter().map(|(w, _)| *w).collect();
+                    assert_eq!(released, ids[..2]);
+                    for (_, ack) in p.released.iter().chain([(id, p.ack.unwrap())].iter()) {
+                        assert_eq!(ack.base_version, round);
+                        assert!(matches!(ack.outcome,
+                            Outcome::Accepted { tau: 0, version, alpha_eff }
+                                if version == round + 1 && (alpha_eff - 1.0 / 3.0).abs() < 1e-6));
+                    }
+                }
+            }
+            // The mean of the deltas 0, 1 and 2 from a center the round started from.
+            let expected = round as f32 + 1.0;
+            assert!(r.center().1.iter().all(|&x| (x - expected).abs() < 1e-5));
+        }
+    }
+
+    #[test]
+    fn fedavg_m_of_n_closes_after_the_fastest_m_and_refuses_the_late() {
+        let (mut r, ids) = room_with(Merge::Fedavg { m_of_n: Some(2) }, 3);
+        assert!(
+            r.handle_push(ids[0], &push(0, &vec![1.0; N]), 10, Instant::now())
+                .ack
+                .is_none()
+        );
+        let p = r.handle_push(ids[1], &push(0, &vec![1.0; N]), 10, Instant::now());
+        assert_eq!((p.version, p.released.len()), (Some(1), 1));
+        let (ack, v) = answered(r.handle_push(ids[2], &push(0, &vec![1.0; N]), 10, Instant::now()));
+        assert_eq!((refused_code(&ack), v), (Some(code::TOO_STALE), None));
+    }
+
+    #[test]
+    fn a_paused_or_departed_worker_releases_the_held_round_with_resync() {
+        let (mut r, ids) = room_with(Merge::Fedavg { m_of_n: None }, 2);
+        assert!(
+            r.handle_push(ids[0], &push(0, &vec![1.0; N]), 10, Instant::now())
+                .ack
+                .is_none()
+        );
+        r.leave(ids[1]);
+        let released = r.release_held(code::RESYNC, "gone");
+        assert_eq!(released.len(), 1);
+        assert_eq!(refused_code(&released[0].1), Some(code::RESYNC));
+        // The next round counts the one worker left.
+        let (ack, v) = answered(r.handle_push(ids[0], &push(0, &vec![1.0; N]), 10, Instant::now()));
+        assert_eq!((refused_code(&ack), v), (None, Some(1)));
+    }
+
+    #[test]
+    fn fedbuff_makes_a_version_every_m_pushes() {
+        let (mut r, ids) = room_with(Merge::Fedbuff { m: 3 }, 2);
+        for i in 0..9u64 {
+            let v = r.center().0;
+            let (ack, new) = answered(r.handle_push(
+                ids[i as usize % 2],
+                &push(v, &vec![0.1; N]),
+                10,
+                Instant::now(),
+            ));
+            assert_eq!(refused_code(&ack), None);
+            assert_eq!(new, ((i + 1) % 3 == 0).then_some((i + 1) / 3));
+            assert_eq!(r.center().0, (i + 1) / 3);
+        }
+    }
+
+    #[test]
+    fn adacomm_starts_at_k0_and_tells_workers_a_new_period() {
+        let (mut r, ids) = room_with(
+            Merge::Adacomm {
+                k0: 8,
+                k_min: 2,
+                interval_s: 1e-6,
+            },
+            1,
+        );
+        assert_eq!(r.settings().hyper.local_steps, 8);
+        let mut p = push(0, &vec![0.1; N]);
+        p.loss = 2.0;
+        assert!(
+            answered(r.handle_push(ids[0], &p, 10, Instant::now()))
+                .1
+                .is_some()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let p = Push {
+            base_version: 1,
+            loss: 0.5,
+            ..p
+        };
+        let pushed = r.handle_push(ids[0], &p, 10, Instant::now());
+        // sqrt(0.5 / 2) * 8 = 4.
+        assert_eq!(r.settings().hyper.local_steps, 4);
+        assert!(
+            matches!(pushed.forwards[..], [(w, Control::Settings(h))] if w == ids[0] && h.local_steps == 4)
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
+        #[test]
+        fn bounded_staleness_never_applies_an_update_staler_than_s(
+            backs in prop::collection::vec(0u64..5, 1..16)
+        ) {
+            let (mut r, ids) = room_with(Merge::Bounded { b: None }, 1);
+            for back in backs {
+                let v = r.center().0;
+                let (ack, _) = answered(r.handle_push(ids[0], &push(v.saturating_sub(back), &vec![0.01; N]), 1, Instant::now()));
+                prop_assert_eq!(refused_code(&ack).is_none(), v.saturating_sub(back) + 2 >= v);
+            }
+            let s = u64::from(r.settings().hyper.tau_max);
+            prop_assert!(r.ledger().records().filter(|rec| rec.accepted()).all(|rec| rec.tau <= s));
+        }
+
         #[test]
         fn every_push_lands_in_the_ledger_and_refusals_never_move_the_center(
             pushes in prop::collection::vec((0u64..6, prop_oneof![Just(0.01f32), Just(f32::NAN), Just(50.0)]), 1..12)
@@ -878,7 +1207,7 @@ mod tests {
             let id = r.join(&join(ClientKind::Bot), false, Instant::now()).unwrap().worker_id;
             for (i, &(back, value)) in pushes.iter().enumerate() {
                 let (v, before) = r.center();
-                let (ack, new) = r.handle_push(id, &push(v.saturating_sub(back), &vec![value; N]), 1, Instant::now());
+                let (ack, new) = answered(r.handle_push(id, &push(v.saturating_sub(back), &vec![value; N]), 1, Instant::now()));
                 match ack.outcome {
                     Outcome::Accepted { version, .. } => prop_assert_eq!(Some(version), new),
                     Outcome::Refused { .. } => {

@@ -4,7 +4,7 @@
 //! them. PROTOCOL.md, "Teacher API", documents every field.
 
 use easel_client::worker::named_codecs;
-use easel_protocol::{Codec, Hyper, LENET5_28, Staleness};
+use easel_protocol::{Codec, Hyper, LENET5_28, Merge, Staleness};
 use serde::{Deserialize, Serialize};
 
 use crate::room::RoomSettings;
@@ -61,6 +61,9 @@ pub struct SettingsChange {
     pub codec_up: Option<String>,
     pub codec_down: Option<String>,
     pub error_feedback: Option<bool>,
+    /// How the room merges: a name of [`parse_strategy`] (`easgd`, `fedavg`, `fedavg:M`,
+    /// `async_sgd`, `bounded`, `bounded:B`, `adacomm:K0:KMIN:INTERVAL_S`, `fedbuff:M`).
+    pub strategy: Option<String>,
 }
 
 impl SettingsChange {
@@ -87,10 +90,17 @@ impl SettingsChange {
         if let Some(c) = &self.codec_down {
             h.codec_down = parse_codec(c)?;
         }
+        if let Some(m) = &self.strategy {
+            h.merge = parse_strategy(m)?;
+            if let Merge::Adacomm { k0, .. } = h.merge {
+                h.local_steps = k0;
+            }
+        }
         h.validate().map_err(|field| {
             format!(
                 "{field} is out of range (alpha in [0, 1], local_steps and batch at least 1, \
-                 lr finite and >= 0, momentum in [0, 1), staleness exponents >= 0)"
+                 lr finite and >= 0, momentum in [0, 1), staleness exponents >= 0, \
+                 strategy parameters at least 1 and adacomm's k_min <= k0)"
             )
         })?;
         Ok(h)
@@ -131,6 +141,66 @@ pub fn staleness_name(s: Staleness) -> String {
         Staleness::Inverse => "inverse".into(),
         Staleness::Polynomial { a } => format!("exp:{a}"),
         Staleness::Hinge { a, b } => format!("hinge:{a}:{b}"),
+    }
+}
+
+/// Reads a strategy (PROTOCOL.md, "Strategies"; its shared numbers are the other settings):
+/// `easgd`, `fedavg` (every worker), `fedavg:M` (the fastest `M`), `async_sgd`, `bounded`
+/// (`s = tau_max`), `bounded:B` (and a view distance bound `B`),
+/// `adacomm:K0:KMIN:INTERVAL_S`, `fedbuff:M`.
+pub fn parse_strategy(text: &str) -> Result<Merge, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let bad = || {
+        format!(
+            "strategy {text:?} is not one of easgd, fedavg, fedavg:M (fastest M), async_sgd, \
+             bounded, bounded:B, adacomm:K0:KMIN:INTERVAL_S (for example adacomm:32:4:10) \
+             or fedbuff:M"
+        )
+    };
+    let count = |s: &str| s.parse::<u32>().ok().filter(|m| *m >= 1).ok_or_else(bad);
+    let positive = |s: &str| {
+        s.parse::<f32>()
+            .ok()
+            .filter(|b| b.is_finite() && *b > 0.0)
+            .ok_or_else(bad)
+    };
+    let parts: Vec<&str> = t.split(':').collect();
+    Ok(match parts.as_slice() {
+        ["easgd"] => Merge::Easgd,
+        ["fedavg"] => Merge::Fedavg { m_of_n: None },
+        ["fedavg", m] => Merge::Fedavg {
+            m_of_n: Some(count(m)?),
+        },
+        ["async_sgd"] => Merge::AsyncSgd,
+        ["bounded"] => Merge::Bounded { b: None },
+        ["bounded", b] => Merge::Bounded {
+            b: Some(positive(b)?),
+        },
+        ["adacomm", k0, k_min, interval] => Merge::Adacomm {
+            k0: count(k0)?,
+            k_min: count(k_min)?,
+            interval_s: positive(interval)?,
+        },
+        ["fedbuff", m] => Merge::Fedbuff { m: count(m)? },
+        _ => return Err(bad()),
+    })
+}
+
+/// The text [`parse_strategy`] reads back.
+pub fn strategy_name(m: Merge) -> String {
+    match m {
+        Merge::Easgd => "easgd".into(),
+        Merge::Fedavg { m_of_n: None } => "fedavg".into(),
+        Merge::Fedavg { m_of_n: Some(m) } => format!("fedavg:{m}"),
+        Merge::AsyncSgd => "async_sgd".into(),
+        Merge::Bounded { b: None } => "bounded".into(),
+        Merge::Bounded { b: Some(b) } => format!("bounded:{b}"),
+        Merge::Adacomm {
+            k0,
+            k_min,
+            interval_s,
+        } => format!("adacomm:{k0}:{k_min}:{interval_s}"),
+        Merge::Fedbuff { m } => format!("fedbuff:{m}"),
     }
 }
 
@@ -181,6 +251,8 @@ pub struct SettingsView {
     pub codec_up: String,
     pub codec_down: String,
     pub error_feedback: bool,
+    /// [`strategy_name`]'s text.
+    pub strategy: String,
     /// `iid`, `dirichlet:ALPHA` or `classes:K`.
     pub partition: String,
     pub partition_seed: u64,
@@ -213,6 +285,7 @@ impl SettingsView {
             codec_up: codec_name(h.codec_up),
             codec_down: codec_name(h.codec_down),
             error_feedback: h.error_feedback,
+            strategy: strategy_name(h.merge),
             partition: s.partition.scheme.clone(),
             partition_seed: s.partition.seed,
             shards: s.partition.shards,
@@ -311,6 +384,28 @@ mod tests {
                 Staleness::Hinge { a, b },
             ][which];
             prop_assert_eq!(parse_staleness(&staleness_name(s)), Ok(s));
+        }
+
+        #[test]
+        fn strategy_names_round_trip(m in 1u32..100, b in 0.01f32..10.0, which in 0usize..8) {
+            let merge = [
+                Merge::Easgd,
+                Merge::Fedavg { m_of_n: None },
+                Merge::Fedavg { m_of_n: Some(m) },
+                Merge::AsyncSgd,
+                Merge::Bounded { b: None },
+                Merge::Bounded { b: Some(b) },
+                Merge::Adacomm { k0: m, k_min: m.div_ceil(2), interval_s: b },
+                Merge::Fedbuff { m },
+            ][which];
+            prop_assert_eq!(parse_strategy(&strategy_name(merge)), Ok(merge));
+        }
+
+        #[test]
+        fn any_strategy_text_parses_or_explains(text in ".{0,20}") {
+            if let Err(e) = parse_strategy(&text) {
+                prop_assert!(e.contains("fedavg"));
+            }
         }
 
         #[test]

@@ -163,6 +163,13 @@ pub async fn serve_socket<S>(
                 vec![WsMessage::binary(message::encode(&Message::Control(c)))],
                 Flow::Continue,
             ),
+            Event::Order(Order::Answer { ack, center }) => (
+                vec![
+                    WsMessage::binary(ack),
+                    WsMessage::binary(Bytes::from_owner(center)),
+                ],
+                Flow::Pushed,
+            ),
             Event::Order(Order::Close { code, reason }) => {
                 (vec![WsMessage::close_with(code, reason)], Flow::Close)
             }
@@ -252,7 +259,10 @@ fn on_message(
             replies.push(error_msg(&error(code::UNEXPECTED, "already joined")));
         }
         (Message::Push(p), Some(j)) if trains(j.kind) => {
-            let (ack, center) = j.room.push(j.worker, &p, bytes.len(), j.caps);
+            // Held at a barrier: the answer comes later as an Order::Answer.
+            let Some((ack, center)) = j.room.push(j.worker, &p, bytes.len(), j.caps) else {
+                return Flow::Continue;
+            };
             replies.push(WsMessage::binary(ack));
             replies.push(WsMessage::binary(Bytes::from_owner(center)));
             return Flow::Pushed;

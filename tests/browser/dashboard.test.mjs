@@ -92,5 +92,16 @@ test('the teacher sees both bots, slows one down with its slider, and the charts
   // Let a few more points arrive with one straggler, then the screenshot for the projector.
   await page.waitForTimeout(3000);
   await screenshot(page, 'dashboard.png');
+
+  // A preset: "sync FedAvg" sets the room's strategy and starts a new named run that
+  // trains under the barrier.
+  await page.locator('#presets button', { hasText: 'sync FedAvg' }).click();
+  await waitInPage(browser, () => {
+    const d = window.easelDashboard;
+    return d.preset?.strategy === 'fedavg' && d.run === d.preset.run && d.run > 1;
+  }, null, 20_000, 'the preset to set fedavg and start a run');
+  assert.equal(await page.locator('#settings [name=strategy]').inputValue(), 'fedavg');
+  assert.match(await page.locator(`#runs tr[data-run="${await page.evaluate(() => window.easelDashboard.run)}"]`).innerText(), /sync FedAvg/);
+  await waitInPage(browser, () => window.easelDashboard.pushes > 0, null, 60_000, 'pushes under FedAvg');
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
 });

@@ -139,6 +139,48 @@ impl Aggregator {
         self.pending.len()
     }
 
+    /// The recent center versions (for a caller that records distances, like the relay's
+    /// ledger).
+    pub fn ring(&self) -> &CenterRing {
+        &self.ring
+    }
+
+    /// Sets the barrier's `n`: in a live room workers come and go.
+    pub fn set_workers(&mut self, workers: u32) {
+        self.workers = workers.max(1);
+    }
+
+    /// Changes the strategy (a teacher's new settings), keeping the center versions when
+    /// the ring holds enough for it (else only the newest). Updates waiting in a barrier or
+    /// a buffer are dropped; their workers are returned, to be told to resynchronise.
+    pub fn set_strategy(&mut self, strategy: Strategy) -> Result<Vec<u32>, StrategyError> {
+        strategy.validate(u32::MAX)?;
+        if let Strategy::Swarm { .. } = strategy {
+            return Err(StrategyError::Invalid(
+                "swarm has no central model: drive it with strategy::swarm".into(),
+            ));
+        }
+        if self.ring.len() < strategy.ring_capacity() {
+            let (v, c) = self.ring.newest();
+            self.ring = CenterRing::new(strategy.ring_capacity(), v, c.clone());
+        }
+        self.strategy = strategy;
+        Ok(std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|p| p.worker)
+            .collect())
+    }
+
+    /// Starts over from `center` as `version`, alone in a fresh ring; pending updates are
+    /// dropped and their workers returned.
+    pub fn reset(&mut self, version: u64, center: Arc<[f32]>) -> Vec<u32> {
+        self.ring = CenterRing::new(self.strategy.ring_capacity(), version, center);
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|p| p.worker)
+            .collect()
+    }
+
     /// Handles `worker`'s update `delta`, computed from center version `base`.
     pub fn on_update(&mut self, worker: u32, base: u64, delta: &[f32]) -> Action {
         match self.try_update(worker, base, delta) {
@@ -266,7 +308,8 @@ impl Aggregator {
             base,
             delta: delta.to_vec(),
         });
-        if self.pending.len() < m.unwrap_or(self.workers) as usize {
+        // Fewer workers than `m` (a live room whose workers left) close with all of them.
+        if self.pending.len() < m.unwrap_or(self.workers).min(self.workers) as usize {
             return Ok(Action::Held {
                 pending: self.pending.len() as u32,
             });

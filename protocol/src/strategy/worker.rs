@@ -109,6 +109,18 @@ impl Adacomm {
         }
     }
 
+    /// The schedule of `strategy` when it is ADACOMM.
+    pub fn of(strategy: &Strategy) -> Option<Adacomm> {
+        match *strategy {
+            Strategy::Adacomm {
+                k0,
+                k_min,
+                interval_s,
+            } => Some(Adacomm::new(k0, k_min, interval_s)),
+            _ => None,
+        }
+    }
+
     /// The current period in local steps.
     pub fn period(&self) -> u32 {
         self.k

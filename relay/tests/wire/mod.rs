@@ -172,6 +172,13 @@ pub fn welcome(m: &[u8]) -> Welcome {
     skip_codec(&mut c);
     skip_codec(&mut c);
     assert!(c.u8() <= 1, "error feedback bool");
+    // The strategy and its parameters (PROTOCOL.md, Hyper).
+    match c.u8() {
+        0 | 2 => {}
+        1 | 3 | 5 => drop(c.take(4)),
+        4 => drop(c.take(12)),
+        s => panic!("strategy {s}"),
+    }
     match c.u8() {
         0 => {
             let count = c.u32() as usize;

@@ -1,0 +1,176 @@
+//! The strategy family live: a relay on 127.0.0.1 whose room runs FedAvg, FedAvg with
+//! backup workers, FedBuff or bounded staleness, three in-process native bots (the first a
+//! 3x straggler) training on synthetic digits, and the room's ledger read afterwards.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use easel_client::data::Split;
+use easel_client::model::IMAGE_PIXELS;
+use easel_protocol::message::code;
+use easel_protocol::{Backend, Merge};
+use easel_relay::bots::{self, BotOptions, BotReport};
+use easel_relay::ledger::Record;
+use easel_relay::room::RoomSettings;
+use easel_relay::{Config, Shutdown, run};
+use warp::Filter;
+
+const BOTS: usize = 3;
+const PUSHES: u64 = 6;
+
+/// Digits with a learnable pattern: label `i % 10`, a bright row at `3 * label`.
+fn digits(n: usize) -> Split {
+    let mut images = vec![0u8; n * IMAGE_PIXELS];
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    for (i, &l) in labels.iter().enumerate() {
+        for x in 0..28 {
+            images[i * IMAGE_PIXELS + 3 * usize::from(l) * 28 + x] = 200 + (x as u8 % 50);
+        }
+    }
+    Split::new(images, labels)
+}
+
+/// Runs the bots to `PUSHES` pushes each in a room under `merge` (and `tau_max`); returns
+/// the bots' reports and the room's ledger records.
+async fn session(merge: Merge, tau_max: u32) -> (Vec<BotReport>, Vec<Record>) {
+    let mut defaults = RoomSettings::default();
+    defaults.hyper.local_steps = 2;
+    defaults.hyper.batch = 8;
+    defaults.hyper.tau_max = tau_max;
+    defaults.hyper.merge = merge;
+    let config = Config {
+        https: None,
+        http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        admin_token: Some("strategies".into()),
+        room_defaults: defaults,
+        ..Config::default()
+    };
+    let files = warp::path("hello").map(|| "static").boxed();
+    let relay = run(config, files, std::future::pending())
+        .await
+        .expect("relay starts");
+    let addr = relay.http.unwrap();
+    let room = relay.hub.create_room();
+    let (_stop, signal) = Shutdown::new();
+    let opts = BotOptions {
+        relay: format!("ws://{addr}/ws"),
+        room: room.clone(),
+        count: BOTS,
+        slow: 1,
+        slowdown: 3.0,
+        backend: Backend::Cpu,
+        seed: 3,
+        pushes: Some(PUSHES),
+        total_pushes: None,
+        trust: None,
+    };
+    let reports = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        bots::run_bots(opts, Arc::new(digits(300)), signal, None),
+    )
+    .await
+    .expect("the bots finish: no push is held for ever")
+    .expect("bots run");
+    let records = relay
+        .hub
+        .room(&room)
+        .unwrap()
+        .with_room(|r| r.ledger().records().cloned().collect());
+    (reports, records)
+}
+
+/// Every bot had all its pushes answered.
+fn all_answered(reports: &[BotReport]) {
+    for r in reports {
+        assert!(r.error.is_none(), "{}", r.line());
+        assert_eq!(r.acks, PUSHES, "{}", r.line());
+    }
+}
+
+/// The accepted records between two applications, each group ending with the record that
+/// made a version.
+fn rounds(records: &[Record]) -> Vec<Vec<&Record>> {
+    let mut out = vec![];
+    let mut round = vec![];
+    for r in records.iter().filter(|r| r.accepted()) {
+        round.push(r);
+        if r.version.is_some() {
+            out.push(std::mem::take(&mut round));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedavg_holds_every_push_until_its_round_closes() {
+    let (reports, records) = session(Merge::Fedavg { m_of_n: None }, 16).await;
+    all_answered(&reports);
+    let rounds = rounds(&records);
+    assert!(!rounds.is_empty());
+    for round in &rounds {
+        let version = round.last().unwrap().version.unwrap();
+        // One version per round, every push of it from the version before, one per worker.
+        let mut workers: Vec<u64> = round.iter().map(|r| r.worker).collect();
+        workers.sort_unstable();
+        workers.dedup();
+        assert_eq!(workers.len(), round.len(), "one push per worker and round");
+        assert!(round.iter().all(|r| r.base == version - 1 && r.tau == 0));
+        assert!(round[..round.len() - 1].iter().all(|r| r.version.is_none()));
+        assert!(round.len() <= BOTS);
+    }
+    // Once all three are in, a round waits for all three, the straggler included.
+    assert_eq!(rounds.last().unwrap().len(), BOTS, "{rounds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedavg_with_backup_workers_closes_after_the_fastest_two() {
+    let (reports, records) = session(Merge::Fedavg { m_of_n: Some(2) }, 16).await;
+    all_answered(&reports);
+    let rounds = rounds(&records);
+    // Never more than two; one only while a single worker is in the room (joining, or the
+    // fast two done).
+    assert!(rounds.iter().all(|r| r.len() <= 2), "{rounds:?}");
+    assert!(
+        rounds.iter().filter(|r| r.len() == 2).count() >= 3,
+        "{rounds:?}"
+    );
+    // The straggler's late pushes are refused and it resynchronises.
+    let slow = reports[0].worker_id;
+    assert!(
+        records
+            .iter()
+            .any(|r| r.worker == slow && r.code == code::TOO_STALE),
+        "the straggler is late at least once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedbuff_makes_a_version_every_m_pushes() {
+    let (reports, records) = session(Merge::Fedbuff { m: 4 }, 16).await;
+    all_answered(&reports);
+    let accepted = records.iter().filter(|r| r.accepted()).count();
+    let rounds = rounds(&records);
+    assert_eq!(rounds.len(), accepted / 4);
+    for (i, round) in rounds.iter().enumerate() {
+        assert_eq!(round.len(), 4);
+        assert_eq!(round.last().unwrap().version, Some(i as u64 + 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_staleness_never_applies_an_update_staler_than_s() {
+    let s = 1;
+    let (reports, records) = session(Merge::Bounded { b: None }, s).await;
+    all_answered(&reports);
+    assert!(
+        records
+            .iter()
+            .filter(|r| r.accepted())
+            .all(|r| r.tau <= u64::from(s))
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.accepted() || r.code == code::TOO_STALE)
+    );
+}
