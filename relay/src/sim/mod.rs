@@ -264,14 +264,7 @@ impl<'a> Sim<'a> {
                 (Some(agg), None, Vec::new())
             }
         };
-        let adacomm = match cfg.strategy {
-            Strategy::Adacomm {
-                k0,
-                k_min,
-                interval_s,
-            } => Some(Adacomm::new(k0, k_min, interval_s)),
-            _ => None,
-        };
+        let adacomm = Adacomm::of(&cfg.strategy);
         Ok(Sim {
             cfg,
             data,
