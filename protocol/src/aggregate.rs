@@ -255,7 +255,8 @@ impl CenterRing {
     /// A ring holding at most `capacity` versions (at least 1), starting with `center` as
     /// `version`.
     pub fn new(capacity: usize, version: u64, center: Arc<[f32]>) -> CenterRing {
-        let mut entries = VecDeque::with_capacity(capacity.max(1));
+        // Grown as versions arrive: a large capacity costs nothing until it is used.
+        let mut entries = VecDeque::with_capacity(capacity.clamp(1, 64));
         entries.push_back((version, center));
         CenterRing {
             capacity: capacity.max(1),

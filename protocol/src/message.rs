@@ -266,13 +266,18 @@ impl ModelInfo {
     }
 }
 
+/// The largest `tau_max` a room accepts: the relay keeps `tau_max + 1` centers (about
+/// 178 KB each for lenet5-28, so at most about 180 MB) to rebase stale pushes on.
+pub const MAX_TAU: u32 = 1024;
+
 /// A room's training and merging settings, sent in `Welcome` and in [`Control::Settings`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hyper {
     /// The elastic coefficient, in `[0, 1]`.
     pub alpha: f32,
     pub staleness: Staleness,
-    /// Pushes staler than this are refused ([`code::TOO_STALE`]).
+    /// Pushes staler than this are refused ([`code::TOO_STALE`]); at most [`MAX_TAU`]
+    /// (the relay keeps `tau_max + 1` centers to rebase pushes on).
     pub tau_max: u32,
     /// Local SGD steps between pushes (`K`), at least 1.
     pub local_steps: u32,
@@ -336,6 +341,9 @@ impl Hyper {
         }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return Err("lr");
+        }
+        if self.tau_max > MAX_TAU {
+            return Err("tau_max");
         }
         if self.batch == 0 {
             return Err("batch");
@@ -969,7 +977,7 @@ mod tests {
 
     prop_compose! {
         fn hyper()(
-            alpha in 0.0f32..=1.0, staleness in staleness(), tau_max in any::<u32>(),
+            alpha in 0.0f32..=1.0, staleness in staleness(), tau_max in 0..=MAX_TAU,
             local_steps in 1u32.., lr in 0.0f32..10.0, batch in 1u32.., momentum in 0.0f32..0.999,
             codec_up in codec(), codec_down in codec(), error_feedback in any::<bool>(),
             merge in merge()
@@ -1318,6 +1326,13 @@ mod tests {
                 "momentum",
             ),
             (Hyper { batch: 0, ..good }, "batch"),
+            (
+                Hyper {
+                    tau_max: MAX_TAU + 1,
+                    ..good
+                },
+                "tau_max",
+            ),
             (
                 Hyper {
                     lr: f32::NAN,

@@ -250,6 +250,8 @@ async fn dashboard_sees_bots_controls_them_and_exports_runs() {
     // Bad commands get 400 and a message saying what to fix.
     for (cmd, says) in [
         (json!({"type": "settings", "alpha": 3.0}), "alpha"),
+        // A ring of 4 billion centers would exhaust the memory: refused, nothing allocated.
+        (json!({"type": "settings", "tau_max": u32::MAX}), "tau_max"),
         (json!({"type": "settings", "codec_up": "zip"}), "fp16"),
         (
             json!({"type": "partition", "scheme": "dirichlet:0"}),

@@ -64,22 +64,40 @@ test('a teacher, three students, a straggler made from the dashboard', { timeout
 
   // Let stale pushes in: the straggler will be tens of versions behind.
   const tauMax = dash.locator('#settings input[name=tau_max]');
-  await tauMax.fill('200');
+  await tauMax.fill('1000');
   await dash.locator('#settings button[type=submit]').click();
-  await waitInPage(browser, () => window.easelDashboard.settings.tau_max === 200, null, 10_000,
-    'tau_max 200 in the room', dash);
+  await waitInPage(browser, () => window.easelDashboard.settings.tau_max === 1000, null, 10_000,
+    'tau_max 1000 in the room', dash);
 
-  // Three students: WebGPU on this computer, a phone-like tab over plain http:// on a LAN
-  // name (no secure context, so no WebGPU), and a CPU tab that will be slowed down.
+  // The student the teacher will slow down joins first, on the CPU, and the teacher drags its
+  // delay slider to the maximum as soon as it shows up (its mean staleness counts every push,
+  // so the pushes it made before the delay should be few).
+  const slow = await browser.context.newPage();
+  await slow.setViewportSize({ width: 1000, height: 900 });
+  await slow.goto(`${origin}/?room=${relay.room}&backend=cpu`);
+  await waitInPage(browser, () => window.easel?.state().worker_id != null, null, 60_000,
+    'the slow tab to join', slow);
+  const slowId = (await state(slow)).worker_id;
+  const row = dash.locator(`#devices tbody tr[data-id="${slowId}"]`);
+  const slider = row.locator('input[type=range]');
+  await slider.waitFor({ timeout: 20_000 });
+  await slider.focus();
+  await slider.press('End');
+  assert.equal(Number(await slider.inputValue()), DELAY_MS);
+  await waitInPage(browser, (ms) => window.easel.state().delay_ms === ms, DELAY_MS, 20_000,
+    'the delay to reach the slow tab', slow);
+  await waitInPage(browser, ([id, ms]) => window.easelDashboard.devices
+    .some((d) => d.id === id && d.state === 'delayed' && d.delay_ms === ms), [slowId, DELAY_MS],
+  20_000, 'the slow tab shown as delayed', dash);
+
+  // Two more students: WebGPU on this computer, and a phone-like tab over plain http:// on a
+  // LAN name (no secure context, so no WebGPU).
   const gpu = await browser.context.newPage();
   await gpu.setViewportSize({ width: 1000, height: 900 });
   await gpu.goto(`${origin}/?room=${relay.room}`);
   const lan = await browser.context.newPage();
   await lan.setViewportSize({ width: 390, height: 844 });
   await lan.goto(`http://classroom.test:${relay.port}/?room=${relay.room}`);
-  const slow = await browser.context.newPage();
-  await slow.setViewportSize({ width: 1000, height: 900 });
-  await slow.goto(`${origin}/?room=${relay.room}&backend=cpu`);
   for (const [page, what] of [[gpu, 'WebGPU tab'], [lan, 'LAN tab'], [slow, 'slow tab']]) {
     await waitInPage(browser, () => window.easel?.state().accepted >= 1, null, 120_000,
       `a first accepted push from the ${what}`, page);
@@ -87,7 +105,8 @@ test('a teacher, three students, a straggler made from the dashboard', { timeout
 
   // All three on the dashboard, with their backends.
   await waitInPage(browser, () => window.easelDashboard.devices.filter((d) => d.kind === 'browser'
-    && d.state === 'training').length === 3, null, 30_000, 'three training browsers on the dashboard', dash);
+    && ['training', 'delayed'].includes(d.state)).length === 3, null, 30_000,
+  'three browsers on the dashboard', dash);
   const [g, l, s] = [await state(gpu), await state(lan), await state(slow)];
   assert.equal(g.backend, 'gpu', `the WebGPU tab fell back: ${g.fallback_reason}`);
   assert.equal(l.backend, 'cpu');
@@ -98,18 +117,6 @@ test('a teacher, three students, a straggler made from the dashboard', { timeout
   assert.equal(byId.get(g.worker_id)?.backend, 'gpu');
   assert.equal(byId.get(l.worker_id)?.backend, 'cpu');
   assert.equal(byId.get(s.worker_id)?.backend, 'cpu');
-
-  // The teacher drags the slow tab's delay slider to its maximum.
-  const row = dash.locator(`#devices tbody tr[data-id="${s.worker_id}"]`);
-  const slider = row.locator('input[type=range]');
-  await slider.focus();
-  await slider.press('End');
-  assert.equal(Number(await slider.inputValue()), DELAY_MS);
-  await waitInPage(browser, (ms) => window.easel.state().delay_ms === ms, DELAY_MS, 20_000,
-    'the delay to reach the slow tab', slow);
-  await waitInPage(browser, ([id, ms]) => window.easelDashboard.devices
-    .some((d) => d.id === id && d.state === 'delayed' && d.delay_ms === ms), [s.worker_id, DELAY_MS],
-  20_000, 'the slow tab shown as delayed', dash);
 
   // The delayed device becomes the stalest, and the center learns.
   await waitInPage(browser, (id) => {
