@@ -107,6 +107,9 @@ pub struct Session {
     pub capabilities: u32,
     /// The encoded Welcome message.
     pub welcome: Vec<u8>,
+    /// Encoded Controls to send right after the Welcome: a resumed worker's delay and pause,
+    /// which the teacher set before it reconnected (or reloaded its page).
+    pub restore: Vec<Vec<u8>>,
     /// The room's newest center (teachers and observers read it).
     pub centers: watch::Receiver<Arc<[u8]>>,
     /// Control messages for this worker from the teacher.
@@ -221,6 +224,23 @@ impl Hub {
     }
 }
 
+/// The Controls that give a (resumed) worker back the delay and pause the teacher set for it.
+fn restore_controls(w: &room::Worker) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    if w.delay_ms > 0 {
+        out.push(Control::Delay {
+            worker: None,
+            ms: w.delay_ms,
+        });
+    }
+    if w.paused {
+        out.push(Control::Pause { worker: None });
+    }
+    out.into_iter()
+        .map(|c| message::encode(&Message::Control(c)))
+        .collect()
+}
+
 impl RoomSlot {
     fn join(self: &Arc<Self>, join: &Join, is_admin: bool) -> Result<Session, ErrorMessage> {
         let mut st = lock(&self.state);
@@ -232,12 +252,19 @@ impl RoomSlot {
         if room::trains(join.kind) {
             st.activity.joined(welcome.worker_id, wall_ms());
         }
+        let restore = st
+            .room
+            .workers()
+            .get(&welcome.worker_id)
+            .map(restore_controls)
+            .unwrap_or_default();
         Ok(Session {
             worker_id: welcome.worker_id,
             connection,
             kind: join.kind,
             capabilities: join.capabilities,
             welcome: message::encode(&Message::Welcome(welcome)),
+            restore,
             centers: self.centers.subscribe(),
             controls: rx,
             room: self.clone(),
@@ -617,6 +644,61 @@ mod tests {
         assert_eq!(
             hub.join(&unknown, false).unwrap_err().code,
             code::UNKNOWN_ROOM
+        );
+    }
+
+    #[test]
+    fn a_resumed_worker_gets_back_its_delay_and_pause() {
+        let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+        let code = hub.create_room();
+        let join = Join {
+            room: code,
+            kind: ClientKind::Browser,
+            backend: Backend::Gpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        };
+        let first = hub.join(&join, false).unwrap();
+        assert!(
+            first.restore.is_empty(),
+            "nothing to restore for a new worker"
+        );
+        let room = first.room.clone();
+        let id = first.worker_id;
+        room.teacher_control(&TeacherControl::Delay {
+            device: Some(id),
+            ms: 2500,
+        })
+        .unwrap();
+        room.teacher_control(&TeacherControl::Pause { device: Some(id) })
+            .unwrap();
+        // The page reloads: the connection goes, a new one resumes the same worker.
+        room.leave(id, first.connection);
+        let again = hub
+            .join(
+                &Join {
+                    resume_worker: Some(id),
+                    ..join
+                },
+                false,
+            )
+            .unwrap();
+        assert_eq!(again.worker_id, id);
+        let restored: Vec<Message> = again
+            .restore
+            .iter()
+            .map(|b| message::decode(b, hub.limits()).unwrap())
+            .collect();
+        assert_eq!(
+            restored,
+            [
+                Message::Control(Control::Delay {
+                    worker: None,
+                    ms: 2500
+                }),
+                Message::Control(Control::Pause { worker: None }),
+            ]
         );
     }
 

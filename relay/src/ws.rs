@@ -242,6 +242,7 @@ fn on_message(
         (Message::Join(j), None) => match hub.join(&j, is_admin) {
             Ok(s) => {
                 replies.push(WsMessage::binary(s.welcome));
+                replies.extend(s.restore.into_iter().map(WsMessage::binary));
                 // Workers get centers after their Acks only; dashboards from the watch.
                 let centers = (!trains(s.kind)).then_some(s.centers);
                 *channels = Some((centers, s.controls));
