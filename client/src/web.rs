@@ -1032,39 +1032,35 @@ impl WebSession {
     }
 }
 
+/// The trainer for a `Start`: on the session's GPU when it has one (else the CPU), with the
+/// reason for the backend noted for the page.
+fn start_engine(s: &mut SessionState, start: &Start) -> Engine {
+    let (engine, reason) = Engine::build(
+        s.gpu.as_ref(),
+        &start.shard.images,
+        &start.shard.labels,
+        &start.center,
+        start.sgd,
+        start.batch,
+    );
+    note_engine(s, &engine, reason);
+    engine
+}
+
 /// Makes the worker from a Welcome's `start`, or takes the session up again with it after a
 /// reconnection (keeping the model, rebuilding the trainer only for a new shard).
 fn welcome_worker(s: &mut SessionState, start: Start) -> Result<(), JsValue> {
     s.welcomes += 1;
     if s.joined {
         let mut w = s.worker.take().ok_or_else(busy)?;
-        let fresh = (w.shard_indices() != start.indices).then(|| {
-            let (engine, reason) = Engine::build(
-                s.gpu.as_ref(),
-                &start.shard.images,
-                &start.shard.labels,
-                &start.center,
-                start.sgd,
-                start.batch,
-            );
-            note_engine(s, &engine, reason);
-            engine
-        });
+        let fresh = (w.shard_indices() != start.indices).then(|| start_engine(s, &start));
         w.rejoin(start);
         if let Some(engine) = fresh {
             w.replace_trainer(Box::new(engine));
         }
         s.worker = Some(w);
     } else {
-        let (engine, reason) = Engine::build(
-            s.gpu.as_ref(),
-            &start.shard.images,
-            &start.shard.labels,
-            &start.center,
-            start.sgd,
-            start.batch,
-        );
-        note_engine(s, &engine, reason);
+        let engine = start_engine(s, &start);
         s.worker = Some(Worker::new(start, Box::new(engine), s.seed));
         s.joined = true;
     }
