@@ -158,8 +158,33 @@ function startStudent() {
     $(`${id}-unit`).textContent = mb ? 'MB' : 'KB';
   }
 
+  // Under SwarmSGD there is no center: the model a push brings back is this tab's own,
+  // averaged with one neighbour's, and staleness counts the averages it missed.
+  const WORDS = {
+    central: {
+      'tau-label': 'Staleness τ of my pushes', 'alpha-label': 'Weight α<sub>eff</sub> of my last push',
+      'alpha-unit': 'of the center', 'distance-label': 'Distance from the center',
+      'version-label': 'Center version', 'version-unit': 'merges so far',
+      'guess-center-title': 'The class\'s model <small>(the center)</small>',
+    },
+    swarm: {
+      'tau-label': 'Averages I missed', 'alpha-label': 'Weight of my model in the last average',
+      'alpha-unit': 'pairwise average', 'distance-label': 'Moved by my last average',
+      'version-label': 'Swarm version', 'version-unit': 'pushes so far',
+      'guess-center-title': 'My model after averaging <small>(SwarmSGD has no center)</small>',
+    },
+  };
+  let worded = null;
+  function wordFor(strategy) {
+    const kind = strategy === 'swarm' ? 'swarm' : 'central';
+    if (kind === worded) return;
+    worded = kind;
+    for (const [id, html] of Object.entries(WORDS[kind])) $(id).innerHTML = html;
+  }
+
   function showStats() {
     const s = stats;
+    wordFor(s.strategy);
     if (s.worker_id !== null && s.worker_id !== undefined && $('worker').textContent === '–') {
       $('worker').textContent = `browser-${s.worker_id}`;
     }
@@ -168,7 +193,9 @@ function startStudent() {
     $('pushes').textContent = grouped(s.pushes);
     $('push-split').textContent = `${grouped(s.accepted)} accepted, ${grouped(s.refused)} refused`;
     $('tau').textContent = s.last_tau ?? '–';
-    $('tau-mean').textContent = `versions late (mean ${fmt(s.mean_tau, 2)})`;
+    $('tau-mean').textContent = s.strategy === 'swarm'
+      ? `since my last push (mean ${fmt(s.mean_tau, 2)})`
+      : `versions late (mean ${fmt(s.mean_tau, 2)})`;
     $('alpha').textContent = fmt(s.last_alpha_eff, 3);
     $('distance').textContent = fmt(s.distance_to_center, 3);
     $('loss').textContent = fmt(s.last_loss, 3);

@@ -782,6 +782,9 @@ struct SessionStats {
     delay_ms: u32,
     batch: u32,
     local_steps: u32,
+    /// The room's strategy name (`easgd`, `fedavg`, ..., `swarm`): the page words its
+    /// numbers after it (under SwarmSGD there is no center).
+    strategy: Option<&'static str>,
 }
 
 /// A JavaScript value from a serde value; `None` becomes `null`.
@@ -952,7 +955,8 @@ impl WebSession {
     /// fallback reason (why the CPU trains although a GPU was wanted, or why the GPU stopped,
     /// in plain words; `null` when nothing went wrong), worker id, center version,
     /// pushes (accepted, refused), staleness `tau` (last, mean), `alpha_eff` (last, mean),
-    /// bytes up and down, distance from the center, last loss, pause and delay.
+    /// bytes up and down, distance from the center, last loss, pause and delay, and the
+    /// room's strategy name.
     pub fn stats(&self) -> Result<JsValue, JsValue> {
         let s = self.state.borrow();
         let w = s.worker.as_ref();
@@ -983,6 +987,7 @@ impl WebSession {
             delay_ms: w.map_or(0, |w| w.delay_ms()),
             batch: w.map_or(0, |w| w.hyper().batch),
             local_steps: w.map_or(0, |w| w.hyper().local_steps),
+            strategy: w.map(|w| w.hyper().strategy().name()),
         })
     }
 

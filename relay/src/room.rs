@@ -259,9 +259,13 @@ impl Room {
     /// # Panics
     /// If `center` does not have lenet5-28's parameter count, or the settings do not pass
     /// `Hyper::validate`.
-    pub fn new(code: String, settings: RoomSettings, center: Vec<f32>, now: Instant) -> Room {
+    pub fn new(code: String, mut settings: RoomSettings, center: Vec<f32>, now: Instant) -> Room {
         assert_eq!(center.len(), LENET5_28.param_count, "center length");
         let strategy = settings.hyper.strategy();
+        if let Strategy::Adacomm { k0, .. } = strategy {
+            // ADACOMM's period starts at k0, as when the teacher switches to it.
+            settings.hyper.local_steps = k0;
+        }
         let center: Arc<[f32]> = center.into();
         let swarm = match strategy {
             Strategy::Swarm { topology, .. } => {

@@ -38,6 +38,11 @@ async fn session(merge: Merge, tau_max: u32) -> (Vec<BotReport>, Vec<Record>) {
     defaults.hyper.batch = 8;
     defaults.hyper.tau_max = tau_max;
     defaults.hyper.merge = merge;
+    session_with(defaults, PUSHES).await
+}
+
+/// [`session`] in a room with these settings, `pushes` pushes per bot.
+async fn session_with(defaults: RoomSettings, pushes: u64) -> (Vec<BotReport>, Vec<Record>) {
     let config = Config {
         https: None,
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -60,7 +65,7 @@ async fn session(merge: Merge, tau_max: u32) -> (Vec<BotReport>, Vec<Record>) {
         slowdown: 3.0,
         backend: Backend::Cpu,
         seed: 3,
-        pushes: Some(PUSHES),
+        pushes: Some(pushes),
         total_pushes: None,
         trust: None,
     };
@@ -201,4 +206,27 @@ async fn swarm_averages_every_push_with_a_neighbour_that_catches_up_at_its_next_
         records.iter().any(|r| r.tau > 0),
         "some averages were caught up later"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adacomm_shortens_the_bots_period_as_the_loss_falls() {
+    // k0 = 8 steps; a new period after every round (interval 1 ms) from sqrt(F / F0).
+    let adacomm = Merge::Adacomm {
+        k0: 8,
+        k_min: 1,
+        interval_s: 0.001,
+    };
+    let mut settings = RoomSettings::default();
+    settings.hyper.batch = 8;
+    settings.hyper.lr = 0.3;
+    settings.hyper.merge = adacomm;
+    let (reports, records) = session_with(settings, 12).await;
+    assert!(reports.iter().all(|r| r.error.is_none() && r.acks == 12));
+    let first = records.first().expect("pushes").local_steps;
+    assert_eq!(first, 8, "every bot starts at k0");
+    // The bots got the relay's Settings and pushed after fewer local steps later on.
+    let last = records.iter().map(|r| r.local_steps).min().unwrap();
+    assert!(last < 8, "the period never fell: {:?}", records.iter().map(|r| r.local_steps).collect::<Vec<_>>());
+    // Every round still closes with one version.
+    assert!(!rounds(&records).is_empty());
 }
