@@ -270,6 +270,9 @@ impl ModelInfo {
 /// 178 KB each for lenet5-28, so at most about 180 MB) to rebase stale pushes on.
 pub const MAX_TAU: u32 = 1024;
 
+/// The largest degree of a `regular:D` swarm topology.
+pub const MAX_DEGREE: u32 = 1024;
+
 /// A room's training and merging settings, sent in `Welcome` and in [`Control::Settings`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hyper {
@@ -303,8 +306,7 @@ pub struct Hyper {
 /// and `tau_max` are Hyper's, FedAvg's `k` is `local_steps`, bounded staleness's `s` is
 /// `tau_max`, and under ADACOMM `local_steps` is the current period (the relay announces
 /// each change with [`Control::Settings`]). [`Hyper::strategy`] makes the full
-/// [`crate::strategy::Strategy`]. SwarmSGD has no central model and runs only in the
-/// simulator.
+/// [`crate::strategy::Strategy`].
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Merge {
     /// Asynchronous EASGD (`alpha`, `staleness`, `tau_max`).
@@ -327,6 +329,10 @@ pub enum Merge {
     /// FedBuff: every `m` updates (weighed by `staleness`, refused beyond `tau_max`) are
     /// applied together.
     Fedbuff { m: u32 },
+    /// SwarmSGD on `topology`, routed by the relay ([`crate::strategy::Swarm`]): each push
+    /// is averaged with one random neighbour's model; no central model. The exchanges are
+    /// compressed by `codec_up` (pushes) and `codec_down` (the models sent back).
+    Swarm { topology: crate::strategy::Topology },
 }
 
 impl Hyper {
@@ -353,9 +359,15 @@ impl Hyper {
         }
         self.codec_up.validate().map_err(|_| "codec_up")?;
         self.codec_down.validate().map_err(|_| "codec_down")?;
-        // The room's size is checked where it is known (the relay's barrier).
-        self.strategy().validate(u32::MAX).map_err(|_| "strategy")?;
-        Ok(())
+        // The room's size is checked where it is known (the relay's barrier; a swarm's
+        // graph falls back to the complete graph when its topology does not fit).
+        match self.merge {
+            Merge::Swarm {
+                topology: crate::strategy::Topology::Regular(d),
+            } if d == 0 || d > MAX_DEGREE => Err("strategy"),
+            Merge::Swarm { .. } => Ok(()),
+            _ => self.strategy().validate(u32::MAX).map_err(|_| "strategy"),
+        }
     }
 
     /// The full strategy these settings make (see [`Merge`] for which field is which).
@@ -387,6 +399,10 @@ impl Hyper {
                 m,
                 staleness,
                 tau_max,
+            },
+            Merge::Swarm { topology } => S::Swarm {
+                topology,
+                quantize: None,
             },
         }
     }
@@ -822,6 +838,17 @@ fn put_hyper(out: &mut Vec<u8>, h: &Hyper) {
             out.put_u8(5);
             out.put_u32(m);
         }
+        Merge::Swarm { topology } => {
+            use crate::strategy::Topology as T;
+            out.put_u8(6);
+            let (kind, degree) = match topology {
+                T::Complete => (0, 0),
+                T::Ring => (1, 0),
+                T::Regular(d) => (2, d),
+            };
+            out.put_u8(kind);
+            out.put_u32(degree);
+        }
     }
 }
 
@@ -841,6 +868,18 @@ fn read_merge(r: &mut Reader) -> Result<Merge, ProtocolError> {
             interval_s: r.f32()?,
         },
         5 => Merge::Fedbuff { m: r.u32()? },
+        6 => {
+            use crate::strategy::Topology as T;
+            let kind = r.u8()?;
+            let degree = r.u32()?;
+            let topology = match (kind, degree) {
+                (0, 0) => T::Complete,
+                (1, 0) => T::Ring,
+                (2, d) => T::Regular(d),
+                _ => return Err(invalid("swarm topology")),
+            };
+            Merge::Swarm { topology }
+        }
         _ => return Err(invalid("strategy")),
     })
 }
@@ -972,6 +1011,12 @@ mod tests {
                 }
             }),
             (1u32..).prop_map(|m| Merge::Fedbuff { m }),
+            prop_oneof![
+                Just(crate::strategy::Topology::Complete),
+                Just(crate::strategy::Topology::Ring),
+                (1u32..=MAX_DEGREE).prop_map(crate::strategy::Topology::Regular),
+            ]
+            .prop_map(|topology| Merge::Swarm { topology }),
         ]
     }
 
@@ -1365,6 +1410,15 @@ mod tests {
                 },
                 "strategy",
             ),
+            (
+                Hyper {
+                    merge: Merge::Swarm {
+                        topology: crate::strategy::Topology::Regular(0),
+                    },
+                    ..good
+                },
+                "strategy",
+            ),
         ] {
             let bytes = encode(&Message::Control(Control::Settings(bad)));
             assert_eq!(
@@ -1375,7 +1429,7 @@ mod tests {
         }
         // An unknown strategy byte (the last byte of this Hyper) is refused too.
         let mut bytes = encode(&Message::Control(Control::Settings(good)));
-        *bytes.last_mut().unwrap() = 6;
+        *bytes.last_mut().unwrap() = 7;
         assert_eq!(
             decode(&bytes, &small()),
             Err(ProtocolError::InvalidValue { what: "strategy" })
@@ -1424,6 +1478,15 @@ mod tests {
                 m: 3,
                 staleness: Staleness::Inverse,
                 tau_max: 4
+            }
+        );
+        assert_eq!(
+            with(Merge::Swarm {
+                topology: crate::strategy::Topology::Ring
+            }),
+            S::Swarm {
+                topology: crate::strategy::Topology::Ring,
+                quantize: None
             }
         );
     }

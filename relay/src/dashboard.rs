@@ -20,7 +20,7 @@ use warp::{Filter, Reply};
 use crate::Shutdown;
 use crate::activity::{Activity, Counter, DeviceState, Span, bytes_per_s, device_state};
 use crate::hub::{EvalPoint, Hub, RoomSlot};
-use crate::room::{Room, kind_name, trains, wall_ms};
+use crate::room::{Room, SwarmView, kind_name, trains, wall_ms};
 use crate::runs::{PushPoint, Runs};
 use crate::teacher::{SettingsView, codec_names};
 
@@ -106,6 +106,7 @@ struct Gathered {
     histogram: Vec<(u64, u64)>,
     counter: Counter,
     totals: serde_json::Value,
+    swarm: Option<SwarmView>,
 }
 
 /// Copies what is new since `cur` (everything of the current run when its run differs)
@@ -149,6 +150,7 @@ fn gather(room: &Room, runs: &Runs, activity: &Activity, cur: &mut Cursor) -> (b
             .collect(),
         counter,
         totals: serde_json::to_value(t).unwrap_or_default(),
+        swarm: room.swarm_view(),
     };
     cur.pushes = run.pushes.total();
     cur.evals = run.evals.total();
@@ -190,6 +192,7 @@ fn snapshot(hub: &Hub, slot: &RoomSlot, code: &str, g: Gathered) -> serde_json::
         "spans": g.spans,
         "histogram": g.histogram,
         "totals": g.totals,
+        "swarm": g.swarm,
     })
 }
 
@@ -209,6 +212,7 @@ fn update(run: u64, prev: Counter, g: Gathered) -> serde_json::Value {
         "histogram": g.histogram,
         "bytes_per_s": { "in": bin, "out": bout },
         "totals": g.totals,
+        "swarm": g.swarm,
     })
 }
 

@@ -295,7 +295,7 @@ impl RoomSlot {
         answer_locked(&mut st, pushed.released);
         queue_locked(&mut st, pushed.forwards);
         let ack = pushed.ack?;
-        let (_, center) = st.room.center_message(caps);
+        let center = st.room.reply_center(worker, caps);
         Some((message::encode(&Message::Ack(ack)), center))
     }
 
@@ -551,7 +551,7 @@ fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
 fn answer_locked(st: &mut RoomState, acks: Vec<(u64, easel_protocol::Ack)>) {
     for (id, ack) in acks {
         let caps = st.room.workers().get(&id).map_or(0, |w| w.capabilities);
-        let (_, center) = st.room.center_message(caps);
+        let center = st.room.reply_center(id, caps);
         let order = Order::Answer {
             ack: message::encode(&Message::Ack(ack)),
             center,

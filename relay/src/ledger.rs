@@ -47,6 +47,8 @@ pub struct Record {
     pub bytes_out: u64,
     /// The center version the push made, when accepted.
     pub version: Option<u64>,
+    /// SwarmSGD: the neighbour whose model the push was averaged with.
+    pub peer: Option<u64>,
     /// 0 when accepted, else the refusal's error code (PROTOCOL.md, "Error codes").
     pub code: u16,
     /// Why the push was refused; empty when accepted.
@@ -127,7 +129,7 @@ impl Default for Ledger {
 
 /// The CSV columns, in order.
 pub const CSV_HEADER: &str = "seq,wall_ms,worker,base,current,tau,age_ms,alpha_eff,\
-worker_distance,view_distance,delta_norm,bytes_in,bytes_out,version,accepted,code,reason";
+worker_distance,view_distance,delta_norm,bytes_in,bytes_out,version,peer,accepted,code,reason";
 
 impl Ledger {
     /// A ledger keeping at most `capacity` records (at least 1).
@@ -225,7 +227,7 @@ impl Ledger {
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 r.seq,
                 r.wall_ms,
                 r.worker,
@@ -240,6 +242,7 @@ impl Ledger {
                 r.bytes_in,
                 r.bytes_out,
                 opt(r.version),
+                opt(r.peer),
                 r.accepted(),
                 r.code,
                 csv_field(&r.reason),
@@ -311,6 +314,7 @@ mod tests {
             bytes_in: 100,
             bytes_out: 200,
             version: (code == 0).then_some(11 + tau),
+            peer: None,
             code,
             reason: if code == 0 {
                 String::new()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use easel_protocol::message::{self, Join, caps, code};
-use easel_protocol::strategy::{Action, Adacomm, Aggregator, Strategy};
+use easel_protocol::strategy::{Action, Adacomm, Aggregator, Strategy, Swarm};
 use easel_protocol::{
     Ack, Backend, Center, ClientKind, Codec, Control, ErrorMessage, Hyper, LENET5_28, Merge,
     Message, ModelInfo, ModelSpec, Outcome, Push, Shard, Staleness, Welcome, codec, distance, norm,
@@ -171,6 +171,48 @@ pub struct Pushed {
     pub forwards: Vec<Forward>,
 }
 
+/// How many of the latest pairwise averages a swarm room keeps for the dashboard.
+pub const RECENT_PAIRS: usize = 32;
+
+/// One pairwise average of a swarm room: `a` pushed and was averaged with `b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Pair {
+    pub wall_ms: u64,
+    pub a: u64,
+    pub b: u64,
+}
+
+/// A swarm room's graph, as the dashboard draws it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SwarmView {
+    /// The topology the teacher asked for (`complete`, `ring`, `regular:D`).
+    pub topology: String,
+    /// The layout in use: the topology, `complete` when it cannot be laid out on this many
+    /// devices, `none` below 2.
+    pub graph: String,
+    /// Device ids in the graph, increasing.
+    pub nodes: Vec<u64>,
+    /// Edges by device id, `a < b`.
+    pub edges: Vec<(u64, u64)>,
+    /// The latest pairwise averages, oldest first.
+    pub pairs: Vec<Pair>,
+    /// Pairwise averages so far (since the room's strategy became swarm, or the reset).
+    pub exchanges: u64,
+}
+
+/// The strategy a room's [`Aggregator`] runs: the room's own, or under SwarmSGD (which has
+/// no center) EASGD on the same numbers, ready for when the teacher switches back.
+fn central(hyper: &Hyper) -> Strategy {
+    match hyper.merge {
+        Merge::Swarm { .. } => Hyper {
+            merge: Merge::Easgd,
+            ..*hyper
+        }
+        .strategy(),
+        _ => hyper.strategy(),
+    }
+}
+
 /// A room.
 #[derive(Debug)]
 pub struct Room {
@@ -181,8 +223,13 @@ pub struct Room {
     /// Hyper-parameters and acceptance rules; the teacher changes them with Control.
     settings: RoomSettings,
     /// The room's strategy over the recent center versions (newest: the current center;
-    /// the others: the bases pushes are rebased on).
+    /// the others: the bases pushes are rebased on). Idle while the room runs SwarmSGD.
     agg: Aggregator,
+    /// SwarmSGD's live state when the room runs it: every worker's model, the graph, the
+    /// mean model (which stands for the center).
+    swarm: Option<Swarm>,
+    /// SwarmSGD's latest pairwise averages.
+    pairs: VecDeque<Pair>,
     /// Pushes held at a barrier, waiting for their round to close.
     held: Vec<Held>,
     /// ADACOMM's period schedule, and the losses of the round in progress.
@@ -215,11 +262,18 @@ impl Room {
     pub fn new(code: String, settings: RoomSettings, center: Vec<f32>, now: Instant) -> Room {
         assert_eq!(center.len(), LENET5_28.param_count, "center length");
         let strategy = settings.hyper.strategy();
+        let center: Arc<[f32]> = center.into();
+        let swarm = match strategy {
+            Strategy::Swarm { topology, .. } => {
+                Some(Swarm::new(topology, 0, center.clone(), settings.max_norm))
+            }
+            _ => None,
+        };
         let mut agg = Aggregator::new(
-            strategy.clone(),
+            central(&settings.hyper),
             u32::MAX,
             0,
-            center.into(),
+            center,
             settings.max_norm,
         )
         .expect("the room's settings pass Hyper::validate");
@@ -232,6 +286,8 @@ impl Room {
             adacomm: Adacomm::of(&strategy),
             settings,
             agg,
+            swarm,
+            pairs: VecDeque::new(),
             held: Vec::new(),
             round_losses: Vec::new(),
             started: now,
@@ -259,10 +315,31 @@ impl Room {
         &self.workers
     }
 
-    /// The newest version and its center.
+    /// The newest version and its center; under SwarmSGD, the swarm's version and the
+    /// mean of the connected workers' models.
     pub fn center(&self) -> (u64, Arc<[f32]>) {
+        if let Some(s) = &self.swarm {
+            return (s.version(), s.mean().clone());
+        }
         let (v, c) = self.agg.center();
         (v, c.clone())
+    }
+
+    /// The graph and the latest pairwise averages, when the room runs SwarmSGD.
+    pub fn swarm_view(&self) -> Option<SwarmView> {
+        let s = self.swarm.as_ref()?;
+        Some(SwarmView {
+            topology: s.topology().to_string(),
+            graph: s.graph().map_or("none".into(), |t| t.to_string()),
+            nodes: s.nodes().into_iter().map(u64::from).collect(),
+            edges: s
+                .edges()
+                .into_iter()
+                .map(|(a, b)| (u64::from(a), u64::from(b)))
+                .collect(),
+            pairs: self.pairs.iter().copied().collect(),
+            exchanges: s.exchanges(),
+        })
     }
 
     /// Admits a participant: `Welcome`, or the error to answer. A teacher must come with the
@@ -335,7 +412,18 @@ impl Room {
         w.capabilities = join.capabilities;
         let shard_index = w.shard_index.unwrap_or(0);
         let down = self.down_codec(join.capabilities);
-        let (version, center) = self.agg.center();
+        let (version, center) = match &mut self.swarm {
+            Some(s) if trains(join.kind) => {
+                // A newcomer starts from the mean model; a resumed worker gets its own back.
+                s.join(id as u32, None, &mut self.rng);
+                s.reply(id as u32, down, &mut self.rng)
+                    .expect("just joined")
+            }
+            _ => {
+                let (version, center) = self.center();
+                (version, codec::encode(down, &center, &mut self.rng))
+            }
+        };
         let p = &self.settings.partition;
         Ok(Welcome {
             worker_id: id,
@@ -348,7 +436,7 @@ impl Room {
                 index: shard_index,
             },
             center_version: version,
-            center: codec::encode(down, center, &mut self.rng),
+            center,
         })
     }
 
@@ -356,6 +444,9 @@ impl Room {
     pub fn leave(&mut self, worker: u64) {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.connected = false;
+        }
+        if let Some(s) = &mut self.swarm {
+            s.leave(worker as u32, &mut self.rng);
         }
     }
 
@@ -378,7 +469,7 @@ impl Room {
         now: Instant,
     ) -> Pushed {
         let caps = self.workers.get(&worker).map(|w| w.capabilities);
-        let (current, _) = self.agg.center();
+        let current = self.center().0;
         let base = push.base_version;
         let mut rec = Record {
             seq: 0,
@@ -400,11 +491,13 @@ impl Room {
             bytes_in: bytes_in as u64,
             bytes_out: 0,
             version: None,
+            peer: None,
             code: 0,
             reason: String::new(),
         };
         let mut out = Pushed::default();
         let outcome = match self.workers.get(&worker).map(|w| w.kind) {
+            Some(k) if trains(k) && self.swarm.is_some() => self.exchange(worker, push, &mut rec),
             Some(k) if trains(k) => self.apply(worker, push, &mut rec, &mut out, now),
             _ => Err((code::UNEXPECTED, "only training workers push".to_string())),
         };
@@ -418,7 +511,7 @@ impl Room {
                 outcome: Outcome::Accepted {
                     tau: rec.tau as u32,
                     alpha_eff: rec.alpha_eff,
-                    version: rec.version.unwrap_or(self.agg.center().0),
+                    version: rec.version.unwrap_or(current),
                 },
             }),
             Err((c, why)) => {
@@ -442,6 +535,59 @@ impl Room {
         out.ack = ack;
         self.ledger.record(rec);
         out
+    }
+
+    /// SwarmSGD: the push is averaged with a random neighbour's model
+    /// ([`Swarm::on_update`]); the pusher gets its new model back
+    /// ([`Room::reply_center`]). Always answered at once.
+    fn exchange(
+        &mut self,
+        worker: u64,
+        push: &Push,
+        rec: &mut Record,
+    ) -> Result<bool, (u16, String)> {
+        let delta = codec::decode(&push.payload, self.spec.param_count)
+            .map_err(|e| (e.code(), e.to_string()))?;
+        rec.delta_norm = norm(&delta);
+        let swarm = self.swarm.as_mut().expect("checked by the caller");
+        let x = swarm
+            .on_update(worker as u32, push.base_version, &delta, &mut self.rng)
+            .map_err(|r| (r.code(), r.to_string()))?;
+        rec.tau = u64::from(x.tau);
+        rec.alpha_eff = if x.peer.is_some() { 0.5 } else { 1.0 };
+        rec.view_distance = x.view_distance;
+        rec.worker_distance = x.distance_to_mean;
+        rec.version = Some(x.version);
+        rec.peer = x.peer.map(u64::from);
+        if let Some(b) = rec.peer {
+            if self.pairs.len() == RECENT_PAIRS {
+                self.pairs.pop_front();
+            }
+            self.pairs.push_back(Pair {
+                wall_ms: rec.wall_ms,
+                a: worker,
+                b,
+            });
+        }
+        self.center_cache.clear();
+        Ok(true)
+    }
+
+    /// The Center that answers `worker`'s push (or its held push) in the codec it reads:
+    /// the room's center, or under SwarmSGD the worker's own model after its exchange.
+    pub fn reply_center(&mut self, worker: u64, caps: u32) -> Arc<[u8]> {
+        let down = self.down_codec(caps);
+        if let Some(s) = &mut self.swarm
+            && let Some((version, payload)) = s.reply(worker as u32, down, &mut self.rng)
+        {
+            return message::encode(&Message::Center(Center {
+                version,
+                base: None,
+                payload,
+            }))
+            .into();
+        }
+        self.center_message(caps).1
     }
 
     /// Connected, unpaused training workers: a barrier's `n`.
@@ -599,13 +745,13 @@ impl Room {
     /// Always the whole center (no difference). Cached per version and codec.
     pub fn center_message(&mut self, caps: u32) -> (u64, Arc<[u8]>) {
         let codec = self.down_codec(caps);
-        let (version, center) = self.agg.center();
+        let (version, center) = self.center();
         if let Some((_, v, bytes)) = self.center_cache.iter().find(|(c, _, _)| *c == codec)
             && *v == version
         {
             return (version, bytes.clone());
         }
-        let payload = codec::encode(codec, center, &mut self.rng);
+        let payload = codec::encode(codec, &center, &mut self.rng);
         let bytes: Arc<[u8]> = message::encode(&Message::Center(Center {
             version,
             base: None,
@@ -683,11 +829,10 @@ impl Room {
                     .map_err(|what| error(code::MALFORMED, format!("invalid setting: {what}")))?;
                 let strategy = hyper.strategy();
                 let mut hyper = hyper;
-                if strategy != *self.agg.strategy() {
+                if strategy != self.settings.hyper.strategy() {
                     // Held or buffered updates are dropped (the caller answers the held
                     // ones with [`Room::release_held`]); ADACOMM starts from `k0`.
-                    self.agg
-                        .set_strategy(strategy.clone())
+                    self.switch(&strategy)
                         .map_err(|e| error(code::MALFORMED, e.to_string()))?;
                     self.adacomm = Adacomm::of(&strategy);
                     self.round_losses.clear();
@@ -706,9 +851,56 @@ impl Room {
         Ok(out)
     }
 
+    /// Changes the room's strategy. Into SwarmSGD, every connected worker's model starts as
+    /// the center it holds (the current version), so its next push is accepted; out of it,
+    /// the mean model becomes the next center version, and every push is refused once
+    /// (resync) so that every worker starts from it.
+    fn switch(
+        &mut self,
+        strategy: &Strategy,
+    ) -> Result<(), easel_protocol::strategy::StrategyError> {
+        match (strategy, &mut self.swarm) {
+            (Strategy::Swarm { topology, .. }, Some(s)) => s.set_topology(*topology, &mut self.rng),
+            (Strategy::Swarm { topology, .. }, None) => {
+                let (version, center) = self.center();
+                self.agg.reset(version, center.clone());
+                let mut s = Swarm::new(*topology, version, center.clone(), self.settings.max_norm);
+                for w in self
+                    .workers
+                    .values()
+                    .filter(|w| trains(w.kind) && w.connected)
+                {
+                    s.join(w.id as u32, Some(&center), &mut self.rng);
+                }
+                self.swarm = Some(s);
+                self.pairs.clear();
+            }
+            (_, Some(s)) => {
+                let (version, mean) = (s.version() + 1, s.mean().clone());
+                self.agg.set_strategy(strategy.clone())?;
+                self.agg.reset(version, mean);
+                self.published = VecDeque::from([(version, Instant::now())]);
+                self.swarm = None;
+                self.pairs.clear();
+            }
+            (_, None) => {
+                self.agg.set_strategy(strategy.clone())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes a training worker: it is paused, marked removed (its resume is refused) and
     /// disconnected. Returns whether it was connected (its connection must be closed).
     pub fn remove(&mut self, worker: u64) -> Result<bool, ErrorMessage> {
+        if let Some(s) = &mut self.swarm
+            && self
+                .workers
+                .get(&worker)
+                .is_some_and(|w| trains(w.kind) && !w.removed)
+        {
+            s.remove(worker as u32, &mut self.rng);
+        }
         match self.workers.get_mut(&worker) {
             Some(w) if trains(w.kind) && !w.removed => {
                 let was = w.connected;
@@ -731,20 +923,25 @@ impl Room {
     /// Starts over from `center`: the ledger is emptied and `center` becomes the next
     /// version, alone in a fresh ring, so every push computed from an older center is
     /// refused (resync) and its worker takes the new center from the Center that follows.
-    /// Versions keep counting up: workers never see a version go back.
+    /// Versions keep counting up: workers never see a version go back. Under SwarmSGD every
+    /// worker's model becomes `center`, under a new version.
     ///
     /// # Panics
     /// If `center` does not have lenet5-28's parameter count.
     pub fn reset(&mut self, center: Vec<f32>, now: Instant) -> u64 {
         assert_eq!(center.len(), self.spec.param_count, "center length");
         let version = self.agg.center().0 + 1;
+        if let Some(s) = &mut self.swarm {
+            s.reset(&center);
+            self.pairs.clear();
+        }
         self.agg.reset(version, center.into());
         self.held.clear();
         self.round_losses.clear();
         self.published = VecDeque::from([(version, now)]);
         self.ledger = Ledger::new(self.settings.ledger_capacity);
         self.center_cache.clear();
-        version
+        self.center().0
     }
 
     /// Sets how the training digits are split (`iid`, `dirichlet:ALPHA`, `classes:K`), for
@@ -1132,6 +1329,46 @@ mod tests {
         // The next round counts the one worker left.
         let (ack, v) = answered(r.handle_push(ids[0], &push(0, &vec![1.0; N]), 10, Instant::now()));
         assert_eq!((refused_code(&ack), v), (None, Some(1)));
+    }
+
+    #[test]
+    fn swarm_starts_from_the_center_and_hands_the_mean_back_when_switched_off() {
+        let ring = easel_protocol::strategy::Topology::Ring;
+        let (mut r, ids) = room_with(Merge::Swarm { topology: ring }, 3);
+        // Every worker holds center version 0: its first push is accepted.
+        let (ack, v) = answered(r.handle_push(ids[0], &push(0, &vec![3.0; N]), 10, Instant::now()));
+        assert_eq!((refused_code(&ack), v), (None, Some(1)));
+        // The pusher gets its own model back, (3 + 0) / 2, not the mean model (3 / 3).
+        let reply = r.reply_center(ids[0], 0);
+        let Ok(Message::Center(c)) = message::decode(&reply, &easel_protocol::Limits::default())
+        else {
+            panic!("a Center");
+        };
+        assert_eq!(c.version, 1);
+        assert!(
+            codec::decode(&c.payload, N)
+                .unwrap()
+                .iter()
+                .all(|&x| x == 1.5)
+        );
+        assert!(r.center().1.iter().all(|&x| (x - 1.0).abs() < 1e-6));
+        let view = r.swarm_view().expect("a swarm room");
+        assert_eq!((view.nodes, view.graph.as_str()), (ids.clone(), "ring"));
+        assert_eq!((view.pairs.len(), view.pairs[0].a), (1, ids[0]));
+        // Back to EASGD: the mean model is the next center version; older bases resync.
+        let h = Hyper {
+            merge: Merge::Easgd,
+            ..r.settings().hyper
+        };
+        r.control(&Control::Settings(h)).unwrap();
+        assert!(r.swarm_view().is_none());
+        let (v, center) = r.center();
+        assert_eq!(v, 2);
+        assert!(center.iter().all(|&x| (x - 1.0).abs() < 1e-6));
+        let (ack, _) = answered(r.handle_push(ids[1], &push(1, &vec![0.0; N]), 10, Instant::now()));
+        assert_eq!(refused_code(&ack), Some(code::RESYNC));
+        let (ack, v) = answered(r.handle_push(ids[1], &push(2, &vec![0.0; N]), 10, Instant::now()));
+        assert_eq!((refused_code(&ack), v), (None, Some(3)));
     }
 
     #[test]

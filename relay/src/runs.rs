@@ -35,6 +35,8 @@ pub struct PushPoint {
     pub accepted: bool,
     /// The center version the push made, when accepted.
     pub version: Option<u64>,
+    /// SwarmSGD: the neighbour the push was averaged with.
+    pub peer: Option<u64>,
 }
 
 impl From<&Record> for PushPoint {
@@ -51,6 +53,7 @@ impl From<&Record> for PushPoint {
             local_steps: r.local_steps,
             accepted: r.accepted(),
             version: r.version,
+            peer: r.peer,
         }
     }
 }
@@ -135,7 +138,7 @@ pub struct Run {
 
 /// The CSV columns of a run export, in order.
 pub const CSV_HEADER: &str = "kind,wall_ms,t_s,version,accuracy,loss,worker,tau,alpha_eff,\
-view_distance,worker_distance,bytes_in,bytes_out,local_steps,accepted";
+view_distance,worker_distance,bytes_in,bytes_out,local_steps,accepted,peer";
 
 impl Run {
     pub fn record_push(&mut self, p: PushPoint) {
@@ -192,7 +195,7 @@ impl Run {
             rows.push((
                 e.wall_ms,
                 format!(
-                    "eval,{},{},{},{},{},,,,,,,,,",
+                    "eval,{},{},{},{},{},,,,,,,,,,",
                     e.wall_ms,
                     t(e.wall_ms),
                     e.version,
@@ -205,7 +208,7 @@ impl Run {
             rows.push((
                 p.wall_ms,
                 format!(
-                    "push,{},{},{},,,{},{},{},{},{},{},{},{},{}",
+                    "push,{},{},{},,,{},{},{},{},{},{},{},{},{},{}",
                     p.wall_ms,
                     t(p.wall_ms),
                     p.version.map(|v| v.to_string()).unwrap_or_default(),
@@ -217,7 +220,8 @@ impl Run {
                     p.bytes_in,
                     p.bytes_out,
                     p.local_steps,
-                    p.accepted
+                    p.accepted,
+                    p.peer.map(|v| v.to_string()).unwrap_or_default()
                 ),
             ));
         }
@@ -352,6 +356,7 @@ mod tests {
             local_steps: 8,
             accepted,
             version: accepted.then_some(wall_ms),
+            peer: accepted.then_some(worker + 1),
         }
     }
 

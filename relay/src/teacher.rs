@@ -4,6 +4,8 @@
 //! them. PROTOCOL.md, "Teacher API", documents every field.
 
 use easel_client::worker::named_codecs;
+use easel_protocol::message::MAX_DEGREE;
+use easel_protocol::strategy::Topology;
 use easel_protocol::{Codec, Hyper, LENET5_28, Merge, Staleness};
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +64,8 @@ pub struct SettingsChange {
     pub codec_down: Option<String>,
     pub error_feedback: Option<bool>,
     /// How the room merges: a name of [`parse_strategy`] (`easgd`, `fedavg`, `fedavg:M`,
-    /// `async_sgd`, `bounded`, `bounded:B`, `adacomm:K0:KMIN:INTERVAL_S`, `fedbuff:M`).
+    /// `async_sgd`, `bounded`, `bounded:B`, `adacomm:K0:KMIN:INTERVAL_S`, `fedbuff:M`,
+    /// `swarm:TOPOLOGY`).
     pub strategy: Option<String>,
 }
 
@@ -147,14 +150,15 @@ pub fn staleness_name(s: Staleness) -> String {
 /// Reads a strategy (PROTOCOL.md, "Strategies"; its shared numbers are the other settings):
 /// `easgd`, `fedavg` (every worker), `fedavg:M` (the fastest `M`), `async_sgd`, `bounded`
 /// (`s = tau_max`), `bounded:B` (and a view distance bound `B`),
-/// `adacomm:K0:KMIN:INTERVAL_S`, `fedbuff:M`.
+/// `adacomm:K0:KMIN:INTERVAL_S`, `fedbuff:M`, `swarm:complete`, `swarm:ring`,
+/// `swarm:regular:D`.
 pub fn parse_strategy(text: &str) -> Result<Merge, String> {
     let t = text.trim().to_ascii_lowercase();
     let bad = || {
         format!(
             "strategy {text:?} is not one of easgd, fedavg, fedavg:M (fastest M), async_sgd, \
-             bounded, bounded:B, adacomm:K0:KMIN:INTERVAL_S (for example adacomm:32:4:10) \
-             or fedbuff:M"
+             bounded, bounded:B, adacomm:K0:KMIN:INTERVAL_S (for example adacomm:32:4:10), \
+             fedbuff:M, swarm:complete, swarm:ring or swarm:regular:D"
         )
     };
     let count = |s: &str| s.parse::<u32>().ok().filter(|m| *m >= 1).ok_or_else(bad);
@@ -182,6 +186,14 @@ pub fn parse_strategy(text: &str) -> Result<Merge, String> {
             interval_s: positive(interval)?,
         },
         ["fedbuff", m] => Merge::Fedbuff { m: count(m)? },
+        ["swarm", topology @ ..] => Merge::Swarm {
+            topology: topology
+                .join(":")
+                .parse()
+                .ok()
+                .filter(|t| !matches!(t, Topology::Regular(d) if *d == 0 || *d > MAX_DEGREE))
+                .ok_or_else(bad)?,
+        },
         _ => return Err(bad()),
     })
 }
@@ -201,6 +213,7 @@ pub fn strategy_name(m: Merge) -> String {
             interval_s,
         } => format!("adacomm:{k0}:{k_min}:{interval_s}"),
         Merge::Fedbuff { m } => format!("fedbuff:{m}"),
+        Merge::Swarm { topology } => format!("swarm:{topology}"),
     }
 }
 
@@ -387,7 +400,7 @@ mod tests {
         }
 
         #[test]
-        fn strategy_names_round_trip(m in 1u32..100, b in 0.01f32..10.0, which in 0usize..8) {
+        fn strategy_names_round_trip(m in 1u32..100, b in 0.01f32..10.0, which in 0usize..11) {
             let merge = [
                 Merge::Easgd,
                 Merge::Fedavg { m_of_n: None },
@@ -397,6 +410,9 @@ mod tests {
                 Merge::Bounded { b: Some(b) },
                 Merge::Adacomm { k0: m, k_min: m.div_ceil(2), interval_s: b },
                 Merge::Fedbuff { m },
+                Merge::Swarm { topology: Topology::Complete },
+                Merge::Swarm { topology: Topology::Ring },
+                Merge::Swarm { topology: Topology::Regular(m) },
             ][which];
             prop_assert_eq!(parse_strategy(&strategy_name(merge)), Ok(merge));
         }

@@ -611,3 +611,97 @@ async fn centers_are_evaluated_off_the_reactor_and_reported() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_swarm_room_averages_each_push_with_a_neighbour_and_keeps_no_center() {
+    let relay = start(|c| {
+        c.room_defaults.hyper.merge = easel_protocol::Merge::Swarm {
+            topology: easel_protocol::strategy::Topology::Ring,
+        };
+    })
+    .await;
+    let addr = relay.http();
+    let room = create_room(addr).await;
+    let (mut a, wa) = join_worker(addr, &room).await;
+    let (mut b, wb) = join_worker(addr, &room).await;
+    // Both start from the mean model (the init, as nobody has trained yet).
+    assert_eq!((wa.version, wb.version), (0, 0));
+    assert_eq!(wa.center, wb.center);
+    let c = wa.center.clone();
+    let add = |x: &[f32], d: &[f32], k: f32| -> Vec<f32> {
+        x.iter().zip(d).map(|(x, d)| x + k * d).collect()
+    };
+
+    // A pushes x_a = c + da; its model and B's copy become (x_a + c) / 2 = c + da / 2.
+    let da = delta(1e-3);
+    let (ack, v, model_a) = round(&mut a, wa.version, &wire::fp32(&da)).await;
+    assert_eq!(
+        ack,
+        Ack::Accepted {
+            tau: 0,
+            alpha_eff: 0.5,
+            version: 1
+        }
+    );
+    assert_eq!(v, 1);
+    assert!(close_to(&model_a, &add(&c, &da, 0.5)));
+
+    // B pushed from its view c: its delta lands on its averaged copy c + da / 2 (it missed
+    // one average, tau 1), which is then averaged with A's c + da / 2.
+    let db = delta(-2e-3);
+    let (ack, v, model_b) = round(&mut b, wb.version, &wire::fp32(&db)).await;
+    assert_eq!(
+        ack,
+        Ack::Accepted {
+            tau: 1,
+            alpha_eff: 0.5,
+            version: 2
+        }
+    );
+    assert_eq!(v, 2);
+    let both = add(&add(&c, &da, 0.5), &db, 0.5);
+    assert!(close_to(&model_b, &both));
+
+    // A pushes again from version 0, which it no longer holds: refused, and it gets back
+    // its own copy (with B's average in it), not a center.
+    let (ack, v, back) = round(&mut a, wa.version, &wire::fp32(&da)).await;
+    assert!(matches!(ack, Ack::Refused { code: 10, .. }), "{ack:?}");
+    assert_eq!(v, 1);
+    assert!(close_to(&back, &both));
+
+    // What the relay evaluates is the mean model: c + (da + db) / 2, the sum of the two
+    // workers' models kept by the exchanges.
+    let slot = relay.running.hub.room(&room).unwrap();
+    let (version, mean) = slot.center();
+    assert_eq!(version, 2);
+    assert!(close_to(&mean, &both));
+    let view = slot.with_room(|r| r.swarm_view()).expect("a swarm room");
+    assert_eq!(
+        (view.topology.as_str(), view.graph.as_str()),
+        ("ring", "ring")
+    );
+    assert_eq!(view.nodes, [wa.worker, wb.worker]);
+    assert_eq!(view.edges, [(wa.worker, wb.worker)]);
+    let pairs: Vec<(u64, u64)> = view.pairs.iter().map(|p| (p.a, p.b)).collect();
+    assert_eq!(pairs, [(wa.worker, wb.worker), (wb.worker, wa.worker)]);
+    assert_eq!(view.exchanges, 2);
+
+    // The ledger names each push's neighbour.
+    let (_, csv) = http(
+        addr,
+        "GET",
+        &format!("/api/rooms/{room}/ledger.csv?admin={TOKEN}"),
+    )
+    .await;
+    let peers: Vec<String> = csv
+        .lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() == 18 && f[0] != "seq")
+        .map(|f| f[14].to_string())
+        .collect();
+    assert_eq!(
+        peers,
+        [wb.worker.to_string(), wa.worker.to_string(), String::new()],
+        "{csv}"
+    );
+}

@@ -174,3 +174,31 @@ async fn bounded_staleness_never_applies_an_update_staler_than_s() {
             .all(|r| r.accepted() || r.code == code::TOO_STALE)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_averages_every_push_with_a_neighbour_that_catches_up_at_its_next_push() {
+    let topology = easel_protocol::strategy::Topology::Ring;
+    let (reports, records) = session(Merge::Swarm { topology }, 16).await;
+    all_answered(&reports);
+    let ids: Vec<u64> = reports.iter().map(|r| r.worker_id).collect();
+    // Each bot pushes from the model it last got back: nothing is refused.
+    assert!(records.iter().all(|r| r.accepted()), "{records:?}");
+    let mut missed = std::collections::HashMap::<u64, u64>::new();
+    let mut exchanges = 0;
+    for r in &records {
+        // A push's staleness is the averages its neighbours made with its model since it
+        // last got it back: they reach it under this push (non-blocking).
+        assert_eq!(r.tau, missed.insert(r.worker, 0).unwrap_or(0), "{r:?}");
+        assert_eq!(r.alpha_eff, if r.peer.is_some() { 0.5 } else { 1.0 });
+        if let Some(p) = r.peer {
+            assert!(p != r.worker && ids.contains(&p), "{r:?}");
+            *missed.entry(p).or_default() += 1;
+            exchanges += 1;
+        }
+    }
+    assert!(exchanges > 0, "the bots averaged with each other");
+    assert!(
+        records.iter().any(|r| r.tau > 0),
+        "some averages were caught up later"
+    );
+}

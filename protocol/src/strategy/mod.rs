@@ -10,7 +10,8 @@
 //!   ([`Strategy::local_steps`], ADACOMM's [`Adacomm`] period) and what the worker does with
 //!   the center it gets back ([`worker::after_reply`]).
 //! - [`swarm`]: SwarmSGD's topologies, the seeded choice of a neighbour and the pairwise
-//!   average (optionally quantized); there is no central model in its update path.
+//!   average (optionally quantized), and [`Swarm`], the live swarm the relay routes (each
+//!   push averaged with one neighbour's model); there is no central model in its update path.
 //! - [`meter`]: the elastic-consistency meter: for every applied update, its staleness `tau`
 //!   and the distance between the worker's view and the model the update is applied to,
 //!   with per-worker and per-run max, mean and p95 (the empirical `B`).
@@ -26,7 +27,7 @@ pub mod worker;
 
 pub use center::{Action, Aggregator, Refusal, apply_delta};
 pub use meter::{Meter, Summary};
-pub use swarm::{Graph, Topology, average_pair, quantized_average};
+pub use swarm::{Exchange, Graph, Swarm, Topology, average_pair, quantized_average};
 pub use worker::{Adacomm, Merged, Reply, after_reply};
 
 use serde::{Deserialize, Serialize};

@@ -33,7 +33,9 @@ pub struct Merged {
 ///   of it, `x <- x~ + (x - view)`, to push it again after the next round;
 /// - any other refusal: take the center and drop the progress.
 ///
-/// Swarm workers never get a center; for them this leaves `x` as it is.
+/// Under SwarmSGD the "center" a worker gets back is its own model after the pairwise
+/// average the relay made ([`super::Swarm::reply`]): it takes it, like the central
+/// strategies.
 ///
 /// # Panics
 /// If the slices differ in length.
@@ -53,7 +55,6 @@ pub fn after_reply(
         reset_residual: false,
     };
     match (strategy, reply) {
-        (Strategy::Swarm { .. }, _) => kept,
         (Strategy::Easgd { alpha, .. }, Reply::Accepted) => {
             easgd_pull(x, center, *alpha);
             kept

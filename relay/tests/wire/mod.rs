@@ -177,6 +177,7 @@ pub fn welcome(m: &[u8]) -> Welcome {
         0 | 2 => {}
         1 | 3 | 5 => drop(c.take(4)),
         4 => drop(c.take(12)),
+        6 => drop(c.take(5)),
         s => panic!("strategy {s}"),
     }
     match c.u8() {
