@@ -14,6 +14,8 @@ const TIMELINE_S = 60;
 /** Samples of bytes/s kept (two a second: ten minutes). */
 const MAX_RATES = 1200;
 const SPAN_COLORS = { computing: '#1a56db', waiting: '#e8710a', communicating: '#0f9d58' };
+/** How long a pairwise average stays drawn on the topology (fading), ms. */
+const PAIR_WINDOW_MS = 3000;
 
 // The settings form, one row per setting: adding a setting is one entry here (and one
 // field in relay/src/teacher.rs's SettingsChange and SettingsView).
@@ -28,7 +30,7 @@ const SETTINGS = [
   { key: 'codec_up', label: 'push codec', unit: 'devices → relay', kind: 'codec' },
   { key: 'codec_down', label: 'center codec', unit: 'relay → devices', kind: 'codec' },
   { key: 'error_feedback', label: 'error feedback', unit: 'on pushes', kind: 'bool' },
-  { key: 'strategy', label: 'strategy', unit: 'easgd | fedavg[:M] | async_sgd | bounded[:B] | adacomm:K0:KMIN:S | fedbuff:M', kind: 'text' },
+  { key: 'strategy', label: 'strategy', unit: 'easgd | fedavg[:M] | async_sgd | bounded[:B] | adacomm:K0:KMIN:S | fedbuff:M | swarm:complete | swarm:ring | swarm:regular:D', kind: 'text' },
 ];
 
 // Presets: predict, run, compare. Each sets the room's strategy (and settings), optionally
@@ -42,6 +44,8 @@ const PRESETS = [
   { name: 'bounded staleness s=4', settings: { strategy: 'bounded', tau_max: 4 }, ask: 'How many pushes get refused?' },
   { name: 'FedBuff M=4', settings: { strategy: 'fedbuff:4', tau_max: 16 }, ask: 'Does buffering 4 updates smooth the curve?' },
   { name: 'ADACOMM', settings: { strategy: 'adacomm:32:4:10' }, ask: 'Does K fall as the loss falls?' },
+  { name: 'SwarmSGD ring', settings: { strategy: 'swarm:ring' }, ask: 'Without any center, does the mean model still learn? Who talks to whom?' },
+  { name: 'SwarmSGD complete graph', settings: { strategy: 'swarm:complete' }, ask: 'Does talking to anyone beat talking to two neighbours?' },
 ];
 const STRAGGLER_MS = 3000;
 
@@ -63,6 +67,7 @@ const state = {
   runs: [],
   spans: [],
   rates: [],
+  swarm: null,
   updates: 0,
   snapshots: 0,
   charts: {},
@@ -316,6 +321,7 @@ function onCommon(m) {
   state.histogram = m.histogram;
   state.devices = m.devices;
   renderDevices();
+  renderTopology(m.swarm ?? null);
   $('head-version').textContent = String(m.version);
   $('head-accuracy').textContent = state.accuracy == null ? '–' : `${(100 * state.accuracy).toFixed(1)} %`;
   $('head-run').textContent = `#${state.run} ${state.runName}`;
@@ -395,6 +401,78 @@ function deviceRow(d, body) {
   });
   body.appendChild(tr);
   return tr;
+}
+
+// ---- SwarmSGD topology --------------------------------------------------------------------
+
+const esc = (t) => String(t).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+
+/** The nodes in the order to put them on the circle: a ring's walk (so its edges are the
+ * circle's sides, whatever the relay's labelling), else by id. */
+function circleOrder(nodes, edges) {
+  const nb = new Map(nodes.map((id) => [id, []]));
+  for (const [a, b] of edges) { nb.get(a)?.push(b); nb.get(b)?.push(a); }
+  if (nodes.length < 4 || edges.length !== nodes.length || [...nb.values()].some((x) => x.length !== 2)) return nodes;
+  const order = [nodes[0]];
+  for (let prev = null, cur = nodes[0]; order.length < nodes.length;) {
+    const next = nb.get(cur).find((x) => x !== prev);
+    if (next === nodes[0]) return nodes; // more than one cycle
+    order.push(next);
+    [prev, cur] = [cur, next];
+  }
+  return order;
+}
+
+/** The swarm's graph as an SVG: nodes on a circle, edges thin and grey, the pairwise averages
+ * of the last PAIR_WINDOW_MS thick and fading with age, the newest pair's nodes highlighted. */
+function renderTopology(s) {
+  state.swarm = s;
+  $('topo-card').hidden = !s;
+  if (!s) return;
+  const names = new Map(state.devices.map((d) => [d.id, d.name]));
+  const name = (id) => names.get(id) ?? `#${id}`;
+  const order = circleOrder(s.nodes, s.edges);
+  const n = order.length;
+  const big = n <= 12;
+  const R = 160;
+  const at = new Map(order.map((id, i) => {
+    const a = (2 * Math.PI * i) / n - Math.PI / 2;
+    return [id, { x: R * Math.cos(a), y: R * Math.sin(a), cos: Math.cos(a), sin: Math.sin(a) }];
+  }));
+  const line = (cls, a, b, style = '') => {
+    const p = at.get(a);
+    const q = at.get(b);
+    return `<line class="${cls}" data-a="${a}" data-b="${b}" x1="${p.x.toFixed(1)}" y1="${p.y.toFixed(1)}" x2="${q.x.toFixed(1)}" y2="${q.y.toFixed(1)}"${style}/>`;
+  };
+  const now = state.serverMs || Date.now();
+  const recent = s.pairs.filter((p) => now - p.wall_ms <= PAIR_WINDOW_MS && at.has(p.a) && at.has(p.b));
+  const newest = recent.at(-1);
+  const hot = new Set(newest ? [newest.a, newest.b] : []);
+  const edges = s.edges.filter(([a, b]) => at.has(a) && at.has(b)).map(([a, b]) => line('edge', a, b)).join('');
+  const pairs = recent.map((p) => line('pair', p.a, p.b,
+    ` stroke-opacity="${Math.max(0.15, 1 - (now - p.wall_ms) / PAIR_WINDOW_MS).toFixed(2)}"`)).join('');
+  const nodes = order.map((id) => {
+    const { x, y, cos, sin } = at.get(id);
+    const anchor = cos > 0.35 ? 'start' : cos < -0.35 ? 'end' : 'middle';
+    const r = (big ? 14 : 9) + (hot.has(id) ? 6 : 0);
+    return `<g class="node${hot.has(id) ? ' t-hot' : ''}" data-id="${id}"><circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="${r}"/>`
+      + `<text x="${(x + 26 * cos).toFixed(1)}" y="${(y + 26 * sin).toFixed(1)}" dy="0.35em" text-anchor="${anchor}">${esc(name(id))}</text></g>`;
+  }).join('');
+  $('topology').innerHTML = `<g${big ? '' : ' class="t-many"'}>${edges}${pairs}${nodes}</g>`;
+
+  const count = s.exchanges.toLocaleString('en-US');
+  const last = s.pairs.at(-1);
+  const lastText = last
+    ? `last: ${name(last.a)} ↔ ${name(last.b)}, ${(Math.max(0, now - last.wall_ms) / 1000).toFixed(1)} s ago`
+    : 'no pairwise average yet';
+  // One line of text; it wraps only between its parts.
+  const parts = [`${s.graph} on ${n} device${n === 1 ? '' : 's'}`, `${count} pairwise averages`, lastText];
+  $('topology-text').innerHTML = parts.map((t) => `<span>${esc(t)}</span>`).join(' · ');
+  const note = $('topology-note');
+  note.hidden = s.graph === s.topology;
+  note.textContent = s.graph === 'none'
+    ? `${s.topology} needs at least 2 devices: no pairs yet`
+    : `${s.topology} needs more devices: using ${s.graph}`;
 }
 
 // ---- room controls -----------------------------------------------------------------------

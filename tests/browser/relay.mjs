@@ -96,7 +96,8 @@ export async function startServer() {
   const home = mkdtempSync(join(tmpdir(), 'easel-home-'));
   cleanups.push(() => rmSync(home, { recursive: true, force: true }));
   const s = await startEasel(
-    ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0'],
+    // This checkout's www/ (the binary's default is the www/ of the tree it was built in).
+    ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0', '--www', join(ROOT, 'www')],
     [
       /^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m,
       /^listening on https:\/\/127\.0\.0\.1:(\d+)\/$/m,
