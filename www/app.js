@@ -164,12 +164,14 @@ function startStudent() {
     central: {
       'tau-label': 'Staleness τ of my pushes', 'alpha-label': 'Weight α<sub>eff</sub> of my last push',
       'alpha-unit': 'of the center', 'distance-label': 'Distance from the center',
+      'distance-unit': '‖x − x̃‖ (L2)',
       'version-label': 'Center version', 'version-unit': 'merges so far',
       'guess-center-title': 'The class\'s model <small>(the center)</small>',
     },
     swarm: {
       'tau-label': 'Averages I missed', 'alpha-label': 'Weight of my model in the last average',
       'alpha-unit': 'pairwise average', 'distance-label': 'Moved by my last average',
+      'distance-unit': '‖x − x<sub>after</sub>‖ (L2)',
       'version-label': 'Swarm version', 'version-unit': 'pushes so far',
       'guess-center-title': 'My model after averaging <small>(SwarmSGD has no center)</small>',
     },

@@ -322,6 +322,7 @@ function onCommon(m) {
   state.devices = m.devices;
   renderDevices();
   renderTopology(m.swarm ?? null);
+  wordFor(!!m.swarm);
   $('head-version').textContent = String(m.version);
   $('head-accuracy').textContent = state.accuracy == null ? '–' : `${(100 * state.accuracy).toFixed(1)} %`;
   $('head-run').textContent = `#${state.run} ${state.runName}`;
@@ -404,6 +405,30 @@ function deviceRow(d, body) {
 }
 
 // ---- SwarmSGD topology --------------------------------------------------------------------
+
+// Under SwarmSGD there is no center: the relay evaluates the mean of the devices' models,
+// a device's distance is from that mean, and its staleness counts the averages it missed.
+const WORDS = {
+  central: {
+    'acc-h': 'Center test accuracy and loss <small>over time since the run started</small>',
+    'head-accuracy-label': 'test accuracy', 'head-version-label': 'center version',
+    'th-tau': 'mean staleness<br><small>versions</small>', 'th-distance': 'distance<br><small>‖xᵢ − x̃‖</small>',
+    'dist-h': 'Elastic-consistency distance <small>‖x̃(base) − x̃‖ per push</small>',
+  },
+  swarm: {
+    'acc-h': 'Mean model test accuracy and loss <small>SwarmSGD has no center: the mean of the devices\' models</small>',
+    'head-accuracy-label': 'mean model accuracy', 'head-version-label': 'swarm version',
+    'th-tau': 'mean staleness<br><small>averages missed</small>', 'th-distance': 'distance<br><small>‖xᵢ − mean‖</small>',
+    'dist-h': 'Elastic-consistency distance <small>‖yᵢ − view‖ per push: averages its view missed</small>',
+  },
+};
+let worded = 'central';
+function wordFor(swarm) {
+  const kind = swarm ? 'swarm' : 'central';
+  if (kind === worded) return;
+  worded = kind;
+  for (const [id, html] of Object.entries(WORDS[kind])) $(id).innerHTML = html;
+}
 
 const esc = (t) => String(t).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
 

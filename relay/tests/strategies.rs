@@ -226,7 +226,11 @@ async fn adacomm_shortens_the_bots_period_as_the_loss_falls() {
     assert_eq!(first, 8, "every bot starts at k0");
     // The bots got the relay's Settings and pushed after fewer local steps later on.
     let last = records.iter().map(|r| r.local_steps).min().unwrap();
-    assert!(last < 8, "the period never fell: {:?}", records.iter().map(|r| r.local_steps).collect::<Vec<_>>());
+    assert!(
+        last < 8,
+        "the period never fell: {:?}",
+        records.iter().map(|r| r.local_steps).collect::<Vec<_>>()
+    );
     // Every round still closes with one version.
     assert!(!rounds(&records).is_empty());
 }

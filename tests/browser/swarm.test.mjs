@@ -79,6 +79,9 @@ test('the teacher sees the ring, its pairwise averages, and the mean model learn
   assert.match(await page.locator('#topology-text').innerText(),
     /^ring on 4 devices · [\d,]+ pairwise averages · last: \S+ ↔ \S+, \d+\.\d\ss ago$/);
   assert.equal(await page.locator('#topology-note').isVisible(), false, 'the graph asked for is the one in use');
+  // No center under SwarmSGD: the dashboard says what it evaluates.
+  assert.match(await page.locator('#acc-h').innerText(), /^Mean model test accuracy/);
+  assert.match(await page.locator('#head-version-label').innerText(), /swarm version/);
 
   // The mean model learns without any center.
   await waitInPage(browser, () => window.easelDashboard.evals.some((e) => e.accuracy > 0.5),
@@ -88,5 +91,31 @@ test('the teacher sees the ring, its pairwise averages, and the mean model learn
   await waitInPage(browser, () => document.querySelectorAll('#topology line.pair').length > 0,
     null, 30_000, 'a recent pairwise average to draw');
   await screenshot(page, 'swarm-topology.png');
+  assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
+});
+
+test('a student tab joins the swarm: the relay averages its pushes with neighbours and the page says so', { timeout: 200_000 }, async () => {
+  const browser = await launch(serve.port);
+  const { page } = browser;
+  await page.goto(`http://127.0.0.1:${serve.port}/?room=${serve.room}&backend=cpu`);
+  await waitInPage(browser, () => window.easel?.state().accepted >= 5, null, 120_000,
+    'five accepted pushes from the tab');
+  const s = await page.evaluate(() => window.easel.state());
+  assert.equal(s.strategy, 'swarm');
+  assert.equal(s.refused, 0, 'every push names the version it got back');
+  // Averaged with one neighbour, and the averages it missed are counted.
+  assert.equal(s.last_alpha_eff, 0.5);
+  assert.ok(Number.isInteger(s.last_tau), `tau ${s.last_tau}`);
+  assert.match(await page.locator('#tau-label').innerText(), /Averages I missed/);
+  assert.match(await page.locator('#guess-center-title').innerText(), /SwarmSGD has no center/);
+  // The relay's ledger names each of its pushes' neighbours: the ring's, now over 5 devices.
+  const r = await fetch(`http://127.0.0.1:${serve.port}/api/rooms/${serve.room}/ledger.json`, {
+    headers: { authorization: `Bearer ${serve.adminToken}` },
+  });
+  const ledger = await r.json();
+  const mine = ledger.records.filter((x) => x.worker === s.worker_id);
+  assert.ok(mine.length >= 5 && mine.every((x) => x.code === 0 && x.peer !== null && x.peer !== s.worker_id),
+    JSON.stringify(mine.slice(0, 3)));
+  await screenshot(page, 'swarm-student.png');
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
 });

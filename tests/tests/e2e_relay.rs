@@ -12,17 +12,21 @@ use easel_relay::experiment::{self, Setup};
 /// Bytes of a Push message around its payload.
 const PUSH_HEADER: usize = 30;
 
-#[test]
-fn eight_bots_two_stragglers_reach_95_percent_and_the_ledger_shows_staleness() {
+/// Runs `setup` with fp32 pushes on the real MNIST digits.
+fn run_fp32(setup: &Setup) -> experiment::Outcome {
     let data = Arc::new(Mnist::load(default_path()).expect("the MNIST file (cargo xtask data)"));
-    let setup = Setup::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let o = rt
-        .block_on(experiment::run(&setup, "fp32", Codec::Fp32, false, data))
-        .expect("the run completes");
+    rt.block_on(experiment::run(setup, "fp32", Codec::Fp32, false, data))
+        .expect("the run completes")
+}
+
+#[test]
+fn eight_bots_two_stragglers_reach_95_percent_and_the_ledger_shows_staleness() {
+    let setup = Setup::default();
+    let o = run_fp32(&setup);
 
     for r in &o.reports {
         println!("{}", r.line());
@@ -106,6 +110,57 @@ fn eight_bots_two_stragglers_reach_95_percent_and_the_ledger_shows_staleness() {
             fp32 / bytes as f64
         );
     }
+}
+
+/// SwarmSGD live on real MNIST: the same eight bots (two 5x stragglers) on a ring, every
+/// push averaged with a neighbour's model by the relay, no center; the relay's evaluation of
+/// the mean model learns, and the stragglers miss more of their neighbours' averages.
+#[test]
+fn eight_bots_on_a_swarm_ring_learn_without_a_center() {
+    let mut setup = Setup::default();
+    setup.hyper.merge = easel_protocol::Merge::Swarm {
+        topology: easel_protocol::strategy::Topology::Ring,
+    };
+    let o = run_fp32(&setup);
+    println!(
+        "swarm ring: {} pushes in {:.1} s; mean model accuracy {:.2}%, loss {:.4}; \
+         missed averages: fast {:.2}, slow {:.2} per push",
+        o.ledger_pushes,
+        o.seconds,
+        100.0 * o.accuracy,
+        o.loss,
+        o.fast.mean_tau,
+        o.slow.mean_tau
+    );
+    assert_eq!(
+        o.acks, o.ledger_pushes,
+        "client-side Acks == ledger records"
+    );
+    assert_eq!(
+        o.slow.refused + o.fast.refused,
+        0,
+        "every push names its version"
+    );
+    let records = o.ledger_json["records"].as_array().expect("records");
+    let averaged = records.iter().filter(|r| r["peer"].is_u64()).count();
+    // Only a bot alone in the room (the first, before the others join) has no neighbour.
+    assert!(
+        averaged + 16 >= records.len(),
+        "{averaged} of {} pushes averaged",
+        records.len()
+    );
+    assert!(
+        o.accuracy >= 0.93,
+        "mean model accuracy {:.2}% after {} pushes",
+        100.0 * o.accuracy,
+        o.ledger_pushes
+    );
+    assert!(
+        o.slow.mean_tau > o.fast.mean_tau,
+        "slow missed {} > fast {}",
+        o.slow.mean_tau,
+        o.fast.mean_tau
+    );
 }
 
 /// `easel bots` over `wss://` with the relay's self-signed certificate, trusted through
