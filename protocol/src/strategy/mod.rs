@@ -60,8 +60,10 @@ pub enum Strategy {
     /// center is not applied; the worker pulls the center, keeps its own progress on top of
     /// it, and pushes again after its next round.
     Bounded { s: u32, b: Option<f32> },
-    /// SwarmSGD: after its local steps a worker averages its model with one random neighbour
-    /// on `topology`, optionally through `quantize`; no central model.
+    /// SwarmSGD: after its local steps a worker's model is averaged with one random
+    /// neighbour's on `topology` ([`Swarm`]); no central model. `quantize` is the codec of
+    /// the exchanges both ways (the push and the model sent back) in the simulator; a live
+    /// room uses its push and center codecs, and its Hyper leaves `quantize` empty.
     Swarm {
         topology: Topology,
         quantize: Option<Codec>,

@@ -238,6 +238,13 @@ pub struct Exchange {
     pub distance_to_mean: f32,
 }
 
+/// `sum += k * x`, coordinate by coordinate.
+fn add(sum: &mut [f64], x: &[f32], k: f64) {
+    for (s, &v) in sum.iter_mut().zip(x) {
+        *s += k * f64::from(v);
+    }
+}
+
 /// The graph in use: a [`Graph`] on the active members, node `k` being worker `ids[k]`.
 #[derive(Clone, Debug)]
 struct Layout {
@@ -282,7 +289,8 @@ pub struct Swarm {
     layout: Option<Layout>,
     version: u64,
     exchanges: u64,
-    /// The sum of the active members' models, in `f64`, and their mean.
+    /// How many members are active, the sum of their models in `f64`, and their mean.
+    active: usize,
     sum: Vec<f64>,
     mean: Arc<[f32]>,
     meter: Meter,
@@ -300,6 +308,7 @@ impl Swarm {
             layout: None,
             version,
             exchanges: 0,
+            active: 0,
             sum: vec![0.0; mean.len()],
             mean,
             meter: Meter::default(),
@@ -377,7 +386,12 @@ impl Swarm {
                 active: false,
             }
         });
-        member.active = true;
+        if !member.active {
+            member.active = true;
+            self.active += 1;
+            add(&mut self.sum, &member.model, 1.0);
+            self.refresh_mean();
+        }
         self.relayout(rng);
     }
 
@@ -387,15 +401,17 @@ impl Swarm {
             && m.active
         {
             m.active = false;
+            self.active -= 1;
+            add(&mut self.sum, &m.model, -1.0);
+            self.refresh_mean();
             self.relayout(rng);
         }
     }
 
     /// Forgets `worker` (removed by the teacher).
     pub fn remove<R: Rng + ?Sized>(&mut self, worker: u32, rng: &mut R) {
-        if self.members.remove(&worker).is_some() {
-            self.relayout(rng);
-        }
+        self.leave(worker, rng);
+        self.members.remove(&worker);
     }
 
     /// Changes the topology and lays the graph out again.
@@ -416,11 +432,12 @@ impl Swarm {
         }
         self.exchanges = 0;
         self.meter = Meter::default();
-        self.resum();
+        self.sum.iter_mut().for_each(|s| *s = 0.0);
+        add(&mut self.sum, model, self.active as f64);
         self.mean = model.into();
     }
 
-    /// The graph on the active members, and the sum and mean of their models.
+    /// Lays the graph out on the active members.
     fn relayout<R: Rng + ?Sized>(&mut self, rng: &mut R) {
         let ids = self.nodes();
         let n = ids.len() as u32;
@@ -436,23 +453,12 @@ impl Swarm {
                 .ok()
                 .map(|graph| Layout { graph, ids })
         };
-        self.resum();
-    }
-
-    fn resum(&mut self) {
-        self.sum.iter_mut().for_each(|s| *s = 0.0);
-        for m in self.members.values().filter(|m| m.active) {
-            for (s, &x) in self.sum.iter_mut().zip(&m.model) {
-                *s += f64::from(x);
-            }
-        }
-        self.refresh_mean();
     }
 
     fn refresh_mean(&mut self) {
-        let n = self.members.values().filter(|m| m.active).count();
-        if n > 0 {
-            self.mean = self.sum.iter().map(|&s| (s / n as f64) as f32).collect();
+        if self.active > 0 {
+            let n = self.active as f64;
+            self.mean = self.sum.iter().map(|&s| (s / n) as f32).collect();
         }
     }
 

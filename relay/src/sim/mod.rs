@@ -7,12 +7,13 @@
 //! real shard ([`easel_client::data::partition`]), compresses its update with the real
 //! codecs (with error feedback), and sends it over a simulated network (latency plus the
 //! encoded message's bytes over the bandwidth) to a center driven by the real strategy code
-//! ([`easel_protocol::strategy`]). SwarmSGD runs without a center: workers average in
-//! pairs, and the mean model is evaluated.
+//! ([`easel_protocol::strategy`]). SwarmSGD runs without a center, exactly as the relay
+//! routes it ([`easel_protocol::strategy::Swarm`]): each push is averaged with a random
+//! neighbour's copy, the neighbour catches up under its own next push, and the mean model is
+//! evaluated.
 //!
-//! A worker's round is computed when it ends: its local steps start from its model as it is
-//! at that moment, so a Swarm neighbour's average that lands during the round counts as
-//! having happened before the round's steps.
+//! A worker's round is computed when it ends, from the model it got back with its last
+//! answer.
 //!
 //! Everything is single-threaded and seeded: the same configuration gives byte-identical
 //! output.
@@ -31,8 +32,7 @@ use easel_client::{CpuTrainer, Sgd, Trainer, cpu, model};
 use easel_protocol::codec::{self, Codec, ErrorFeedback};
 use easel_protocol::message::{self, Message, Push};
 use easel_protocol::strategy::{
-    Action, Adacomm, Aggregator, Graph, Meter, Reply, Strategy, Summary, after_reply, average_pair,
-    quantized_average,
+    Action, Adacomm, Aggregator, Meter, Reply, Strategy, Summary, Swarm, after_reply,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -90,18 +90,20 @@ pub struct SimResult {
     pub time_to_target_s: Option<f64>,
     pub final_accuracy: f64,
     pub best_accuracy: f64,
-    /// Bytes of every message from workers (pushes, Swarm payloads) and to them.
+    /// Bytes of every message from workers (pushes) and to them (centers; Swarm: each
+    /// worker's own model after its exchange).
     pub bytes_up: u64,
     pub bytes_down: u64,
     /// Rounds of local steps finished, over all workers.
     pub rounds: u64,
     /// SGD steps taken, over all workers.
     pub steps: u64,
-    /// Updates applied to the center (Swarm: pairwise exchanges).
+    /// Updates applied to the center (Swarm: pushes applied to the relay's copy of the
+    /// worker's model and averaged with a neighbour's).
     pub applied: u64,
     /// Updates refused (the worker resynchronised).
     pub refused: u64,
-    /// The center's last version (0 for Swarm).
+    /// The center's last version (Swarm: the swarm's, one per applied push).
     pub version: u64,
     pub staleness: Staleness,
     /// The elastic-consistency meter over the run: `distance_max` is the empirical `B`.
@@ -125,8 +127,6 @@ enum Event {
         center: Arc<[f32]>,
         reply: Reply,
     },
-    /// Swarm: worker `w`'s exchange with `peer` completes.
-    Meet { w: u32, peer: u32 },
     /// Evaluate the model.
     Eval,
 }
@@ -164,9 +164,9 @@ struct Sim<'a> {
     trainer: CpuTrainer,
     workers: Vec<SimWorker>,
     center: Option<Aggregator>,
-    swarm: Option<(Graph, Option<Codec>, Meter)>,
-    /// Swarm: the sum of all workers' models, kept up to date in `f64`.
-    sum: Vec<f64>,
+    /// SwarmSGD as the relay runs it, with the codec of its exchanges (the strategy's
+    /// `quantize` both ways, else the configured push and center codecs).
+    swarm: Option<Swarm>,
     adacomm: Option<Adacomm>,
     rng: ChaCha8Rng,
     batch: Vec<u32>,
@@ -251,17 +251,21 @@ impl<'a> Sim<'a> {
             )));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F55_1111);
-        let (center_agg, swarm, sum) = match &cfg.strategy {
-            Strategy::Swarm { topology, quantize } => {
-                let graph = Graph::new(*topology, n, &mut rng)
+        let (center_agg, swarm) = match &cfg.strategy {
+            Strategy::Swarm { topology, .. } => {
+                topology
+                    .validate(n)
                     .map_err(|e| SimError::Config(e.to_string()))?;
-                let sum = init.iter().map(|&v| f64::from(v) * f64::from(n)).collect();
-                (None, Some((graph, *quantize, Meter::default())), sum)
+                let mut swarm = Swarm::new(*topology, 0, center, cfg.train.max_norm);
+                for w in 0..n {
+                    swarm.join(w, None, &mut rng);
+                }
+                (None, Some(swarm))
             }
             s => {
                 let agg = Aggregator::new(s.clone(), n, 0, center, cfg.train.max_norm)
                     .map_err(|e| SimError::Config(e.to_string()))?;
-                (Some(agg), None, Vec::new())
+                (Some(agg), None)
             }
         };
         let adacomm = Adacomm::of(&cfg.strategy);
@@ -276,7 +280,6 @@ impl<'a> Sim<'a> {
             workers,
             center: center_agg,
             swarm,
-            sum,
             adacomm,
             rng,
             batch: Vec::with_capacity(cfg.train.batch as usize),
@@ -325,7 +328,6 @@ impl<'a> Sim<'a> {
                     center,
                     reply,
                 } => self.answer(w, version, center, reply),
-                Event::Meet { w, peer } => self.meet(w, peer),
                 Event::Eval => {
                     self.evaluate();
                     let next = self.now + micros(self.cfg.eval_every_s);
@@ -401,14 +403,20 @@ impl<'a> Sim<'a> {
         loss
     }
 
-    fn round_done(&mut self, w: u32) {
-        if self.swarm.is_some() {
-            let before = self.workers[w as usize].x.clone();
-            self.train(w);
-            self.track_sum(&before, w);
-            return self.gossip(w);
+    /// The codecs of pushes and of the models sent back: Swarm's `quantize` both ways when
+    /// it has one, else the configured ones.
+    fn codecs(&self) -> (Codec, Codec) {
+        match self.cfg.strategy {
+            Strategy::Swarm {
+                quantize: Some(q), ..
+            } => (q, q),
+            _ => (self.cfg.train.codec_up, self.cfg.train.codec_down),
         }
+    }
+
+    fn round_done(&mut self, w: u32) {
         let loss = self.train(w);
+        let (up, _) = self.codecs();
         let train = &self.cfg.train;
         let worker = &mut self.workers[w as usize];
         let delta: Vec<f32> = worker
@@ -418,11 +426,9 @@ impl<'a> Sim<'a> {
             .map(|(a, c)| a - c)
             .collect();
         let payload = if train.error_feedback {
-            worker
-                .feedback
-                .compress(train.codec_up, &delta, &mut worker.rng)
+            worker.feedback.compress(up, &delta, &mut worker.rng)
         } else {
-            codec::encode(train.codec_up, &delta, &mut worker.rng)
+            codec::encode(up, &delta, &mut worker.rng)
         };
         let base = worker.view_version;
         let bytes = message::encode(&Message::Push(Push {
@@ -438,54 +444,10 @@ impl<'a> Sim<'a> {
         self.schedule(at, Event::Arrive { w, base, payload });
     }
 
-    /// Swarm: `w` picks a neighbour; both models travel through the relay, up and down.
-    fn gossip(&mut self, w: u32) {
-        let (graph, quantize, _) = self.swarm.as_ref().expect("a swarm run");
-        let peer = graph.pick(w, &mut self.rng);
-        let codec = quantize.unwrap_or(Codec::Fp32);
-        let bytes = codec::encoded_len(codec, model::PARAMS);
-        self.bytes_up += 2 * bytes as u64;
-        self.bytes_down += 2 * bytes as u64;
-        let at = self.now + 2 * self.transfer_us(bytes);
-        self.schedule(at, Event::Meet { w, peer });
-    }
-
-    /// Swarm: worker `w`'s model changed from `before`; keep the sum of models current.
-    fn track_sum(&mut self, before: &[f32], w: u32) {
-        let x = &self.workers[w as usize].x;
-        for ((s, b), a) in self.sum.iter_mut().zip(before).zip(x) {
-            *s += f64::from(*a) - f64::from(*b);
-        }
-    }
-
-    fn mean_model(&self) -> Vec<f32> {
-        let n = f64::from(self.cfg.workers);
-        self.sum.iter().map(|s| (s / n) as f32).collect()
-    }
-
-    fn meet(&mut self, w: u32, peer: u32) {
-        let mean = self.mean_model();
-        let (lo, hi) = (w.min(peer) as usize, w.max(peer) as usize);
-        let (before_lo, before_hi) = (self.workers[lo].x.clone(), self.workers[hi].x.clone());
-        let distance = easel_protocol::distance(&self.workers[w as usize].x, &mean);
-        let (left, right) = self.workers.split_at_mut(hi);
-        let (a, b) = (&mut left[lo].x, &mut right[0].x);
-        let (_, quantize, meter) = self.swarm.as_mut().expect("a swarm run");
-        match quantize {
-            Some(codec) => {
-                quantized_average(a, b, *codec, &mut self.rng)
-                    .expect("validated codec on finite models");
-            }
-            None => average_pair(a, b),
-        }
-        meter.record(w, 0, distance);
-        self.applied += 1;
-        self.track_sum(&before_lo, lo as u32);
-        self.track_sum(&before_hi, hi as u32);
-        self.start_round(w);
-    }
-
     fn arrive(&mut self, w: u32, base: u64, payload: &[u8]) {
+        if self.swarm.is_some() {
+            return self.exchange(w, base, payload);
+        }
         let agg = self.center.as_mut().expect("a central run");
         let action = match codec::decode(payload, model::PARAMS) {
             Ok(delta) => agg.on_update(w, base, &delta),
@@ -545,6 +507,48 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Swarm: the relay averages `w`'s push with a neighbour's copy and sends `w` its model.
+    fn exchange(&mut self, w: u32, base: u64, payload: &[u8]) {
+        let (_, down) = self.codecs();
+        let swarm = self.swarm.as_mut().expect("a swarm run");
+        let reply = match codec::decode(payload, model::PARAMS)
+            .ok()
+            .map(|delta| swarm.on_update(w, base, &delta, &mut self.rng))
+        {
+            Some(Ok(_)) => {
+                self.applied += 1;
+                Reply::Accepted
+            }
+            _ => {
+                self.refused += 1;
+                Reply::Refused
+            }
+        };
+        let (version, payload) = swarm
+            .reply(w, down, &mut self.rng)
+            .expect("every simulated worker is a member");
+        let received: Arc<[f32]> = codec::decode(&payload, model::PARAMS)
+            .expect("the codecs decode what they encode")
+            .into();
+        let bytes = message::encode(&Message::Center(easel_protocol::Center {
+            version,
+            base: None,
+            payload,
+        }))
+        .len();
+        self.bytes_down += bytes as u64;
+        let at = self.now + self.transfer_us(bytes);
+        self.schedule(
+            at,
+            Event::Answer {
+                w,
+                version,
+                center: received,
+                reply,
+            },
+        );
+    }
+
     fn answer(&mut self, w: u32, version: u64, center: Arc<[f32]>, reply: Reply) {
         let worker = &mut self.workers[w as usize];
         let merged = after_reply(
@@ -566,9 +570,10 @@ impl<'a> Sim<'a> {
     }
 
     fn evaluate(&mut self) {
-        let params: Vec<f32> = match &self.center {
-            Some(agg) => agg.center().1.to_vec(),
-            None => self.mean_model(),
+        let params: Vec<f32> = match (&self.center, &self.swarm) {
+            (Some(agg), _) => agg.center().1.to_vec(),
+            (None, Some(swarm)) => swarm.mean().to_vec(),
+            (None, None) => unreachable!("a run is central or a swarm"),
         };
         let test = &self.data.test;
         let n = self.cfg.eval_samples.unwrap_or(test.len()).min(test.len());
@@ -591,7 +596,7 @@ impl<'a> Sim<'a> {
     fn result(self) -> SimResult {
         let meter = match (&self.center, &self.swarm) {
             (Some(agg), _) => agg.meter().clone(),
-            (None, Some((_, _, m))) => m.clone(),
+            (None, Some(swarm)) => swarm.meter().clone(),
             (None, None) => Meter::default(),
         };
         let summary = meter.summary();
@@ -615,7 +620,11 @@ impl<'a> Sim<'a> {
             steps: self.steps,
             applied: self.applied,
             refused: self.refused,
-            version: self.center.as_ref().map_or(0, |a| a.center().0),
+            version: match (&self.center, &self.swarm) {
+                (Some(agg), _) => agg.center().0,
+                (None, Some(swarm)) => swarm.version(),
+                (None, None) => 0,
+            },
             staleness: Staleness {
                 histogram: meter.histogram().to_vec(),
                 mean: summary.tau_mean,
