@@ -320,7 +320,7 @@ impl Room {
     }
 
     /// The newest version and its center; under SwarmSGD, the swarm's version and the
-    /// mean of the connected workers' models.
+    /// mean of its workers' models (connected or not; the removed are forgotten).
     pub fn center(&self) -> (u64, Arc<[f32]>) {
         if let Some(s) = &self.swarm {
             return (s.version(), s.mean().clone());

@@ -116,7 +116,7 @@ fn eight_bots_two_stragglers_reach_95_percent_and_the_ledger_shows_staleness() {
 /// push averaged with a neighbour's model by the relay, no center; the relay's evaluation of
 /// the mean model learns, and the stragglers miss more of their neighbours' averages.
 #[test]
-fn eight_bots_on_a_swarm_ring_learn_without_a_center() {
+fn eight_bots_on_a_swarm_ring_reach_95_percent_without_a_center() {
     let mut setup = Setup::default();
     setup.hyper.merge = easel_protocol::Merge::Swarm {
         topology: easel_protocol::strategy::Topology::Ring,
@@ -150,7 +150,7 @@ fn eight_bots_on_a_swarm_ring_learn_without_a_center() {
         records.len()
     );
     assert!(
-        o.accuracy >= 0.93,
+        o.accuracy >= 0.95,
         "mean model accuracy {:.2}% after {} pushes",
         100.0 * o.accuracy,
         o.ledger_pushes

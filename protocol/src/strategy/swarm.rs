@@ -278,7 +278,9 @@ struct Member {
 ///
 /// The graph is laid out on the active members in increasing id order; when it cannot be
 /// (a `regular:D` with too few workers) the complete graph is used, and below 2 workers
-/// there is none. The mean of the active members' models is what the relay evaluates.
+/// there is none. The mean of every member's model, connected or not (a member that left
+/// comes back with its model; one removed is forgotten), is what the relay evaluates: a
+/// device closing its tab does not make the mean jump.
 /// Pure: no I/O, no clock; randomness is passed in.
 #[derive(Clone, Debug)]
 pub struct Swarm {
@@ -289,8 +291,7 @@ pub struct Swarm {
     layout: Option<Layout>,
     version: u64,
     exchanges: u64,
-    /// How many members are active, the sum of their models in `f64`, and their mean.
-    active: usize,
+    /// The sum of every member's model in `f64`, and their mean.
     sum: Vec<f64>,
     mean: Arc<[f32]>,
     meter: Meter,
@@ -308,7 +309,6 @@ impl Swarm {
             layout: None,
             version,
             exchanges: 0,
-            active: 0,
             sum: vec![0.0; mean.len()],
             mean,
             meter: Meter::default(),
@@ -356,7 +356,7 @@ impl Swarm {
         self.exchanges
     }
 
-    /// The mean of the active members' models (the last mean while there are none).
+    /// The mean of every member's model (the starting model while there are none).
     pub fn mean(&self) -> &Arc<[f32]> {
         &self.mean
     }
@@ -375,43 +375,43 @@ impl Swarm {
     /// `None`); a member that left comes back with the model it had. Lays the graph out
     /// again.
     pub fn join<R: Rng + ?Sized>(&mut self, worker: u32, model: Option<&[f32]>, rng: &mut R) {
-        let version = self.version;
-        let member = self.members.entry(worker).or_insert_with(|| {
+        if !self.members.contains_key(&worker) {
             let m = model.unwrap_or(&self.mean).to_vec();
-            Member {
+            add(&mut self.sum, &m, 1.0);
+            let member = Member {
                 view: m.clone(),
                 model: m,
-                version,
+                version: self.version,
                 missed: 0,
                 active: false,
-            }
-        });
-        if !member.active {
-            member.active = true;
-            self.active += 1;
-            add(&mut self.sum, &member.model, 1.0);
+            };
+            self.members.insert(worker, member);
             self.refresh_mean();
+        }
+        if let Some(m) = self.members.get_mut(&worker) {
+            m.active = true;
         }
         self.relayout(rng);
     }
 
-    /// Takes `worker` out of the graph and the mean; its model is kept for its return.
+    /// Takes `worker` out of the graph; its model is kept (and counted in the mean) for its
+    /// return.
     pub fn leave<R: Rng + ?Sized>(&mut self, worker: u32, rng: &mut R) {
         if let Some(m) = self.members.get_mut(&worker)
             && m.active
         {
             m.active = false;
-            self.active -= 1;
-            add(&mut self.sum, &m.model, -1.0);
-            self.refresh_mean();
             self.relayout(rng);
         }
     }
 
-    /// Forgets `worker` (removed by the teacher).
+    /// Forgets `worker` (removed by the teacher): out of the graph and the mean.
     pub fn remove<R: Rng + ?Sized>(&mut self, worker: u32, rng: &mut R) {
         self.leave(worker, rng);
-        self.members.remove(&worker);
+        if let Some(m) = self.members.remove(&worker) {
+            add(&mut self.sum, &m.model, -1.0);
+            self.refresh_mean();
+        }
     }
 
     /// Changes the topology and lays the graph out again.
@@ -433,7 +433,7 @@ impl Swarm {
         self.exchanges = 0;
         self.meter = Meter::default();
         self.sum.iter_mut().for_each(|s| *s = 0.0);
-        add(&mut self.sum, model, self.active as f64);
+        add(&mut self.sum, model, self.members.len() as f64);
         self.mean = model.into();
     }
 
@@ -456,21 +456,19 @@ impl Swarm {
     }
 
     fn refresh_mean(&mut self) {
-        if self.active > 0 {
-            let n = self.active as f64;
+        if !self.members.is_empty() {
+            let n = self.members.len() as f64;
             self.mean = self.sum.iter().map(|&s| (s / n) as f32).collect();
         }
     }
 
-    /// Replaces an active member's model, keeping the sum current.
+    /// Replaces a member's model, keeping the sum current.
     fn set_model(&mut self, worker: u32, model: Vec<f32>) {
         let Some(m) = self.members.get_mut(&worker) else {
             return;
         };
-        if m.active {
-            for ((s, &new), &old) in self.sum.iter_mut().zip(&model).zip(&m.model) {
-                *s += f64::from(new) - f64::from(old);
-            }
+        for ((s, &new), &old) in self.sum.iter_mut().zip(&model).zip(&m.model) {
+            *s += f64::from(new) - f64::from(old);
         }
         m.model = model;
     }
@@ -807,10 +805,15 @@ mod tests {
         assert_eq!((swarm.graph(), swarm.nodes()), (None, vec![1]));
         let x = swarm.on_update(1, 0, &[1.0], &mut rng).unwrap();
         assert_eq!((x.peer, swarm.exchanges()), (None, 0));
-        assert_eq!(&swarm.mean()[..], &[1.0]);
-        // A member that comes back has kept its model.
+        // Those that left still count in the mean: (1 + 2 + 4 + 2 + 2 + 2) / 6.
+        assert_eq!(swarm.mean()[0], (13.0f64 / 6.0) as f32);
+        // A member that comes back has kept its model; the removed are forgotten.
         swarm.join(3, None, &mut rng);
         assert_eq!(swarm.model(3), Some(&[4.0][..]));
+        for id in [2, 4, 5, 6] {
+            swarm.remove(id, &mut rng);
+        }
+        assert_eq!(swarm.nodes(), [1, 3]);
         assert_eq!(&swarm.mean()[..], &[2.5]);
     }
 
