@@ -234,3 +234,36 @@ async fn adacomm_shortens_the_bots_period_as_the_loss_falls() {
     // Every round still closes with one version.
     assert!(!rounds(&records).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_with_quantized_exchanges_stays_in_step() {
+    // Pushes and the models sent back both in 8-bit QSGD: the relay keeps what each bot
+    // decodes as its copy, so every push still lands on the model the bot holds.
+    let qsgd = easel_protocol::Codec::Qsgd {
+        bits: 8,
+        bucket: 512,
+    };
+    let mut settings = RoomSettings::default();
+    settings.hyper.local_steps = 2;
+    settings.hyper.batch = 8;
+    settings.hyper.codec_up = qsgd;
+    settings.hyper.codec_down = qsgd;
+    settings.hyper.merge = Merge::Swarm {
+        topology: easel_protocol::strategy::Topology::Complete,
+    };
+    let (reports, records) = session_with(settings, PUSHES).await;
+    all_answered(&reports);
+    assert!(records.iter().all(|r| r.accepted()), "{records:?}");
+    assert!(records.iter().any(|r| r.peer.is_some()));
+    // About a quarter of fp32's 177,734 bytes each way.
+    let fp32 = easel_protocol::encoded_len(easel_protocol::Codec::Fp32, 44_426) as u64;
+    for r in &records {
+        assert!(
+            r.bytes_in < fp32 / 3 && r.bytes_out < fp32 / 3,
+            "{} in, {} out",
+            r.bytes_in,
+            r.bytes_out
+        );
+        assert!(r.delta_norm.is_finite() && r.delta_norm < 10.0, "{r:?}");
+    }
+}
