@@ -20,9 +20,14 @@ use crate::runs::{PushPoint, Runs};
 use crate::teacher::{MAX_DELAY_MS, SettingsView, TeacherControl};
 use crate::ws::close;
 
-/// Control messages a connection may have queued before more are dropped. Control is rare
-/// (a teacher's clicks); a connection that does not drain eight is not listening anyway.
+/// Orders a connection may have queued. Control is rare (a teacher's clicks); a connection
+/// that does not drain them is not listening anyway, and further Controls are dropped (the
+/// room keeps the setting). The last [`RESERVED`] places take only answers to held pushes
+/// and closes, which are never dropped for Controls: a worker has one push in flight, so
+/// it is owed at most one answer.
 pub const CONTROL_QUEUE: usize = 8;
+/// Places of the control queue kept for answers and closes.
+pub const RESERVED: usize = 2;
 /// Center evaluations kept per room (one every few seconds: hours of class).
 pub const EVAL_HISTORY: usize = 10_000;
 
@@ -564,11 +569,12 @@ fn answer_locked(st: &mut RoomState, acks: Vec<(u64, easel_protocol::Ack)>) {
     }
 }
 
-/// Queues Controls to the connections of the workers they name.
+/// Queues Controls to the connections of the workers they name, leaving the queue's
+/// [`RESERVED`] places to answers and closes.
 fn queue_locked(st: &mut RoomState, forwards: Vec<crate::room::Forward>) {
     for (id, msg) in forwards {
         if let Some((_, tx)) = st.controls.get(&id)
-            && tx.try_send(Order::Control(msg)).is_err()
+            && (tx.capacity() <= RESERVED || tx.try_send(Order::Control(msg)).is_err())
         {
             tracing::warn!(worker = id, "control queue full; message dropped");
         }
@@ -644,6 +650,64 @@ mod tests {
         assert_eq!(
             hub.join(&unknown, false).unwrap_err().code,
             code::UNKNOWN_ROOM
+        );
+    }
+
+    #[test]
+    fn a_full_control_queue_still_takes_the_answer_to_a_held_push() {
+        let mut settings = RoomSettings::default();
+        settings.hyper.merge = easel_protocol::Merge::Fedavg { m_of_n: None };
+        let hub = Hub::new("tok".into(), Limits::default(), settings);
+        let code = hub.create_room();
+        let join = Join {
+            room: code,
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        };
+        let (mut a, b) = (
+            hub.join(&join, false).unwrap(),
+            hub.join(&join, false).unwrap(),
+        );
+        let room = a.room.clone();
+        // Worker a's connection does not drain its queue while the teacher moves its slider.
+        for ms in 0..20 {
+            room.teacher_control(&TeacherControl::Delay {
+                device: Some(a.worker_id),
+                ms,
+            })
+            .unwrap();
+        }
+        let mut rng = rand::rng();
+        let push = Push {
+            base_version: 0,
+            local_steps: 1,
+            samples: 1,
+            loss: 1.0,
+            payload: easel_protocol::codec::encode(Codec::Fp32, &[0.0; 44_426], &mut rng),
+        };
+        assert!(
+            room.push(a.worker_id, &push, 10, 0).is_none(),
+            "held at the barrier"
+        );
+        assert!(
+            room.push(b.worker_id, &push, 10, 0).is_some(),
+            "the round closes"
+        );
+        let mut orders = Vec::new();
+        while let Ok(o) = a.controls.try_recv() {
+            orders.push(o);
+        }
+        let controls = orders
+            .iter()
+            .filter(|o| matches!(o, Order::Control(_)))
+            .count();
+        assert_eq!(controls, CONTROL_QUEUE - RESERVED);
+        assert!(
+            matches!(orders.last(), Some(Order::Answer { .. })),
+            "{orders:?}"
         );
     }
 
