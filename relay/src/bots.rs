@@ -17,7 +17,7 @@ use easel_client::data::Split;
 use easel_client::worker::{self, Event, Stats, Worker};
 use easel_client::{Trainer, cpu::CpuTrainer};
 use easel_protocol::message::{self, Message};
-use easel_protocol::{Backend, ClientKind, Limits};
+use easel_protocol::{Backend, ClientKind, Limits, Welcome};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::Shutdown;
+use crate::ws::close;
 
 /// How long a bot waits for any one answer from the relay before giving up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -309,8 +310,15 @@ pub async fn connect(url: &str, trust: Option<&Trust>) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
+/// The relay closed the connection with code 4001: the room's partition changed, and the
+/// worker joins again (resuming its place) for a shard of the new one.
+#[derive(Debug, thiserror::Error)]
+#[error("the relay asked to join again (the partition changed)")]
+struct RejoinAsked;
+
 /// The next binary message, skipping pings, pongs and text; an error when the connection
-/// closes, fails, or stays silent for [`ANSWER_TIMEOUT`].
+/// closes ([`RejoinAsked`] for close code 4001), fails, or stays silent for
+/// [`ANSWER_TIMEOUT`].
 async fn recv(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
     loop {
         let next = tokio::time::timeout(ANSWER_TIMEOUT, ws.next())
@@ -318,6 +326,9 @@ async fn recv(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
             .context("the relay did not answer in time")?;
         match next {
             Some(Ok(WsMessage::Binary(b))) => return Ok(b.to_vec()),
+            Some(Ok(WsMessage::Close(Some(f)))) if u16::from(f.code) == close::REJOIN => {
+                return Err(RejoinAsked.into());
+            }
             Some(Ok(WsMessage::Close(frame))) => {
                 bail!("the relay closed the connection ({frame:?})")
             }
@@ -389,6 +400,43 @@ async fn bot(
     report
 }
 
+/// Connects and joins the room (resuming worker `resume`): the connection and the Welcome.
+async fn open(opts: &BotOptions, resume: Option<u64>) -> anyhow::Result<(Ws, Welcome)> {
+    let mut ws = connect(&opts.relay, opts.trust.as_ref()).await?;
+    let join = worker::join(&opts.room, ClientKind::Bot, opts.backend, resume);
+    ws.send(WsMessage::binary(message::encode(&join))).await?;
+    let limits = Limits::default();
+    loop {
+        let bytes = recv(&mut ws).await?;
+        match message::decode(&bytes, &limits)? {
+            Message::Welcome(w) => return Ok((ws, w)),
+            Message::Error(e) => {
+                bail!("the relay refused to join: {} (code {})", e.message, e.code)
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Joins again as the same worker after a close with code 4001; a push in flight is lost.
+/// The trainer is rebuilt when the shard changed.
+async fn rejoin(
+    opts: &BotOptions,
+    train: &Split,
+    gpu: Option<&easel_client::Gpu>,
+    ws: &mut Ws,
+    w: &mut Worker<dyn Trainer + Send>,
+) -> anyhow::Result<()> {
+    let (fresh, welcome) = open(opts, Some(w.worker_id())).await?;
+    *ws = fresh;
+    let start = worker::prepare(&welcome, train)?;
+    let trainer = make_trainer(opts.backend, gpu, &start)?;
+    if !w.rejoin(start) {
+        w.replace_trainer(trainer);
+    }
+    Ok(())
+}
+
 async fn bot_session(
     opts: &BotOptions,
     train: &Arc<Split>,
@@ -397,20 +445,7 @@ async fn bot_session(
     mut shutdown: Shutdown,
     report: &mut BotReport,
 ) -> anyhow::Result<()> {
-    let mut ws = connect(&opts.relay, opts.trust.as_ref()).await?;
-    let join = worker::join(&opts.room, ClientKind::Bot, opts.backend, None);
-    ws.send(WsMessage::binary(message::encode(&join))).await?;
-    let limits = Limits::default();
-    let welcome = loop {
-        let bytes = recv(&mut ws).await?;
-        match message::decode(&bytes, &limits)? {
-            Message::Welcome(w) => break w,
-            Message::Error(e) => {
-                bail!("the relay refused to join: {} (code {})", e.message, e.code)
-            }
-            _ => continue,
-        }
-    };
+    let (mut ws, welcome) = open(opts, None).await?;
     let start = worker::prepare(&welcome, train)?;
     let trainer = make_trainer(opts.backend, gpu.as_ref(), &start)?;
     let seed = opts.seed.wrapping_add(report.index as u64);
@@ -432,10 +467,18 @@ async fn bot_session(
         if !w.ready() {
             // Paused by the teacher: wait for a control message.
             let bytes = tokio::select! {
-                b = recv(&mut ws) => b?,
+                b = recv(&mut ws) => b,
                 _ = shutdown.wait() => break,
             };
-            w.on_bytes(&bytes)?;
+            match bytes {
+                Ok(bytes) => {
+                    w.on_bytes(&bytes)?;
+                }
+                Err(e) if e.is::<RejoinAsked>() => {
+                    rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await?;
+                }
+                Err(e) => return Err(e),
+            }
             continue;
         }
         let t0 = Instant::now();
@@ -455,9 +498,25 @@ async fn bot_session(
                 _ = shutdown.wait() => {}
             }
         }
-        ws.send(WsMessage::binary(push)).await?;
+        if let Err(e) = ws.send(WsMessage::binary(push)).await {
+            // The relay may have closed with 4001 while the round trained: read why.
+            match recv(&mut ws).await {
+                Err(why) if why.is::<RejoinAsked>() => {
+                    rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await?;
+                    continue;
+                }
+                _ => return Err(e).context("sending a push"),
+            }
+        }
         while w.in_flight() {
-            let bytes = recv(&mut ws).await?;
+            let bytes = match recv(&mut ws).await {
+                Ok(bytes) => bytes,
+                Err(e) if e.is::<RejoinAsked>() => {
+                    rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if let Event::Acked(_) = w.on_bytes(&bytes)? {
                 report.acks += 1;
                 shared.acks.fetch_add(1, Ordering::SeqCst);

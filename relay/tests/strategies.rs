@@ -10,8 +10,10 @@ use easel_client::model::IMAGE_PIXELS;
 use easel_protocol::message::code;
 use easel_protocol::{Backend, Merge};
 use easel_relay::bots::{self, BotOptions, BotReport};
+use easel_relay::hub::RoomSlot;
 use easel_relay::ledger::Record;
 use easel_relay::room::RoomSettings;
+use easel_relay::teacher::TeacherControl;
 use easel_relay::{Config, Shutdown, run};
 use warp::Filter;
 
@@ -43,6 +45,15 @@ async fn session(merge: Merge, tau_max: u32) -> (Vec<BotReport>, Vec<Record>) {
 
 /// [`session`] in a room with these settings, `pushes` pushes per bot.
 async fn session_with(defaults: RoomSettings, pushes: u64) -> (Vec<BotReport>, Vec<Record>) {
+    session_during(defaults, pushes, |_| async {}).await
+}
+
+/// [`session_with`], running `during` on the room while the bots train.
+async fn session_during<F: std::future::Future<Output = ()>>(
+    defaults: RoomSettings,
+    pushes: u64,
+    during: impl FnOnce(Arc<RoomSlot>) -> F,
+) -> (Vec<BotReport>, Vec<Record>) {
     let config = Config {
         https: None,
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -69,13 +80,14 @@ async fn session_with(defaults: RoomSettings, pushes: u64) -> (Vec<BotReport>, V
         total_pushes: None,
         trust: None,
     };
-    let reports = tokio::time::timeout(
+    let bots = tokio::time::timeout(
         std::time::Duration::from_secs(300),
         bots::run_bots(opts, Arc::new(digits(300)), signal, None),
-    )
-    .await
-    .expect("the bots finish: no push is held for ever")
-    .expect("bots run");
+    );
+    let (reports, ()) = tokio::join!(bots, during(relay.hub.room(&room).unwrap()));
+    let reports = reports
+        .expect("the bots finish: no push is held for ever")
+        .expect("bots run");
     let records = relay
         .hub
         .room(&room)
@@ -266,4 +278,46 @@ async fn a_swarm_with_quantized_exchanges_stays_in_step() {
         );
         assert!(r.delta_norm.is_finite() && r.delta_norm < 10.0, "{r:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_rejoin_as_themselves_for_a_new_shard_when_the_partition_changes() {
+    let mut settings = RoomSettings::default();
+    settings.hyper.local_steps = 16;
+    settings.hyper.batch = 8;
+    let changed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let at = changed.clone();
+    let (reports, records) = session_during(settings, 40, |slot| async move {
+        while slot.with_room(|r| r.ledger().totals().pushes) < 6 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        at.store(
+            easel_relay::room::wall_ms(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        let scheme = "classes:2".to_string();
+        slot.teacher_control(&TeacherControl::Partition { scheme })
+            .expect("a valid partition");
+    })
+    .await;
+    let changed = changed.load(std::sync::atomic::Ordering::SeqCst);
+    for r in &reports {
+        // Closed with 4001, each bot joined again as itself and went on to its 40 pushes
+        // (a push in flight at the close is lost, so it may have one Ack less).
+        assert!(r.error.is_none(), "{}", r.line());
+        assert!(
+            r.stats.pushes >= 40 && r.acks + 1 >= r.stats.pushes,
+            "{}",
+            r.line()
+        );
+        assert!(
+            records
+                .iter()
+                .any(|x| x.worker == r.worker_id && x.wall_ms > changed),
+            "bot {} pushed after the change",
+            r.worker_id
+        );
+    }
+    let ids: std::collections::BTreeSet<u64> = records.iter().map(|r| r.worker).collect();
+    assert_eq!(ids.len(), BOTS, "no bot came back as a new worker");
 }
