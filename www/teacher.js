@@ -502,6 +502,37 @@ function renderTopology(s) {
 
 // ---- room controls -----------------------------------------------------------------------
 
+// The partition picker: a scheme and its one number (Dirichlet's α: smaller is more skewed;
+// classes' K: how many digits each device sees), read as the relay writes it
+// (`iid`, `dirichlet:0.5`, `classes:2`).
+const PARTITION_PARAMS = {
+  dirichlet: { name: 'α', min: 0.01, max: 100, step: 0.1, value: 0.5 },
+  classes: { name: 'K', min: 1, max: 10, step: 1, value: 2 },
+};
+let partitionEdited = false;
+
+function partitionParam(kind, value) {
+  const p = PARTITION_PARAMS[kind];
+  $('partition-param-label').hidden = !p;
+  if (!p) return;
+  const input = $('partition-param');
+  Object.assign(input, { min: p.min, max: p.max, step: p.step });
+  input.value = String(value ?? p.value);
+  $('partition-param-name').textContent = p.name;
+}
+
+function showPartition(scheme) {
+  if (partitionEdited) return;
+  const [kind, value] = String(scheme).split(':');
+  $('partition-kind').value = kind;
+  partitionParam(kind, value ?? null);
+}
+
+function partitionScheme() {
+  const kind = $('partition-kind').value;
+  return PARTITION_PARAMS[kind] ? `${kind}:${$('partition-param').value}` : kind;
+}
+
 function renderSettings(s, rebuild) {
   state.settings = s;
   const form = $('settings');
@@ -530,8 +561,7 @@ function renderSettings(s, rebuild) {
     apply.textContent = 'Apply settings';
     form.appendChild(apply);
   }
-  const p = $('partition');
-  if (document.activeElement !== p) p.value = s.partition;
+  showPartition(s.partition);
   for (const f of SETTINGS) {
     const input = form.elements[f.key];
     if (document.activeElement === input || input.dataset.edited) continue;
@@ -569,8 +599,16 @@ function wireControls() {
       toast(`settings applied: ${Object.keys(change).join(', ')}`);
     } catch { /* toast shown */ }
   });
+  $('partition-kind').addEventListener('change', () => {
+    partitionEdited = true;
+    partitionParam($('partition-kind').value, null);
+  });
+  $('partition-param').addEventListener('input', () => { partitionEdited = true; });
   $('apply-partition').addEventListener('click', () =>
-    control({ type: 'partition', scheme: $('partition').value }).then(() => toast('partition set; devices rejoin')).catch(() => {}));
+    control({ type: 'partition', scheme: partitionScheme() }).then(() => {
+      partitionEdited = false;
+      toast('partition set; devices rejoin');
+    }).catch(() => {}));
   $('pause-all').addEventListener('click', () => control({ type: 'pause' }).catch(() => {}));
   $('resume-all').addEventListener('click', () => control({ type: 'resume' }).catch(() => {}));
   $('reset').addEventListener('click', () => {

@@ -103,5 +103,21 @@ test('the teacher sees both bots, slows one down with its slider, and the charts
   assert.equal(await page.locator('#settings [name=strategy]').inputValue(), 'fedavg');
   assert.match(await page.locator(`#runs tr[data-run="${await page.evaluate(() => window.easelDashboard.run)}"]`).innerText(), /sync FedAvg/);
   await waitInPage(browser, () => window.easelDashboard.pushes > 0, null, 60_000, 'pushes under FedAvg');
+
+  // The partition picker: three digits per device. The relay closes the devices with 4001;
+  // the bots join again as themselves, on their new shards, and train on.
+  await page.locator('#partition-kind').selectOption('classes');
+  assert.equal(await page.locator('#partition-param-name').innerText(), 'K');
+  await page.locator('#partition-param').fill('3');
+  await page.locator('#apply-partition').click();
+  await waitInPage(browser, () => window.easelDashboard.settings?.partition === 'classes:3', null, 10_000,
+    'the relay to take the partition classes:3');
+  const before = await page.evaluate(() => Object.fromEntries(window.easelDashboard.devices.map((d) => [d.id, d.pushes])));
+  await waitInPage(browser, (b) => {
+    const ds = window.easelDashboard.devices;
+    return ds.length === 2 && ds.every((d) => d.state === 'training' && d.pushes > b[d.id]);
+  }, before, 60_000, 'both bots back, as themselves, pushing again');
+  assert.equal(await page.locator('#partition-kind').inputValue(), 'classes');
+  assert.equal(await page.locator('#partition-param').inputValue(), '3');
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
 });
