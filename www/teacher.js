@@ -163,7 +163,7 @@ function buildCharts() {
   }, [[], []]);
   makeChart('chart-bytes', {
     scales: { x: { time: false } },
-    axes: [{ ...AXIS, label: 'time since run start (s)' }, { ...AXIS, label: 'kB/s' }],
+    axes: [{ ...AXIS, label: 'time since run start (s)' }, { ...AXIS, label: 'kB/s', size: 68 }],
     series: [
       { label: 't (s)' },
       { label: 'up (kB/s)', stroke: '#e8710a', width: 4 },
