@@ -437,6 +437,25 @@ async fn rejoin(
     Ok(())
 }
 
+/// The next message from the relay; after a close with 4001 the bot joins again
+/// ([`rejoin`]) and gets `None`.
+async fn recv_or_rejoin(
+    opts: &BotOptions,
+    train: &Split,
+    gpu: Option<&easel_client::Gpu>,
+    ws: &mut Ws,
+    w: &mut Worker<dyn Trainer + Send>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    match recv(ws).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.is::<RejoinAsked>() => {
+            rejoin(opts, train, gpu, ws, w).await?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn bot_session(
     opts: &BotOptions,
     train: &Arc<Split>,
@@ -467,17 +486,11 @@ async fn bot_session(
         if !w.ready() {
             // Paused by the teacher: wait for a control message.
             let bytes = tokio::select! {
-                b = recv(&mut ws) => b,
+                b = recv_or_rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w) => b?,
                 _ = shutdown.wait() => break,
             };
-            match bytes {
-                Ok(bytes) => {
-                    w.on_bytes(&bytes)?;
-                }
-                Err(e) if e.is::<RejoinAsked>() => {
-                    rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await?;
-                }
-                Err(e) => return Err(e),
+            if let Some(bytes) = bytes {
+                w.on_bytes(&bytes)?;
             }
             continue;
         }
@@ -500,22 +513,15 @@ async fn bot_session(
         }
         if let Err(e) = ws.send(WsMessage::binary(push)).await {
             // The relay may have closed with 4001 while the round trained: read why.
-            match recv(&mut ws).await {
-                Err(why) if why.is::<RejoinAsked>() => {
-                    rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await?;
-                    continue;
-                }
+            match recv_or_rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await {
+                Ok(None) => continue,
                 _ => return Err(e).context("sending a push"),
             }
         }
         while w.in_flight() {
-            let bytes = match recv(&mut ws).await {
-                Ok(bytes) => bytes,
-                Err(e) if e.is::<RejoinAsked>() => {
-                    rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let Some(bytes) = recv_or_rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await?
+            else {
+                continue;
             };
             if let Event::Acked(_) = w.on_bytes(&bytes)? {
                 report.acks += 1;
