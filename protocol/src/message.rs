@@ -539,6 +539,12 @@ impl Message {
     }
 }
 
+/// The length of the encoded whole-center `Center` message (`base: None`) whose payload has
+/// `payload` bytes: header, version, the absent base, the payload's length and bytes.
+pub fn center_len(payload: usize) -> usize {
+    crate::frame::HEADER_LEN + 8 + 1 + 4 + payload
+}
+
 /// The bytes of `msg`: header, then body, as PROTOCOL.md lays them out.
 pub fn encode(msg: &Message) -> Vec<u8> {
     let payload = match msg {
@@ -1434,6 +1440,14 @@ mod tests {
             decode(&bytes, &small()),
             Err(ProtocolError::InvalidValue { what: "strategy" })
         );
+    }
+
+    proptest! {
+        #[test]
+        fn center_len_is_the_encoded_length(version in any::<u64>(), payload in prop::collection::vec(any::<u8>(), 0..64)) {
+            let c = Message::Center(Center { version, base: None, payload: payload.clone() });
+            prop_assert_eq!(encode(&c).len(), center_len(payload.len()));
+        }
     }
 
     #[test]

@@ -532,7 +532,10 @@ impl Room {
         };
         if let Some(ack) = &ack {
             let ack_len = message::encode(&Message::Ack(ack.clone())).len();
-            let center_len = self.center_message(caps.unwrap_or(0)).1.len();
+            // The Center that follows (the room's, or under swarm the worker's own model)
+            // has the same length; measured without encoding it.
+            let down = self.down_codec(caps.unwrap_or(0));
+            let center_len = message::center_len(codec::encoded_len(down, self.spec.param_count));
             rec.bytes_out = (ack_len + center_len) as u64;
         }
         out.version = rec.version;

@@ -493,18 +493,32 @@ impl<'a> Sim<'a> {
                     .expect("the codecs decode what they encode");
                 (payload.len(), decoded.into())
             };
-            self.bytes_down += bytes as u64;
-            let at = self.now + self.transfer_us(bytes);
-            self.schedule(
-                at,
-                Event::Answer {
-                    w: r,
-                    version,
-                    center: received,
-                    reply,
-                },
-            );
+            self.send_answer(r, version, bytes, received, reply);
         }
+    }
+
+    /// Sends worker `w` the Center of `version` whose payload has `payload` bytes and
+    /// decodes to `received`: its bytes count down, and it lands after the transfer.
+    fn send_answer(
+        &mut self,
+        w: u32,
+        version: u64,
+        payload: usize,
+        received: Arc<[f32]>,
+        reply: Reply,
+    ) {
+        let bytes = message::center_len(payload);
+        self.bytes_down += bytes as u64;
+        let at = self.now + self.transfer_us(bytes);
+        self.schedule(
+            at,
+            Event::Answer {
+                w,
+                version,
+                center: received,
+                reply,
+            },
+        );
     }
 
     /// Swarm: the relay averages `w`'s push with a neighbour's copy and sends `w` its model.
@@ -530,23 +544,7 @@ impl<'a> Sim<'a> {
         let received: Arc<[f32]> = codec::decode(&payload, model::PARAMS)
             .expect("the codecs decode what they encode")
             .into();
-        let bytes = message::encode(&Message::Center(easel_protocol::Center {
-            version,
-            base: None,
-            payload,
-        }))
-        .len();
-        self.bytes_down += bytes as u64;
-        let at = self.now + self.transfer_us(bytes);
-        self.schedule(
-            at,
-            Event::Answer {
-                w,
-                version,
-                center: received,
-                reply,
-            },
-        );
+        self.send_answer(w, version, payload.len(), received, reply);
     }
 
     fn answer(&mut self, w: u32, version: u64, center: Arc<[f32]>, reply: Reply) {
