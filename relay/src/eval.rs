@@ -37,14 +37,15 @@ pub async fn evaluate_rooms(
             tracing::warn!(room = %code, "evaluation panicked");
             continue;
         };
-        slot.record_eval(EvalPoint {
+        // A reset while this ran makes the point one of no run: record_eval drops it.
+        let recorded = slot.record_eval(EvalPoint {
             wall_ms: wall_ms(),
             version,
             accuracy,
             loss,
         });
         last.insert(code, version);
-        done += 1;
+        done += usize::from(recorded);
     }
     done
 }
@@ -96,5 +97,31 @@ mod tests {
             (0, 0.5, 44_426.0)
         );
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// The reset race: the evaluator took the center before a reset and answers after it.
+    /// Its score is the old model's and must not open the new run.
+    #[tokio::test]
+    async fn a_score_from_before_a_reset_is_not_recorded_in_the_new_run() {
+        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let code = hub.create_room();
+        let slot = hub.room(&code).unwrap();
+        let (old, _) = slot.center();
+        let run = slot.start_run("fresh", true);
+        let (new, _) = slot.center();
+        assert!(new > old);
+        let point = |version| EvalPoint {
+            wall_ms: wall_ms(),
+            version,
+            accuracy: 0.937,
+            loss: 0.2,
+        };
+        assert!(!slot.record_eval(point(old)));
+        assert!(slot.evals().is_empty());
+        let json = slot.run_json(run).unwrap().to_string();
+        assert!(!json.contains("0.937"), "{json}");
+        assert!(slot.record_eval(point(new)));
+        assert_eq!(slot.evals().len(), 1);
+        assert!(slot.run_json(run).unwrap().to_string().contains("0.937"));
     }
 }

@@ -95,6 +95,10 @@ struct RoomState {
     connections: u64,
     /// Accuracy and loss of the center over time, newest last, at most [`EVAL_HISTORY`].
     evals: VecDeque<EvalPoint>,
+    /// The oldest center version an evaluation may score: the version a reset made. An
+    /// evaluation runs outside the lock, so one of the center from before a reset can
+    /// arrive after it; it belongs to no run and is dropped.
+    eval_floor: u64,
     /// The named runs, the last one current.
     runs: Runs,
     /// Every device's inferred timeline and rates.
@@ -192,6 +196,7 @@ impl Hub {
                     controls: HashMap::new(),
                     connections: 0,
                     evals: VecDeque::new(),
+                    eval_floor: 0,
                     runs,
                     activity: Activity::default(),
                 }),
@@ -406,7 +411,7 @@ impl RoomSlot {
             let released = st
                 .room
                 .release_held(code::RESYNC, "the teacher reset the room: resync");
-            st.room.reset(center, Instant::now());
+            st.eval_floor = st.room.reset(center, Instant::now());
             answer_locked(&mut st, released);
             st.evals.clear();
             let (_, full) = st.room.center_message(0);
@@ -485,14 +490,19 @@ impl RoomSlot {
         }
     }
 
-    /// Records an evaluation of the center.
-    pub fn record_eval(&self, point: EvalPoint) {
+    /// Records an evaluation of the center, unless it scored a center from before the
+    /// last reset (then it is dropped and `false` returned).
+    pub fn record_eval(&self, point: EvalPoint) -> bool {
         let mut st = lock(&self.state);
+        if point.version < st.eval_floor {
+            return false;
+        }
         if st.evals.len() == EVAL_HISTORY {
             st.evals.pop_front();
         }
         st.evals.push_back(point);
         st.runs.current_mut().record_eval(point);
+        true
     }
 
     /// The evaluations so far, oldest first.
