@@ -46,6 +46,10 @@ pub struct SimConfig {
     /// The accuracy whose first crossing is reported as the time to target.
     #[serde(default = "default_target")]
     pub target_accuracy: f64,
+    /// The most memory, in MiB, the run may plan to use (its estimate is
+    /// [`SimConfig::estimated_bytes`]); raise it to simulate more workers.
+    #[serde(default = "default_memory_limit_mib")]
+    pub memory_limit_mib: u64,
     pub train: Train,
     pub speed: Speed,
     pub network: Network,
@@ -115,6 +119,9 @@ fn default_partition() -> String {
 }
 fn default_target() -> f64 {
     0.95
+}
+fn default_memory_limit_mib() -> u64 {
+    4096
 }
 fn fp32() -> Codec {
     Codec::Fp32
@@ -200,10 +207,22 @@ impl SimConfig {
             return Err("speed.dist: lognormal needs a finite mu and a sigma >= 0".into());
         }
         for (name, c) in [
-            ("train.codec_up", self.train.codec_up),
-            ("train.codec_down", self.train.codec_down),
+            ("train.codec_up", Some(self.train.codec_up)),
+            ("train.codec_down", Some(self.train.codec_down)),
+            ("strategy.quantize", self.quantize()),
         ] {
-            c.validate().map_err(|e| format!("{name}: {e}"))?;
+            if let Some(c) = c {
+                check_codec(name, c)?;
+            }
+        }
+        if let Some(tau_max) = self.tau_max()
+            && tau_max == 0
+        {
+            return Err(format!(
+                "strategy.tau_max 0 refuses every push made while another one was applied \
+                 (most of them with {} workers); use at least 1 (16 is the relay's default)",
+                self.workers
+            ));
         }
         if self.eval_samples == Some(0) {
             return Err("eval_samples must be at least 1".into());
@@ -214,11 +233,98 @@ impl SimConfig {
             .map_err(|e| format!("strategy: {e}"))
     }
 
+    /// `tau_max` of the strategies that refuse pushes older than it.
+    fn tau_max(&self) -> Option<u32> {
+        match self.strategy {
+            Strategy::Easgd { tau_max, .. }
+            | Strategy::AsyncSgd { tau_max, .. }
+            | Strategy::Fedbuff { tau_max, .. } => Some(tau_max),
+            _ => None,
+        }
+    }
+
+    /// The codec of SwarmSGD's exchanges, if any.
+    fn quantize(&self) -> Option<Codec> {
+        match self.strategy {
+            Strategy::Swarm { quantize, .. } => quantize,
+            _ => None,
+        }
+    }
+
+    /// Checks the config against the data it will run on, before anything is allocated:
+    /// every worker must get at least one training digit, and the memory the run would
+    /// take ([`SimConfig::estimated_bytes`]) must fit in `memory_limit_mib`.
+    pub fn check_fits(&self, train_digits: usize) -> Result<(), String> {
+        if self.workers as usize > train_digits {
+            return Err(format!(
+                "workers {} is more than the {train_digits} training digits: every worker \
+                 needs a shard of at least one digit; use at most {train_digits} workers",
+                self.workers
+            ));
+        }
+        let bytes = self.estimated_bytes();
+        let limit = self.memory_limit_mib.saturating_mul(1 << 20);
+        if bytes > limit {
+            let need = bytes.div_ceil(1 << 20);
+            return Err(format!(
+                "{} workers would need about {need} MiB, more than memory_limit_mib = {}; \
+                 use fewer workers, or raise memory_limit_mib to at least {need} if the \
+                 machine has the memory",
+                self.workers, self.memory_limit_mib
+            ));
+        }
+        Ok(())
+    }
+
+    /// An upper estimate of the run's memory: per worker its model, momentum,
+    /// error-feedback residual and (SwarmSGD) the relay's copy of its model, plus the
+    /// center ring and the shared trainer and data.
+    pub fn estimated_bytes(&self) -> u64 {
+        let model = (PARAMS * 4) as u64;
+        let per_worker = model
+            * (1 + u64::from(self.train.momentum != 0.0)
+                + u64::from(self.train.error_feedback)
+                + u64::from(matches!(self.strategy, Strategy::Swarm { .. })))
+            + 4096;
+        let centers = model * (u64::from(self.tau_max().unwrap_or(1)) + 2);
+        const SHARED: u64 = 64 << 20;
+        u64::from(self.workers)
+            .saturating_mul(per_worker)
+            .saturating_add(centers)
+            .saturating_add(SHARED)
+    }
+
     /// The partition scheme, parsed.
     pub fn partition_scheme(&self) -> Result<Partition, String> {
         self.partition
             .parse::<Partition>()
             .map_err(|e| format!("partition: {e}"))
+    }
+}
+
+/// The model's parameter count (lenet5-28).
+const PARAMS: usize = easel_protocol::LENET5_28.param_count;
+
+/// A codec's parameters, checked against the model: top-k's `k` between 1 and the
+/// parameter count, QSGD's bucket at most the parameter count.
+fn check_codec(name: &str, c: Codec) -> Result<(), String> {
+    c.validate().map_err(|e| format!("{name}: {e}"))?;
+    match c {
+        Codec::TopK { k } | Codec::TopKQsgd { k, .. } if k == 0 => Err(format!(
+            "{name}: top-k with k = 0 sends nothing and never trains; use k between 1 and {PARAMS}"
+        )),
+        Codec::TopK { k } | Codec::TopKQsgd { k, .. } if k as usize > PARAMS => Err(format!(
+            "{name}: k = {k} is more than the model's {PARAMS} parameters (each sent value \
+             also carries its index, so it would send more than fp32); use at most {PARAMS}, \
+             or fp32"
+        )),
+        Codec::Qsgd { bucket, .. } | Codec::TopKQsgd { bucket, .. } if bucket as usize > PARAMS => {
+            Err(format!(
+                "{name}: bucket = {bucket} is more than the model's {PARAMS} parameters; use at \
+                 most {PARAMS} (one scale for the whole model)"
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -292,11 +398,42 @@ tau_max = 16
                 SMALL.replace("seed = 1", "seed = 1\npartition = \"zigzag\""),
                 "partition",
             ),
+            (
+                SMALL.replace("tau_max = 16", "tau_max = 0"),
+                "strategy.tau_max 0 refuses every push",
+            ),
+            (
+                SMALL.replace("[speed]", "codec_up = { kind = \"top_k\", k = 0 }\n[speed]"),
+                "train.codec_up: top-k with k = 0 sends nothing",
+            ),
+            (
+                SMALL.replace(
+                    "[speed]",
+                    "codec_down = { kind = \"top_k\", k = 44427 }\n[speed]",
+                ),
+                "train.codec_down: k = 44427 is more than the model's 44426 parameters",
+            ),
+            (
+                SMALL.replace(
+                    "[speed]",
+                    "codec_up = { kind = \"qsgd\", bits = 8, bucket = 50000 }\n[speed]",
+                ),
+                "train.codec_up: bucket = 50000 is more than",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(&text).unwrap_err();
             assert!(e.contains(want), "{e:?} should mention {want:?}");
         }
+        let c = parse(&SMALL.replace("workers = 4", "workers = 9000")).unwrap();
+        let e = c.check_fits(8000).unwrap_err();
+        assert!(e.contains("use at most 8000 workers"), "{e}");
+        let mut c = parse(&SMALL.replace("workers = 4", "workers = 8000")).unwrap();
+        c.memory_limit_mib = 100;
+        let e = c.check_fits(8000).unwrap_err();
+        assert!(e.contains("raise memory_limit_mib to at least"), "{e}");
+        c.memory_limit_mib = 4096;
+        c.check_fits(8000).unwrap();
         let missing = SimConfig::load(Path::new("/nonexistent/sim.toml")).unwrap_err();
         assert!(
             missing

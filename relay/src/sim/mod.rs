@@ -187,6 +187,8 @@ fn micros(seconds: f64) -> u64 {
 /// Runs the simulation `cfg` describes on `data` (the real MNIST split).
 pub fn run(cfg: &SimConfig, data: &Mnist) -> Result<SimResult, SimError> {
     cfg.validate().map_err(SimError::Config)?;
+    cfg.check_fits(data.train.labels.len())
+        .map_err(SimError::Config)?;
     let mut sim = Sim::new(cfg, data)?;
     sim.run();
     Ok(sim.result())
@@ -198,6 +200,13 @@ impl<'a> Sim<'a> {
         let scheme = cfg.partition_scheme().map_err(SimError::Config)?;
         let shards = partition(&data.train.labels, n as usize, scheme, cfg.seed)
             .map_err(|e| SimError::Config(format!("partition: {e}")))?;
+        // Before any model is allocated: an empty shard is a config error.
+        if let Some(i) = shards.iter().position(|s| s.is_empty()) {
+            return Err(SimError::Config(format!(
+                "partition {} gives worker {i} no digits; use fewer workers or another scheme",
+                cfg.partition
+            )));
+        }
         let init = model::init_params(cfg.seed);
         let center: Arc<[f32]> = init.clone().into();
         let sgd = Sgd {
@@ -244,12 +253,6 @@ impl<'a> Sim<'a> {
                 }
             })
             .collect::<Vec<_>>();
-        if let Some(i) = workers.iter().position(|w| w.shard.is_empty()) {
-            return Err(SimError::Config(format!(
-                "partition {} gives worker {i} no digits; use fewer workers or another scheme",
-                cfg.partition
-            )));
-        }
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F55_1111);
         let (center_agg, swarm) = match &cfg.strategy {
             Strategy::Swarm { topology, .. } => {

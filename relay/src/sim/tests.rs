@@ -152,3 +152,18 @@ fn training_improves_the_model_under_every_strategy() {
         assert_eq!(last.t_s, 3.0);
     }
 }
+
+/// Configs too big for the data or the memory limit fail with a message before anything is
+/// allocated: 100,000 workers once aborted with an allocation failure.
+#[test]
+fn oversized_runs_are_refused_before_allocation() {
+    let mut c =
+        config("kind = \"easgd\"\nalpha = 0.5\nstaleness = { kind = \"inverse\" }\ntau_max = 8");
+    c.workers = 100_000;
+    let e = run(&c, data()).unwrap_err().to_string();
+    assert!(e.contains("more than the 8000 training digits"), "{e}");
+    c.workers = 4;
+    c.memory_limit_mib = 1;
+    let e = run(&c, data()).unwrap_err().to_string();
+    assert!(e.contains("memory_limit_mib"), "{e}");
+}
