@@ -48,10 +48,19 @@ mod tests {
     #[test]
     fn built_in_files_are_the_checkouts_and_the_digits_pass_their_checksum() {
         let www = Path::new(WWW_SOURCE);
-        for required in ["index.html", "app.js", "worker.js", "boot.js", "teacher.html"] {
+        for required in [
+            "index.html",
+            "app.js",
+            "worker.js",
+            "boot.js",
+            "teacher.html",
+        ] {
             assert!(www_file(required).is_some(), "{required} is not built in");
         }
-        for path in crate::serve::BUNDLE.iter().chain(crate::serve::VENDOR.iter()) {
+        for path in crate::serve::BUNDLE
+            .iter()
+            .chain(crate::serve::VENDOR.iter())
+        {
             let on_disk = std::fs::read(www.join(path));
             match (www_file(path), on_disk) {
                 (Some(built_in), Ok(disk)) => assert!(

@@ -146,11 +146,23 @@ impl Pages {
     }
 }
 
-/// What `/pkg/easel_client.js` answers when the bundle is missing: a module that fails with
-/// what to run, which the student page shows, instead of a page that silently never starts.
-const MISSING_BUNDLE_JS: &str = "throw new Error('This Easel server has no browser client \
-(www/pkg is missing): on the server, run `cargo xtask wasm` and build easel again, or start it \
-with --www DIR.');\n";
+/// What `/pkg/easel_client.js` answers when the bundle is missing: a module with every name
+/// the pages import, whose `init()` fails with what to run. The pages' workers report that
+/// error, so the student page says it instead of silently never starting (a missing module,
+/// or one that throws while loading, reaches the page only as "the worker failed").
+const MISSING_BUNDLE_JS: &str = "\
+// Easel: this server has no browser client, so every export fails and says what to run.
+const fail = () => {
+  throw new Error('this Easel server has no browser client (www/pkg is missing): on the server, '
+    + 'run `cargo xtask wasm` and build easel again, or start it with --www DIR');
+};
+export default async function init() { fail(); }
+export const WebSession = { create: fail };
+export const WebTrainer = { create: fail };
+export const prepare_digit = fail;
+export const train_flops_per_sample = fail;
+export const compare_gpu_with_cpu = fail;
+";
 
 /// The right `Content-Type` for the file types the page uses. Browsers refuse module scripts
 /// and streaming wasm compilation without them, so they are not left to guessing.
@@ -411,14 +423,74 @@ mod tests {
         let warnings = Pages::Dir(dir.clone()).check().unwrap();
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("pkg/easel_client.js"), "{warnings:?}");
-        assert!(warnings.iter().all(|w| w.contains("cargo xtask wasm")), "{warnings:?}");
+        assert!(
+            warnings.iter().all(|w| w.contains("cargo xtask wasm")),
+            "{warnings:?}"
+        );
         for f in BUNDLE.iter().chain(VENDOR.iter()) {
             let path = dir.join(f);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, "").unwrap();
         }
-        assert_eq!(Pages::Dir(dir.clone()).check().unwrap(), Vec::<String>::new());
+        assert_eq!(
+            Pages::Dir(dir.clone()).check().unwrap(),
+            Vec::<String>::new()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every name a page imports from the bundle, from `import ... from './pkg/easel_client.js'`
+    /// lines in `www/`.
+    fn imported_names(www: &std::path::Path) -> Vec<String> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(www).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "js") {
+                continue;
+            }
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let Some(clause) = line
+                    .strip_prefix("import ")
+                    .and_then(|l| l.strip_suffix(" from './pkg/easel_client.js';"))
+                else {
+                    continue;
+                };
+                let (default, named) = clause.split_once('{').unwrap_or((clause, ""));
+                if !default.trim().trim_end_matches(',').is_empty() {
+                    names.push("default".to_string());
+                }
+                names.extend(
+                    named
+                        .trim_end_matches('}')
+                        .split(',')
+                        .map(|n| n.trim().to_string())
+                        .filter(|n| !n.is_empty()),
+                );
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    #[test]
+    fn the_stand_in_bundle_exports_every_name_the_pages_import() {
+        let www = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../www");
+        let names = imported_names(&www);
+        for expected in ["default", "WebSession", "WebTrainer", "prepare_digit"] {
+            assert!(names.iter().any(|n| n == expected), "{names:?}");
+        }
+        for name in names {
+            let export = if name == "default" {
+                "export default async function init()".to_string()
+            } else {
+                format!("export const {name} = ")
+            };
+            assert!(
+                MISSING_BUNDLE_JS.contains(&export),
+                "the stand-in lacks `{export}`"
+            );
+        }
     }
 
     /// Status, headers (lowercase names) and body of one `GET path` over a real socket.
@@ -429,14 +501,20 @@ mod tests {
         tcp.write_all(req.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         tcp.read_to_end(&mut raw).await.unwrap();
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header end");
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a header end");
         let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
         let status = head[9..12].parse().unwrap();
         (status, head, raw[split + 4..].to_vec())
     }
 
     /// A relay on a free loopback port serving `pages` and `data`, until the sender drops.
-    async fn relay(pages: Pages, data: &'static [u8]) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    async fn relay(
+        pages: Pages,
+        data: &'static [u8],
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = Config {
             https: None,
@@ -459,17 +537,30 @@ mod tests {
         assert_eq!(status, 200, "{head}");
         assert!(head.contains("content-type: text/html"), "{head}");
         assert!(head.contains("cache-control: no-cache"), "{head}");
-        assert_eq!(Some(body.as_slice()), crate::embedded::www_file("index.html"));
+        assert_eq!(
+            Some(body.as_slice()),
+            crate::embedded::www_file("index.html")
+        );
         let (status, head, body) = get(addr, "/data/mnist.bin").await;
-        assert_eq!((status, body.as_slice()), (200, &b"the digits"[..]), "{head}");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"the digits"[..]),
+            "{head}"
+        );
         let (status, _, body) = get(addr, "/worker.js").await;
         assert_eq!(status, 200);
-        assert_eq!(Some(body.as_slice()), crate::embedded::www_file("worker.js"));
+        assert_eq!(
+            Some(body.as_slice()),
+            crate::embedded::www_file("worker.js")
+        );
         if let Some(wasm) = crate::embedded::www_file("pkg/easel_client_bg.wasm") {
             let (status, head, body) = get(addr, "/pkg/easel_client_bg.wasm").await;
             assert_eq!(status, 200);
             assert!(head.contains("content-type: application/wasm"), "{head}");
-            assert!(body == wasm, "the served wasm differs from the built-in one");
+            assert!(
+                body == wasm,
+                "the served wasm differs from the built-in one"
+            );
         }
         assert_eq!(get(addr, "/no-such-page.html").await.0, 404);
         assert_eq!(get(addr, "/../Cargo.toml").await.0, 404);
@@ -481,12 +572,15 @@ mod tests {
         std::fs::write(dir.join("index.html"), "<!doctype html><p>dev page").unwrap();
         let (addr, _stop) = relay(Pages::Dir(dir.clone()), b"").await;
         let (status, _, body) = get(addr, "/").await;
-        assert_eq!((status, body.as_slice()), (200, &b"<!doctype html><p>dev page"[..]));
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"<!doctype html><p>dev page"[..])
+        );
         let (status, head, body) = get(addr, "/pkg/easel_client.js").await;
         assert_eq!(status, 200);
         assert!(head.contains("content-type: text/javascript"), "{head}");
         let js = String::from_utf8(body).unwrap();
-        assert!(js.starts_with("throw new Error(") && js.contains("cargo xtask wasm"), "{js}");
+        assert!(js.contains("cargo xtask wasm"), "{js}");
         // A real bundle wins over the stand-in.
         std::fs::create_dir_all(dir.join("pkg")).unwrap();
         std::fs::write(dir.join("pkg/easel_client.js"), "export default 1;").unwrap();

@@ -136,12 +136,19 @@ fn build(platform: Platform, out: &Path) -> Result<PathBuf> {
 
     let archive = out.join(platform.archive());
     if archive.exists() {
-        std::fs::remove_file(&archive).with_context(|| format!("removing {}", archive.display()))?;
+        std::fs::remove_file(&archive)
+            .with_context(|| format!("removing {}", archive.display()))?;
     }
     match platform {
         Platform::Linux => exec(
             Command::new("tar")
-                .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "-czf"])
+                .args([
+                    "--sort=name",
+                    "--owner=0",
+                    "--group=0",
+                    "--numeric-owner",
+                    "-czf",
+                ])
                 .arg(&archive)
                 .arg("-C")
                 .arg(&stage_root)
@@ -179,7 +186,10 @@ fn strip(platform: Platform, exe: &Path) {
         Platform::Windows => "x86_64-w64-mingw32-strip",
     };
     if which(tool).is_none() {
-        eprintln!("==> note: no `{tool}`, so {} keeps its debug tables", exe.display());
+        eprintln!(
+            "==> note: no `{tool}`, so {} keeps its debug tables",
+            exe.display()
+        );
         return;
     }
     if let Err(e) = exec(Command::new(tool).arg("--strip-debug").arg(exe)) {
