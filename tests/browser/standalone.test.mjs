@@ -1,13 +1,14 @@
 // The binary alone is the server: `easel` copied into an empty directory and started from
 // there, with empty homes, no --www and no --data, serves a student tab that joins and trains.
 // As root the checkout is also hidden from it (an empty tmpfs mounted over it in a private
-// mount namespace), so nothing can come from the tree it was built in.
+// mount namespace), so nothing can come from the tree it was built in. And pages without
+// the wasm bundle say what to run rather than never starting.
 // Helpers and environment: relay.mjs. Every request goes to 127.0.0.1.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -93,4 +94,32 @@ test('the binary copied alone into an empty directory serves a tab that trains',
   assert.ok(existsSync(easelHome) && readdirSync(easelHome).length > 0,
     'the certificate went to EASEL_HOME');
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
+});
+
+test('pages without the wasm bundle say what to run instead of never starting', { timeout: 60_000 }, async () => {
+  // A www/ with the pages and the chart library but no pkg/, served with --www.
+  const www = freshDir('www-nopkg');
+  for (const f of readdirSync(join(ROOT, 'www'))) {
+    if (/\.(html|js|css)$/.test(f)) copyFileSync(join(ROOT, 'www', f), join(www, f));
+    else if (f === 'vendor') cpSync(join(ROOT, 'www', f), join(www, f), { recursive: true });
+    else if (f === 'vendor') cpSync(join(ROOT, 'www', f), join(www, f), { recursive: true });
+  }
+  const s = await startEasel(
+    ['serve', '--http', '127.0.0.1:0', '--https', 'off', '--www', www],
+    [/^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m, /^room code: ([A-Z0-9]+)$/m],
+    { env: { EASEL_HOME: freshDir('easel-home') } },
+  );
+  // Printed on stderr before the listeners start; the pipes may deliver it after stdout.
+  for (let i = 0; i < 20 && !/warning/.test(s.err()); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.match(s.err(), /warning: the browser client is missing .*cargo xtask wasm/);
+  const [http, room] = s.matches;
+  const port = Number(http[1]);
+  const browser = await launch(port);
+  for (const [path, el] of [[`/?room=${room[1]}`, '#state'], ['/solo.html', '#status']]) {
+    await browser.page.goto(`http://127.0.0.1:${port}${path}`);
+    await browser.page.waitForFunction((sel) => /cargo xtask wasm/.test(document.querySelector(sel)?.textContent),
+      el, { timeout: 20_000 }).catch(async () => {
+      throw new Error(`${path} shows ${await browser.page.locator(el).innerText()}\n${browser.logs.join('\n')}`);
+    });
+  }
 });
