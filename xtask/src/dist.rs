@@ -280,11 +280,12 @@ the one on the classroom's network) or scan the QR code. Ctrl-C stops the server
 The certificate warning
 -----------------------
 Browsers give WebGPU (the fast path on a GPU) only to secure pages, so students use the
-https:// address. Its certificate is made on this computer on first run and kept in
-Easel's data directory ({home}), so browsers warn
-that it is not trusted. Compare the fingerprint the browser shows with the
+https:// address. Its certificate is made on this computer on first run, so browsers
+warn that it is not trusted. Compare the fingerprint the browser shows with the
 \"certificate SHA-256\" line, then accept (Chrome: Advanced, then Proceed). A device that
-does not get WebGPU trains on its CPU instead and says why.
+does not get WebGPU trains on its CPU instead and says why. The certificate is kept
+in Easel's data directory, so its fingerprint stays the same from lesson to lesson:
+    {home}
 
 The computer's firewall must let devices reach port 8443 (Windows asks the first time:
 allow access on private networks). Devices must be on the same network as this computer.
