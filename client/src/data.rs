@@ -256,21 +256,26 @@ impl Mnist {
     /// Reads and checks the file at `path` (usually [`default_path`]).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(path: impl AsRef<Path>) -> Result<Mnist, DataError> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                DataError::Missing {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                DataError::Unreadable {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
-        Mnist::from_bytes(&bytes)
+        Mnist::from_bytes(&read(path.as_ref())?)
     }
+}
+
+/// The bytes of the file at `path`, not yet checked, with [`DataError::Missing`] or
+/// [`DataError::Unreadable`] when they cannot be read.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read(path: &Path) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            DataError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            DataError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
 }
 
 /// Splits `count` images and then `count` labels off the front of `rest`.
@@ -296,14 +301,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Where the MNIST file is: the environment variable `EASEL_DATA` if it is set and not
-/// empty, else `data/mnist.bin` in the workspace this crate was built from.
+/// The path in the environment variable `EASEL_DATA`, if it is set and not empty.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn env_path() -> Option<PathBuf> {
+    std::env::var_os("EASEL_DATA")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Where the MNIST file is for code that runs inside the checkout (tests, the simulator's
+/// tests): [`env_path`], else `data/mnist.bin` in the workspace this crate was built from.
+/// The `easel` binary does not fall back to the build tree: it carries the file inside
+/// itself (`relay/build.rs`), so it runs on machines without a checkout.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn default_path() -> PathBuf {
-    match std::env::var_os("EASEL_DATA") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist.bin")),
-    }
+    env_path()
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mnist.bin")))
 }
 
 #[cfg(test)]

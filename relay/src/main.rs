@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli_bots;
 mod cli_sim;
+mod embedded;
 mod local;
 mod serve;
 
@@ -65,19 +66,41 @@ pub enum Backend {
 /// Options every command that reads the data shares.
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {
-    /// The Easel MNIST file (default: $EASEL_DATA, else data/mnist.bin in the source tree).
+    /// The Easel MNIST file (default: $EASEL_DATA, else the digits built into this program).
     #[arg(long, value_name = "FILE")]
     pub data: Option<PathBuf>,
 }
 
+/// Where the digits come from: `--data`, else `EASEL_DATA`, else the copy built into the
+/// binary. Never the source tree, so the binary works on a machine without a checkout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataSource {
+    /// A file named by `--data` or `EASEL_DATA`.
+    File(PathBuf),
+    /// `data/mnist.bin` as it was when the binary was built.
+    BuiltIn,
+}
+
 impl DataArgs {
-    /// Loads and verifies the data file these options name.
-    pub fn load(&self) -> anyhow::Result<easel_client::data::Mnist> {
-        let path = self
-            .data
+    /// Which digits these options name.
+    pub fn source(&self) -> DataSource {
+        self.data
             .clone()
-            .unwrap_or_else(easel_client::data::default_path);
-        Ok(easel_client::data::Mnist::load(&path)?)
+            .or_else(easel_client::data::env_path)
+            .map_or(DataSource::BuiltIn, DataSource::File)
+    }
+
+    /// The bytes of the digits these options name, not yet checked.
+    pub fn bytes(&self) -> anyhow::Result<std::borrow::Cow<'static, [u8]>> {
+        match self.source() {
+            DataSource::BuiltIn => Ok(embedded::mnist()?.into()),
+            DataSource::File(path) => Ok(easel_client::data::read(&path)?.into()),
+        }
+    }
+
+    /// Loads and verifies the data these options name.
+    pub fn load(&self) -> anyhow::Result<easel_client::data::Mnist> {
+        Ok(easel_client::data::Mnist::from_bytes(&self.bytes()?)?)
     }
 }
 

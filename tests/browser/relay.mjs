@@ -46,13 +46,17 @@ export function checkPrerequisites() {
 
 /** Starts `easel ARGS` and resolves once its stdout matches every regex of `wait` (at once
  * when `wait` is empty), with the process, its output so far and the matches. It is stopped
- * by `cleanup()`. */
-export function startEasel(args, wait, { env = {}, timeout = 20_000 } = {}) {
+ * by `cleanup()`. Options: `env` (added to ours, or the whole environment when `inheritEnv`
+ * is false), `cwd` (default: the checkout), `command` (a program and its first arguments
+ * to run the binary through, default `[EASEL_BIN]`). */
+export function startEasel(args, wait, {
+  env = {}, timeout = 20_000, cwd = ROOT, command = [EASEL_BIN], inheritEnv = true,
+} = {}) {
   return new Promise((resolveStart, reject) => {
-    const child = spawn(EASEL_BIN, args, {
-      cwd: ROOT,
+    const child = spawn(command[0], [...command.slice(1), ...args], {
+      cwd,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, ...env },
+      env: inheritEnv ? { ...process.env, ...env } : env,
     });
     cleanups.push(async () => {
       if (child.exitCode === null) {
@@ -96,7 +100,7 @@ export async function startServer() {
   const home = mkdtempSync(join(tmpdir(), 'easel-home-'));
   cleanups.push(() => rmSync(home, { recursive: true, force: true }));
   const s = await startEasel(
-    // This checkout's www/ (the binary's default is the www/ of the tree it was built in).
+    // This checkout's www/, read on every request (the binary's default is its built-in copy).
     ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0', '--www', join(ROOT, 'www')],
     [
       /^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m,

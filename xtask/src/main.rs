@@ -4,9 +4,11 @@
 //! - `cargo xtask wasm` builds the browser client into `www/pkg`.
 //! - `cargo xtask test` installs what the tests need and runs every test.
 //! - `cargo xtask demo [ARGS...]` prepares everything and starts `easel serve ARGS...`.
+//! - `cargo xtask dist [--windows]` writes the release archives a teacher downloads.
 
 mod bench_browser;
 mod data;
+mod dist;
 mod test;
 mod wasm;
 
@@ -23,7 +25,10 @@ tasks:
   wasm           build the browser client into www/pkg (installs wasm-bindgen-cli if needed)
   test           install the system packages the tests need, then run every test
   bench-browser  Easel's wasm client against TensorFlow.js in headless Chromium (JSON figures)
-  demo [ARGS..]  data, wasm, then `easel serve ARGS..`";
+  demo [ARGS..]  data, wasm, then `easel serve ARGS..`
+  dist [--windows]
+                 data, wasm, then the release archive dist/easel-VERSION-x86_64-linux.tar.gz
+                 (with --windows also dist/easel-VERSION-x86_64-windows.zip, cross-built)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         "demo" => demo(rest),
+        "dist" => dist::run(rest),
         "data" | "wasm" | "test" | "bench-browser" if !rest.is_empty() => Err(anyhow::anyhow!(
             "`cargo xtask {task}` takes no arguments, got {rest:?}\n\n{USAGE}"
         )),
