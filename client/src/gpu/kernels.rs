@@ -544,9 +544,9 @@ impl Op {
             }
             Op::ConvBackwardInput(c) => {
                 // A 4x4 tile of three channels per invocation; each workgroup serves one
-                // block of three channels.
-                let tiles = batch * blocks(c.height, 4) * blocks(c.width, 4);
-                let n = blocks(c.in_ch, 3) * blocks(tiles, WORKGROUP);
+                // tile and block of three channels for 64 samples.
+                let tiles = blocks(c.height, 4) * blocks(c.width, 4);
+                let n = blocks(c.in_ch, 3) * tiles * blocks(batch, WORKGROUP);
                 write(out, &c.uniform_with(batch, 0, c.kernel - 1), n)
             }
             Op::ConvBackwardWeight {

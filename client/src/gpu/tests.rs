@@ -549,6 +549,8 @@ fn conv2_backward_input_through_pool1_matches_cpu() {
 #[test]
 fn conv_backward_input_handles_odd_shapes_and_offsets() {
     check_conv_backward_input(ODD_CONV, 3, 41);
+    // More samples than one workgroup's 64.
+    check_conv_backward_input(ODD_CONV, 67, 42);
 }
 
 /// Dense forward (with its ReLU if `d.relu`) on the GPU against the CPU.
