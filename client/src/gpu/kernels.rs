@@ -80,7 +80,7 @@ impl Kernel {
             Kernel::ConvBackwardInput => (
                 "conv_backward_input",
                 include_str!("conv_backward_input.wgsl"),
-                &[U, R, R, W],
+                &[U, R, R, R, R, W],
             ),
             Kernel::ConvBackwardWeight => (
                 "conv_backward_weight",
@@ -112,7 +112,7 @@ impl Kernel {
                 include_str!("softmax_cross_entropy.wgsl"),
                 &[U, R, R, W, W],
             ),
-            Kernel::Sgd => ("sgd", include_str!("sgd.wgsl"), &[U, R, W, W]),
+            Kernel::Sgd => ("sgd", include_str!("sgd.wgsl"), &[U, R, R, W, W]),
         }
     }
 
@@ -297,16 +297,27 @@ pub(crate) enum Op {
     Gather { words: u32 },
     /// Convolution, bias, ReLU and 2x2 max-pool with argmax.
     ConvForward(ConvDims),
-    /// Convolution gradient with respect to its input.
+    /// Convolution gradient with respect to its input, from the conv-output gradient
+    /// zero-padded by `kernel - 1`, fused with the max-pool and ReLU backward of the layer
+    /// below: it writes the below layer's conv-output gradient (see
+    /// `conv_backward_input.wgsl`).
     ConvBackwardInput(ConvDims),
-    /// Convolution gradient with respect to its weight and bias.
-    ConvBackwardWeight(ConvDims),
+    /// Convolution gradient with respect to its weight and bias, as one partial sum per
+    /// sample: sample `b`'s lands at `b * part_stride` plus the layer's offsets (see
+    /// `conv_backward_weight.wgsl`; [`Op::Sgd`] adds them up).
+    /// `dy_pad` is the zero border of dy's planes.
+    ConvBackwardWeight {
+        conv: ConvDims,
+        part_stride: u32,
+        dy_pad: u32,
+    },
     /// Max-pool and ReLU backward over `channels` planes (per sample) of pooled size
-    /// `pooled_h x pooled_w`.
+    /// `pooled_h x pooled_w`, into planes with a zero border of `pad`.
     PoolBackward {
         channels: u32,
         pooled_h: u32,
         pooled_w: u32,
+        pad: u32,
     },
     /// Dense layer with bias and optional ReLU.
     DenseForward(DenseDims),
@@ -316,8 +327,9 @@ pub(crate) enum Op {
     DenseBackwardWeight(DenseDims),
     /// Softmax cross-entropy forward and backward over `classes` logits.
     SoftmaxCrossEntropy { classes: u32 },
-    /// SGD over `n` parameters.
-    Sgd { n: u32 },
+    /// SGD over `n` parameters. The gradient of the first `split` comes as one partial sum
+    /// per sample of the step's batch (`partials[b * split + i]`), the rest from `grads`.
+    Sgd { n: u32, split: u32 },
 }
 
 /// The per-step values a dispatch's uniform struct may need.
@@ -351,7 +363,10 @@ struct ConvUniform {
     out_w: u32,
     w_off: u32,
     b_off: u32,
-    _pad: [u32; 2],
+    /// Where consecutive samples' partial sums start (the weight gradient only).
+    part_stride: u32,
+    /// The zero border of dy's planes (the backward kernels only).
+    dy_pad: u32,
 }
 
 #[repr(C)]
@@ -360,7 +375,7 @@ struct PoolUniform {
     planes: u32,
     pooled_h: u32,
     pooled_w: u32,
-    _pad: u32,
+    pad: u32,
 }
 
 #[repr(C)]
@@ -389,15 +404,20 @@ struct XentUniform {
 struct SgdUniform {
     n: u32,
     momentum_on: u32,
-    _pad0: [u32; 2],
+    split: u32,
+    parts: u32,
     lr: f32,
     momentum: f32,
     weight_decay: f32,
-    _pad1: f32,
+    _pad: f32,
 }
 
 impl ConvDims {
     fn uniform(&self, batch: u32) -> ConvUniform {
+        self.uniform_with(batch, 0, 0)
+    }
+
+    fn uniform_with(&self, batch: u32, part_stride: u32, dy_pad: u32) -> ConvUniform {
         ConvUniform {
             batch,
             in_ch: self.in_ch,
@@ -409,7 +429,8 @@ impl ConvDims {
             out_w: self.out_w(),
             w_off: self.w_off,
             b_off: self.b_off,
-            _pad: [0; 2],
+            part_stride,
+            dy_pad,
         }
     }
 }
@@ -440,7 +461,7 @@ impl Op {
             Op::Gather { .. } => Kernel::Gather,
             Op::ConvForward(_) => Kernel::ConvForward,
             Op::ConvBackwardInput(_) => Kernel::ConvBackwardInput,
-            Op::ConvBackwardWeight(_) => Kernel::ConvBackwardWeight,
+            Op::ConvBackwardWeight { .. } => Kernel::ConvBackwardWeight,
             Op::PoolBackward { .. } => Kernel::PoolBackward,
             Op::DenseForward(_) => Kernel::DenseForward,
             Op::DenseBackwardInput(_) => Kernel::DenseBackwardInput,
@@ -462,8 +483,31 @@ impl Op {
                     c.out_w()
                 );
             }
-            Op::ConvBackwardInput(c) | Op::ConvBackwardWeight(c) => {
+            Op::ConvBackwardInput(c) => {
                 assert!(c.kernel >= 1 && c.kernel <= c.height && c.kernel <= c.width);
+            }
+            Op::ConvBackwardWeight {
+                conv: c,
+                part_stride,
+                ..
+            } => {
+                assert!(c.kernel >= 1 && c.kernel <= c.height && c.kernel <= c.width);
+                assert!(
+                    c.kernel <= 5,
+                    "conv backward weight keeps a 5x5 kernel in registers: kernel {} is larger",
+                    c.kernel
+                );
+                let ends = [
+                    c.w_off + c.out_ch * c.in_ch * c.kernel * c.kernel,
+                    c.b_off + c.out_ch,
+                ];
+                assert!(
+                    ends.iter().all(|&e| e <= *part_stride),
+                    "conv backward weight: the layer's gradient ends at {ends:?}, past the partial sums' stride {part_stride}"
+                );
+            }
+            Op::Sgd { n, split } => {
+                assert!(split <= n, "sgd: split {split} past the {n} parameters");
             }
             Op::DenseForward(d) | Op::DenseBackwardInput(d) | Op::DenseBackwardWeight(d) => {
                 assert!(
@@ -474,10 +518,7 @@ impl Op {
                 );
                 assert!(d.outputs > 0);
             }
-            Op::Gather { .. }
-            | Op::PoolBackward { .. }
-            | Op::SoftmaxCrossEntropy { .. }
-            | Op::Sgd { .. } => {}
+            Op::Gather { .. } | Op::PoolBackward { .. } | Op::SoftmaxCrossEntropy { .. } => {}
         }
     }
 
@@ -502,29 +543,37 @@ impl Op {
                 write(out, &c.uniform(batch), n)
             }
             Op::ConvBackwardInput(c) => {
-                // A 4x4 tile of four channels per invocation; each workgroup serves one
-                // block of four channels.
-                let tiles = batch * blocks(c.height, 4) * blocks(c.width, 4);
-                let n = blocks(c.in_ch, 4) * blocks(tiles, WORKGROUP);
-                write(out, &c.uniform(batch), n)
+                // A 4x4 tile of three channels per invocation; each workgroup serves one
+                // tile and block of three channels for 64 samples.
+                let tiles = blocks(c.height, 4) * blocks(c.width, 4);
+                let n = blocks(c.in_ch, 3) * tiles * blocks(batch, WORKGROUP);
+                write(out, &c.uniform_with(batch, 0, c.kernel - 1), n)
             }
-            Op::ConvBackwardWeight(c) => {
-                // One workgroup per block of 4 channels x 8 columns; the bias is one
-                // extra column.
-                let columns = c.in_ch * c.kernel * c.kernel + 1;
-                let n = blocks(c.out_ch, 4) * blocks(columns, 8);
-                write(out, &c.uniform(batch), n)
+            Op::ConvBackwardWeight {
+                conv: c,
+                part_stride,
+                dy_pad,
+            } => {
+                // One invocation per sample, input channel and block of four output
+                // channels.
+                let n = batch * c.in_ch * blocks(c.out_ch, 4);
+                write(
+                    out,
+                    &c.uniform_with(batch, *part_stride, *dy_pad),
+                    blocks(n, WORKGROUP),
+                )
             }
             Op::PoolBackward {
                 channels,
                 pooled_h,
                 pooled_w,
+                pad,
             } => {
                 let u = PoolUniform {
                     planes: batch * channels,
                     pooled_h: *pooled_h,
                     pooled_w: *pooled_w,
-                    _pad: 0,
+                    pad: *pad,
                 };
                 let n = u.planes * pooled_h * pooled_w;
                 write(out, &u, blocks(n, WORKGROUP))
@@ -551,15 +600,16 @@ impl Op {
                 // One workgroup loops over the batch and reduces the loss.
                 write(out, &u, 1)
             }
-            Op::Sgd { n } => {
+            Op::Sgd { n, split } => {
                 let u = SgdUniform {
                     n: *n,
                     momentum_on: u32::from(args.sgd.momentum != 0.0),
-                    _pad0: [0; 2],
+                    split: *split,
+                    parts: batch,
                     lr: args.lr,
                     momentum: args.sgd.momentum,
                     weight_decay: args.sgd.weight_decay,
-                    _pad1: 0.0,
+                    _pad: 0.0,
                 };
                 write(out, &u, blocks(*n, WORKGROUP))
             }

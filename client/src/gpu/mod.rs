@@ -3,7 +3,7 @@
 //!
 //! - [`Gpu`] opens the device and compiles every kernel once.
 //! - [`GpuTrainer`] keeps the parameters, gradient, optimizer state and data shard on the
-//!   device and runs a whole SGD step as one submit of 19 dispatches, without reading
+//!   device and runs a whole SGD step as one submit of 18 dispatches, without reading
 //!   anything back inside it.
 //! - Each kernel is a `.wgsl` file in this directory; `kernels.rs` holds their bindings,
 //!   uniform structs and dispatch sizes, and `readback.rs` is the one place that maps

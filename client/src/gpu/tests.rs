@@ -328,8 +328,23 @@ fn conv_forward_handles_odd_shapes_and_offsets() {
     check_conv_forward(ODD_CONV, 2, 12);
 }
 
-/// Pool and ReLU backward on the GPU against the CPU's two ops.
-fn check_pool_backward(channels: usize, h: usize, w: usize, batch: usize, seed: u64) {
+/// `planes` planes of `h x w` with a border of `pad` copies of `fill` on every side.
+fn pad_planes<T: Copy>(v: &[T], h: usize, w: usize, pad: usize, fill: T) -> Vec<T> {
+    let (ph, pw) = (h + 2 * pad, w + 2 * pad);
+    let planes = v.len() / (h * w);
+    let mut out = vec![fill; planes * ph * pw];
+    for (p, plane) in v.chunks_exact(h * w).enumerate() {
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            let at = (p * ph + y + pad) * pw + pad;
+            out[at..at + w].copy_from_slice(row);
+        }
+    }
+    out
+}
+
+/// Pool and ReLU backward on the GPU against the CPU's two ops, into planes with a border
+/// of `pad` that must stay untouched.
+fn check_pool_backward(channels: usize, h: usize, w: usize, pad: usize, batch: usize, seed: u64) {
     let mut r = rng(seed);
     let planes = batch * channels;
     let mut y = to_f64(&random(&mut r, planes * h * w, -1.0, 1.0));
@@ -343,12 +358,21 @@ fn check_pool_backward(channels: usize, h: usize, w: usize, batch: usize, seed: 
     ops::relu_backward(&y, &mut want);
 
     let pooled32: Vec<f32> = pooled.iter().map(|&v| v as f32).collect();
-    let dy = f32_buffer(&vec![f32::NAN; y.len()]);
+    const BORDER: f64 = 5.0;
+    let want = pad_planes(&want, h, w, pad, BORDER);
+    let dy = f32_buffer(&pad_planes(
+        &vec![f32::NAN; y.len()],
+        h,
+        w,
+        pad,
+        BORDER as f32,
+    ));
     run(
         Op::PoolBackward {
             channels: channels as u32,
             pooled_h: (h / 2) as u32,
             pooled_w: (w / 2) as u32,
+            pad: pad as u32,
         },
         args(batch),
         &[
@@ -362,18 +386,20 @@ fn check_pool_backward(channels: usize, h: usize, w: usize, batch: usize, seed: 
 }
 
 #[test]
-fn pool2_backward_matches_cpu() {
-    check_pool_backward(16, 8, 8, 3, 20);
+fn pool2_backward_into_padded_planes_matches_cpu() {
+    check_pool_backward(16, 8, 8, 4, 3, 20);
 }
 
 #[test]
 fn pool1_backward_matches_cpu() {
-    check_pool_backward(6, 24, 24, 2, 21);
+    check_pool_backward(6, 24, 24, 0, 2, 21);
 }
 
-/// Conv weight and bias gradients on the GPU against the CPU, written at their offsets
-/// into a flat gradient vector whose other elements must stay untouched.
-fn check_conv_backward_weight(c: ConvDims, batch: usize, seed: u64) {
+/// Conv weight and bias gradients on the GPU against the CPU. The kernel writes one partial
+/// sum per sample at the layer's offsets in rows of `stride` floats, whose other elements
+/// must stay untouched; their sum (in `f64`, as the SGD kernel adds them in `f32`) is the
+/// gradient.
+fn check_conv_backward_weight(c: ConvDims, dy_pad: usize, batch: usize, seed: u64) {
     let mut r = rng(seed);
     let s = shape(&c, batch);
     let x = random(&mut r, s.x_len(), -1.0, 1.0);
@@ -403,20 +429,36 @@ fn check_conv_backward_weight(c: ConvDims, batch: usize, seed: u64) {
     );
 
     const SENTINEL: f32 = 7.0;
-    let grads = f32_buffer(&vec![SENTINEL; PARAMS]);
+    // One more row than the batch: the kernel must not write past its samples.
+    let stride = (c.b_off as usize + bl).max(c.w_off as usize + wl) + 5;
+    let partials = f32_buffer(&vec![SENTINEL; (batch + 1) * stride]);
+    // A border of NaN: the kernel must not read it.
+    let dy_padded = pad_planes(&dy, s.out_h(), s.out_w(), dy_pad, f32::NAN);
     run(
-        Op::ConvBackwardWeight(c),
+        Op::ConvBackwardWeight {
+            conv: c,
+            part_stride: stride as u32,
+            dy_pad: dy_pad as u32,
+        },
         args(batch),
-        &[&f32_buffer(&x), &f32_buffer(&dy), &grads],
+        &[&f32_buffer(&x), &f32_buffer(&dy_padded), &partials],
     );
-    let got = read_f32(&grads);
+    let got = read_f32(&partials);
     let (wo, bo) = (c.w_off as usize, c.b_off as usize);
-    assert_close("conv dweight", &got[wo..wo + wl], &dw);
-    assert_close("conv dbias", &got[bo..bo + bl], &db);
+    let mut sum = vec![0.0f32; stride];
+    for row in got[..batch * stride].chunks_exact(stride) {
+        sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    }
+    assert_close("conv dweight", &sum[wo..wo + wl], &dw);
+    assert_close("conv dbias", &sum[bo..bo + bl], &db);
+    let inside = |i: usize| {
+        i / stride < batch
+            && ((wo..wo + wl).contains(&(i % stride)) || (bo..bo + bl).contains(&(i % stride)))
+    };
     let outside = got
         .iter()
         .enumerate()
-        .filter(|(i, _)| !(wo..wo + wl).contains(i) && !(bo..bo + bl).contains(i))
+        .filter(|(i, _)| !inside(*i))
         .filter(|(_, v)| **v != SENTINEL)
         .count();
     assert_eq!(outside, 0, "writes outside the layer's gradient");
@@ -424,24 +466,44 @@ fn check_conv_backward_weight(c: ConvDims, batch: usize, seed: u64) {
 
 #[test]
 fn conv1_backward_weight_matches_cpu() {
-    check_conv_backward_weight(CONV1, 3, 30);
+    check_conv_backward_weight(CONV1, 0, 3, 30);
 }
 
 #[test]
-fn conv2_backward_weight_matches_cpu() {
-    check_conv_backward_weight(CONV2, 5, 31);
+fn conv2_backward_weight_from_padded_dy_matches_cpu() {
+    check_conv_backward_weight(CONV2, 4, 5, 31);
 }
 
 #[test]
 fn conv_backward_weight_handles_odd_shapes_and_offsets() {
-    check_conv_backward_weight(ODD_CONV, 3, 32);
+    check_conv_backward_weight(ODD_CONV, 0, 3, 32);
+    check_conv_backward_weight(ODD_CONV, 3, 2, 33);
+    check_conv_backward_weight(
+        ConvDims {
+            kernel: 1,
+            ..ODD_CONV
+        },
+        0,
+        2,
+        34,
+    );
 }
 
-/// Conv input gradient on the GPU against the CPU.
+/// Conv input gradient, through the max-pool and ReLU backward of the layer below, on the
+/// GPU against the CPU's three ops.
 fn check_conv_backward_input(c: ConvDims, batch: usize, seed: u64) {
     let mut r = rng(seed);
     let s = shape(&c, batch);
-    let x = random(&mut r, s.x_len(), -1.0, 1.0);
+    // The layer below: its ReLU'd conv output [batch, in_ch, 2 height, 2 width] pooled into
+    // this layer's input.
+    let (bh, bw) = (2 * s.height, 2 * s.width);
+    let planes = batch * s.in_ch;
+    let mut below = to_f64(&random(&mut r, planes * bh * bw, -1.0, 1.0));
+    ops::relu_forward(&mut below);
+    let mut x = vec![0.0f64; s.x_len()];
+    let mut arg = vec![0u32; s.x_len()];
+    ops::maxpool2_forward(planes, bh, bw, &below, &mut x, &mut arg);
+    let x: Vec<f32> = x.iter().map(|&v| v as f32).collect();
     let dy = random(&mut r, s.y_len(), -1.0, 1.0);
     let params = random_params(&mut r);
     let (wl, bl) = conv_len(&c);
@@ -458,23 +520,37 @@ fn check_conv_backward_input(c: ConvDims, batch: usize, seed: u64) {
         &mut db,
     );
 
-    let got = f32_buffer(&vec![f32::NAN; s.x_len()]);
+    let mut want = vec![0.0f64; below.len()];
+    ops::maxpool2_backward(&dx, &arg, &mut want);
+    ops::relu_backward(&below, &mut want);
+
+    let pad = c.kernel as usize - 1;
+    let dy_padded = pad_planes(&dy, s.out_h(), s.out_w(), pad, 0.0);
+    let got = f32_buffer(&vec![f32::NAN; below.len()]);
     run(
         Op::ConvBackwardInput(c),
         args(batch),
-        &[&f32_buffer(&dy), &params_buffer(&params), &got],
+        &[
+            &f32_buffer(&dy_padded),
+            &params_buffer(&params),
+            &u32_buffer(&arg),
+            &f32_buffer(&x),
+            &got,
+        ],
     );
-    assert_close("conv dx", &read_f32(&got), &dx);
+    assert_close("below conv output gradient", &read_f32(&got), &want);
 }
 
 #[test]
-fn conv2_backward_input_matches_cpu() {
+fn conv2_backward_input_through_pool1_matches_cpu() {
     check_conv_backward_input(CONV2, 5, 40);
 }
 
 #[test]
 fn conv_backward_input_handles_odd_shapes_and_offsets() {
     check_conv_backward_input(ODD_CONV, 3, 41);
+    // More samples than one workgroup's 64.
+    check_conv_backward_input(ODD_CONV, 67, 42);
 }
 
 /// Dense forward (with its ReLU if `d.relu`) on the GPU against the CPU.
@@ -653,7 +729,14 @@ fn sgd_step_matches_cpu_rule() {
             let g = random(&mut r, n, -1.0, 1.0);
             sgd.step(lr, &mut p, &g, &mut v);
             let a = StepArgs { lr, sgd, ..args(1) };
-            run(Op::Sgd { n: n as u32 }, a, &[&f32_buffer(&g), &pb, &vb]);
+            run(
+                Op::Sgd {
+                    n: n as u32,
+                    split: 0,
+                },
+                a,
+                &[&f32_buffer(&g), &f32_buffer(&[f32::NAN; 4]), &pb, &vb],
+            );
             assert_close(
                 &format!("params after step {step} with {sgd:?}"),
                 &read_f32(&pb),
@@ -665,6 +748,42 @@ fn sgd_step_matches_cpu_rule() {
 }
 
 #[test]
+fn sgd_adds_up_the_partial_sums_of_the_split_parameters() {
+    let mut r = rng(81);
+    let (n, split, parts) = (1001usize, 300usize, 7usize);
+    let sgd = Sgd {
+        momentum: 0.9,
+        weight_decay: 0.01,
+    };
+    let mut p = random(&mut r, n, -1.0, 1.0);
+    let mut v = random(&mut r, n, -1.0, 1.0);
+    let partials = random(&mut r, parts * split, -1.0, 1.0);
+    // The first `split` entries of `grads` are never read: NaN would show through.
+    let mut grads = random(&mut r, n, -1.0, 1.0);
+    grads[..split].fill(f32::NAN);
+    let mut g = grads.clone();
+    for (i, gi) in g[..split].iter_mut().enumerate() {
+        *gi = (0..parts).map(|k| partials[k * split + i]).sum();
+    }
+    let (pb, vb) = (f32_buffer(&p), f32_buffer(&v));
+    sgd.step(0.1, &mut p, &g, &mut v);
+    run(
+        Op::Sgd {
+            n: n as u32,
+            split: split as u32,
+        },
+        StepArgs {
+            lr: 0.1,
+            sgd,
+            ..args(parts)
+        },
+        &[&f32_buffer(&grads), &f32_buffer(&partials), &pb, &vb],
+    );
+    assert_close("params", &read_f32(&pb), &to_f64(&p));
+    assert_close("velocity", &read_f32(&vb), &to_f64(&v));
+}
+
+#[test]
 fn sgd_covers_dispatches_larger_than_one_grid_row() {
     // More than 65 535 workgroups of 64: the dispatch spreads over two grid dimensions.
     let n = 65_535 * 64 + 1000;
@@ -672,12 +791,21 @@ fn sgd_covers_dispatches_larger_than_one_grid_row() {
     let g: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
     let pb = f32_buffer(&p);
     let a = StepArgs { lr: 0.5, ..args(1) };
-    let groups = Op::Sgd { n: n as u32 }.encode(&a, &mut [0u8; UNIFORM_STRIDE as usize]);
+    let op = Op::Sgd {
+        n: n as u32,
+        split: 0,
+    };
+    let groups = op.encode(&a, &mut [0u8; UNIFORM_STRIDE as usize]);
     assert!(groups > 65_535);
     run(
-        Op::Sgd { n: n as u32 },
+        op,
         a,
-        &[&f32_buffer(&g), &pb, &f32_buffer(&[0.0; 4])],
+        &[
+            &f32_buffer(&g),
+            &f32_buffer(&[0.0; 4]),
+            &pb,
+            &f32_buffer(&[0.0; 4]),
+        ],
     );
     let got = read_f32(&pb);
     let wrong = (0..n)
@@ -736,7 +864,7 @@ fn step_is_one_submit_of_at_most_25_dispatches_without_readback() {
             "{} dispatches",
             t.dispatches_per_step()
         );
-        assert_eq!(t.dispatches_per_step(), 19);
+        assert_eq!(t.dispatches_per_step(), 18);
         assert_eq!(t.readbacks_per_step(), 0);
         assert_eq!(t.submits_per_step(), 1);
     }

@@ -1,7 +1,7 @@
 //! [`GpuTrainer`]: lenet5-28 training with the parameters, optimizer state and shard on the GPU.
 //!
 //! A step is one command buffer and one `queue.submit`: gather the batch, the forward pass,
-//! the fused softmax cross-entropy, every backward kernel and the SGD update, 19 compute
+//! the fused softmax cross-entropy, every backward kernel and the SGD update, 18 compute
 //! dispatches in all (see [`GpuTrainer::dispatches_per_step`]). Nothing is read back inside
 //! a step. The two things that change per step, the sample indices and the small uniform
 //! block (batch size, learning rate, loss slot), are uploaded with `queue.write_buffer`,
@@ -70,6 +70,23 @@ const FC3: DenseDims = DenseDims {
     b_off: layout::FC3_B as u32,
     relu: false,
 };
+
+/// The convolutions' weights and biases fill the parameters before this offset, in one
+/// block: their gradients come as one partial sum per sample, which the SGD kernel adds up
+/// (see `conv_backward_weight.wgsl`).
+const CONV_PARAMS: u32 = layout::FC1_W as u32;
+const _: () = assert!(
+    layout::CONV1_W == 0
+        && layout::CONV1_B == layout::CONV1_W + 6 * 25
+        && layout::CONV2_W == layout::CONV1_B + 6
+        && layout::CONV2_B == layout::CONV2_W + 16 * 6 * 25
+        && layout::FC1_W == layout::CONV2_B + 16,
+    "the convolutions' parameters must fill the start of the vector"
+);
+
+/// The zero border around each plane of conv2's output gradient, which conv2's input
+/// gradient kernel reads without bounds tests (`conv_backward_input.wgsl`).
+const DY2_PAD: u32 = CONV2.kernel - 1;
 
 /// The shard's pixels are packed four to a `u32` word.
 const WORDS_PER_IMAGE: u32 = (IMAGE_PIXELS / 4) as u32;
@@ -330,11 +347,19 @@ impl GpuTrainer {
         let dh2 = storage("d fc2", f32s(mb * u64::from(FC2.outputs)))?;
         let dh1 = storage("d fc1", f32s(mb * u64::from(FC1.outputs)))?;
         let dp2 = storage("d pool2", f32s(mb * pooled(CONV2)))?;
-        let dy2 = storage("d conv2", f32s(mb * per(CONV2)))?;
-        let dp1 = storage("d pool1", f32s(mb * pooled(CONV1)))?;
+        // conv2's output gradient with a zero border of kernel - 1 (see `DY2_PAD`).
+        let padded = |c: ConvDims| {
+            let pad = 2 * DY2_PAD;
+            u64::from(c.out_ch * (c.out_h() + pad) * (c.out_w() + pad))
+        };
+        let dy2 = storage("d conv2 (padded)", f32s(mb * padded(CONV2)))?;
         let dy1 = storage("d conv1", f32s(mb * per(CONV1)))?;
         let params_buf = init("params", bytemuck::cast_slice(params))?;
         let grads = storage("grads", f32s(PARAMS as u64))?;
+        let partials = storage(
+            "conv gradient partial sums",
+            f32s(mb * u64::from(CONV_PARAMS)),
+        )?;
         let velocity = storage("velocity", f32s(PARAMS as u64))?;
         let losses = LossRing::new(device);
 
@@ -383,23 +408,37 @@ impl GpuTrainer {
                     channels: CONV2.out_ch,
                     pooled_h: CONV2.out_h() / 2,
                     pooled_w: CONV2.out_w() / 2,
+                    pad: DY2_PAD,
                 },
                 vec![&dp2, &am2, &p2, &dy2],
             ),
-            (Op::ConvBackwardWeight(CONV2), vec![&p1, &dy2, &grads]),
-            (Op::ConvBackwardInput(CONV2), vec![&dy2, &params_buf, &dp1]),
             (
-                Op::PoolBackward {
-                    channels: CONV1.out_ch,
-                    pooled_h: CONV1.out_h() / 2,
-                    pooled_w: CONV1.out_w() / 2,
+                Op::ConvBackwardWeight {
+                    conv: CONV2,
+                    part_stride: CONV_PARAMS,
+                    dy_pad: DY2_PAD,
                 },
-                vec![&dp1, &am1, &p1, &dy1],
+                vec![&p1, &dy2, &partials],
             ),
-            (Op::ConvBackwardWeight(CONV1), vec![&x0, &dy1, &grads]),
+            // conv2's input gradient goes straight through pool1's and ReLU's backward.
             (
-                Op::Sgd { n: PARAMS as u32 },
-                vec![&grads, &params_buf, &velocity],
+                Op::ConvBackwardInput(CONV2),
+                vec![&dy2, &params_buf, &am1, &p1, &dy1],
+            ),
+            (
+                Op::ConvBackwardWeight {
+                    conv: CONV1,
+                    part_stride: CONV_PARAMS,
+                    dy_pad: 0,
+                },
+                vec![&x0, &dy1, &partials],
+            ),
+            (
+                Op::Sgd {
+                    n: PARAMS as u32,
+                    split: CONV_PARAMS,
+                },
+                vec![&grads, &partials, &params_buf, &velocity],
             ),
         ];
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
