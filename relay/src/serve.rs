@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// The private key (PEM) of --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+    /// Also let pages from this origin (`https://HOST:PORT`) open the relay's sockets and
+    /// POST to it, besides its own; repeatable.
+    #[arg(long, value_name = "ORIGIN", value_parser = |s: &str| easel_relay::origin::Origin::parse(s).map_err(|e| e.to_string()))]
+    allow_origin: Vec<easel_relay::origin::Origin>,
     /// The directory with the page, its scripts and the wasm bundle in `pkg/`.
     #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../www"))]
     www: PathBuf,
@@ -190,6 +194,7 @@ async fn run(args: ServeArgs, data: PathBuf, mnist: Arc<Mnist>) -> anyhow::Resul
         http: args.http.0,
         tls,
         evaluator: Some(evaluator),
+        allowed_origins: args.allow_origin,
         ..Config::default()
     };
     let relay = easel_relay::run(config, static_files(args.www, data), shutdown_signal()).await?;
