@@ -31,9 +31,16 @@ function startStudent() {
   $('room-code').textContent = room;
   document.title = `Easel: room ${room}`;
 
-  /** The worker id of the last Welcome, kept for a reload of this tab. */
+  /** The worker id and resume token of the last Welcome, kept for a reload of this tab. */
   const resumeKey = `easel.worker.${room}`;
-  const stored = Number(sessionStorage.getItem(resumeKey));
+  const stored = (() => {
+    try {
+      const s = JSON.parse(sessionStorage.getItem(resumeKey));
+      return Number.isFinite(s?.id) && s.id > 0 && typeof s.token === 'string' ? s : null;
+    } catch {
+      return null;
+    }
+  })();
 
   /** Everything the page knows; browser tests read it through `window.easel.state()`. */
   const page = {
@@ -73,7 +80,7 @@ function startStudent() {
         showDevice();
         break;
       case 'welcome':
-        sessionStorage.setItem(resumeKey, String(m.workerId));
+        sessionStorage.setItem(resumeKey, JSON.stringify({ id: m.workerId, token: m.token }));
         page.resumed = m.resumed;
         $('worker').textContent = `browser-${m.workerId}${m.resumed ? ' (resumed)' : ''}`;
         page.problem = null;
@@ -108,7 +115,7 @@ function startStudent() {
   worker.postMessage({
     type: 'start',
     config: { room, backend, seed: Number(query.get('seed') ?? 1) >>> 0,
-      resume: Number.isFinite(stored) && stored > 0 ? stored : null },
+      resume: stored },
   });
 
   function fail(text) {

@@ -2,11 +2,11 @@
 // It owns the WebSocket; the session logic (Join, Welcome, rounds of Push, Ack and Center,
 // Control, resume) is Rust's WebSession (client/src/web.rs over client/src/worker.rs).
 //
-// Messages in:  {type: 'start', config: {room, backend, seed, resume}}, {type: 'predict',
+// Messages in:  {type: 'start', config: {room, backend, seed, resume: {id, token} | null}}, {type: 'predict',
 //               gray, width, height}, {type: 'drop'} (close the socket, for tests),
 //               {type: 'lose-gpu'} (destroy the GPU device, for tests).
 // Messages out: {type: 'status', text}, {type: 'device', backend, adapter, fallbackReason},
-//               {type: 'state', state, seconds?, delayMs?}, {type: 'welcome', workerId, resumed},
+//               {type: 'state', state, seconds?, delayMs?}, {type: 'welcome', workerId, token, resumed},
 //               {type: 'stats', stats, stepsPerSec, samplesPerSec}, {type: 'loss', seconds, loss},
 //               {type: 'prediction', input, own, center} or {type: 'prediction', error},
 //               {type: 'problem', text}, {type: 'fatal', message}.
@@ -23,11 +23,18 @@ const SPEED_WINDOW_S = 5;
 const STATS_EVERY_MS = 500;
 /** Relay error codes that end the session: unknown room, wrong model. */
 const FATAL_JOIN_CODES = new Set([3, 4]);
+/** The relay refused the resume token (PROTOCOL.md, error 14): join as a new worker. */
+const BAD_RESUME_TOKEN = 14;
+/** Close code: another connection resumed this worker (a duplicated tab): join as a new one. */
+const SUPERSEDED = 4002;
 
 let session = null;
 let config = null;
 let ws = null;
 let resumeId = null;
+let resumeToken = null;
+/** The next Join asks for a new worker instead of resuming. */
+let fresh = false;
 let attempt = 0;
 let stopped = false;
 let rounding = false;
@@ -68,7 +75,8 @@ function fatal(text) {
 
 async function start(cfg) {
   config = cfg;
-  resumeId = cfg.resume ?? null;
+  resumeId = cfg.resume?.id ?? null;
+  resumeToken = cfg.resume?.token ?? null;
   const bytes = await loadWasmAndDigits((text) => post({ type: 'status', text }));
   session = await WebSession.create(bytes, cfg.backend, cfg.seed);
   postDevice();
@@ -97,18 +105,31 @@ function connect() {
   ws = sock;
   sock.onopen = () => {
     // A socket that closed meanwhile cannot send; its close event reconnects.
-    serial(() => sock.send(session.join_message(config.room, resumeId ?? undefined))).catch(() => {});
+    serial(() => sock.send(joinMessage())).catch(() => {});
   };
   sock.onmessage = (e) => {
     if (!(e.data instanceof ArrayBuffer)) return;
     const bytes = new Uint8Array(e.data);
     serial(() => handle(sock, bytes));
   };
-  sock.onclose = () => {
+  sock.onclose = (e) => {
     if (ws !== sock) return;
     ws = null;
+    if (e.code === SUPERSEDED) forgetWorker();
     if (!stopped) reconnectLater();
   };
+}
+
+/** The Join for a new connection: resuming the last worker unless `fresh`. */
+function joinMessage() {
+  return session.join_message(config.room, resumeId ?? undefined, resumeToken ?? undefined, fresh);
+}
+
+/** The next Join makes a new worker (this tab's id and token are no longer its own). */
+function forgetWorker() {
+  resumeId = null;
+  resumeToken = null;
+  fresh = true;
 }
 
 /** Waits 0.5 s, 1 s, 2 s, … up to 10 s (with jitter), counting down, then connects. */
@@ -138,11 +159,19 @@ function handle(sock, bytes) {
   switch (ev.kind) {
     case 'welcome':
       resumeId = ev.worker_id;
+      resumeToken = ev.resume_token;
+      fresh = false;
       attempt = 0;
-      post({ type: 'welcome', workerId: ev.worker_id, resumed: ev.resumed });
+      post({ type: 'welcome', workerId: ev.worker_id, token: ev.resume_token, resumed: ev.resumed });
       postDevice();
       break;
     case 'error':
+      if (ev.code === BAD_RESUME_TOKEN) {
+        // The socket stays open: join again on it, as a new worker.
+        forgetWorker();
+        sock.send(joinMessage());
+        return;
+      }
       if (!ev.joined && FATAL_JOIN_CODES.has(ev.code)) {
         fatal(ev.code === 3 ? `There is no room "${config.room}": check the code on the teacher's screen.`
           : `The room cannot be joined: ${ev.message}`);

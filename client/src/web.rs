@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use easel_protocol::message::{self, Message};
-use easel_protocol::{Backend, ClientKind, Control, Limits, Outcome};
+use easel_protocol::{Backend, ClientKind, Control, Limits, Outcome, Resume, ResumeToken};
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -713,6 +713,8 @@ struct SessionState {
     seed: u64,
     /// The worker id the last Join asked to resume.
     requested: Option<u64>,
+    /// The id and resume token of the last Welcome: what a reconnection resumes with.
+    resume: Option<Resume>,
     /// Welcomes received: the first join and every reconnection.
     welcomes: u32,
     /// Bytes of the Join and Welcome messages, which the worker's own counters miss.
@@ -727,6 +729,9 @@ enum SessionEvent {
     /// The relay admitted this worker (`resumed`: under the id the Join asked for).
     Welcome {
         worker_id: u64,
+        /// The secret that resumes this worker, 32 hex digits (the page keeps it with the
+        /// id in `sessionStorage`).
+        resume_token: String,
         resumed: bool,
         center_version: u64,
         shard: usize,
@@ -802,7 +807,7 @@ fn finite(x: f32) -> Option<f32> {
 /// One browser tab as a worker of a room, on WebGPU or on the CPU.
 ///
 /// Build it with `await WebSession.create(bytes, "auto", seed)`, send
-/// `join_message(room, resumeId)` on a fresh WebSocket, hand every binary message to
+/// `join_message(room, resumeId, resumeToken, fresh)` on a fresh WebSocket, hand every binary message to
 /// `on_message`, and while `ready()`, `await round()` and send the bytes it resolves to
 /// (after `delay_ms()`). Calls must not overlap: a call made while `round()` is pending is
 /// rejected with a plain error.
@@ -843,6 +848,7 @@ impl WebSession {
                 train,
                 seed: u64::from(seed),
                 requested: None,
+                resume: None,
                 welcomes: 0,
                 handshake_up: 0,
                 handshake_down: 0,
@@ -850,14 +856,28 @@ impl WebSession {
         })
     }
 
-    /// The bytes of the `Join` that opens a connection to `room`; `resume` is the worker id
-    /// of an earlier Welcome, to take that place up again.
-    pub fn join_message(&self, room: String, resume: Option<f64>) -> Uint8Array {
+    /// The bytes of the `Join` that opens a connection to `room`; `resume` and `token` are
+    /// the worker id and resume token (32 hex digits) of an earlier Welcome, to take that
+    /// place up again (after a reload: the page kept them). Without them, the session
+    /// resumes the worker of its own last Welcome, if any; `fresh` joins as a new worker
+    /// (after the relay refused the token, or another connection took the worker over).
+    pub fn join_message(
+        &self,
+        room: String,
+        resume: Option<f64>,
+        token: Option<String>,
+        fresh: bool,
+    ) -> Uint8Array {
         let mut s = self.state.borrow_mut();
-        let resume = resume
+        let given = resume
             .filter(|r| r.is_finite() && *r >= 0.0)
-            .map(|r| r as u64);
-        s.requested = resume;
+            .zip(token.as_deref().and_then(ResumeToken::from_hex))
+            .map(|(r, token)| Resume {
+                worker: r as u64,
+                token,
+            });
+        let resume = if fresh { None } else { given.or(s.resume) };
+        s.requested = resume.map(|r| r.worker);
         let backend = if s.backend == "gpu" {
             Backend::Gpu
         } else {
@@ -884,8 +904,13 @@ impl WebSession {
             Message::Welcome(welcome) => {
                 s.handshake_down += bytes.len() as u64;
                 let start = worker::prepare(&welcome, &s.train).map_err(js_err)?;
+                s.resume = Some(Resume {
+                    worker: start.worker_id,
+                    token: start.resume_token,
+                });
                 let event = SessionEvent::Welcome {
                     worker_id: start.worker_id,
+                    resume_token: start.resume_token.to_hex(),
                     resumed: s.requested == Some(start.worker_id),
                     center_version: start.center_version,
                     shard: start.indices.len(),

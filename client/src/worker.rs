@@ -27,7 +27,7 @@ use easel_protocol::message::{self, Join, caps};
 use easel_protocol::strategy::{Reply, after_reply};
 use easel_protocol::{
     Ack, Backend, Center, ClientKind, Control, ErrorMessage, Hyper, LENET5_28, Limits, Message,
-    Outcome, ProtocolError, Push, Shard, Welcome,
+    Outcome, ProtocolError, Push, Resume, ResumeToken, Shard, Welcome,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -74,8 +74,9 @@ pub enum WorkerError {
 }
 
 /// The `Join` a training worker opens its session with: this crate's model, every codec
-/// capability, and `resume` to take up an earlier worker id after a reconnection.
-pub fn join(room: &str, kind: ClientKind, backend: Backend, resume: Option<u64>) -> Message {
+/// capability, and `resume` (an earlier Welcome's id and token, [`Worker::resume`]) to take
+/// up that place again after a reconnection.
+pub fn join(room: &str, kind: ClientKind, backend: Backend, resume: Option<Resume>) -> Message {
     Message::Join(Join {
         room: room.to_string(),
         kind,
@@ -92,6 +93,8 @@ pub fn join(room: &str, kind: ClientKind, backend: Backend, resume: Option<u64>)
 pub struct Start {
     /// This worker's id in the room.
     pub worker_id: u64,
+    /// The secret that resumes it.
+    pub resume_token: ResumeToken,
     /// The room's settings.
     pub hyper: Hyper,
     /// The indices of the shard's digits in the training split.
@@ -128,6 +131,7 @@ pub fn prepare(welcome: &Welcome, train: &Split) -> Result<Start, WorkerError> {
     let indices = shard_indices(&welcome.shard, &train.labels)?;
     Ok(Start {
         worker_id: welcome.worker_id,
+        resume_token: welcome.resume_token,
         hyper: welcome.hyper,
         shard: train.subset(&indices),
         indices,
@@ -251,6 +255,8 @@ pub enum Event {
 /// worker to a training thread, while the browser uses a plain `dyn Trainer`.
 pub struct Worker<T: Trainer + ?Sized = dyn Trainer> {
     worker_id: u64,
+    /// The secret of the last Welcome: with the id, what a reconnection resumes with.
+    resume_token: ResumeToken,
     hyper: Hyper,
     trainer: Box<T>,
     /// The training-split indices of the shard the trainer holds.
@@ -303,6 +309,7 @@ impl<T: Trainer + ?Sized> Worker<T> {
         let shard_len = start.shard.len();
         Worker {
             worker_id: start.worker_id,
+            resume_token: start.resume_token,
             hyper: start.hyper,
             trainer,
             indices: start.indices,
@@ -334,6 +341,15 @@ impl<T: Trainer + ?Sized> Worker<T> {
     /// The id the relay gave this worker.
     pub fn worker_id(&self) -> u64 {
         self.worker_id
+    }
+
+    /// What a `Join` on a new connection carries to take this worker's place up again: its
+    /// id and the resume token of its last Welcome.
+    pub fn resume(&self) -> Resume {
+        Resume {
+            worker: self.worker_id,
+            token: self.resume_token,
+        }
     }
 
     /// The room's current settings.
@@ -385,6 +401,7 @@ impl<T: Trainer + ?Sized> Worker<T> {
     pub fn rejoin(&mut self, start: Start) -> bool {
         let same_shard = start.indices == self.indices;
         self.worker_id = start.worker_id;
+        self.resume_token = start.resume_token;
         self.hyper = start.hyper;
         self.center_version = start.center_version;
         self.center = start.center;
@@ -687,6 +704,7 @@ mod tests {
     fn welcome(h: Hyper, center: &[f32]) -> Welcome {
         Welcome {
             worker_id: 7,
+            resume_token: ResumeToken([9; 16]),
             model: ModelInfo::of(&LENET5_28),
             hyper: h,
             shard: Shard::Partition {

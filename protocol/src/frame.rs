@@ -9,7 +9,7 @@ use crate::message::{Limits, ProtocolError};
 /// The first four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"EASL";
 /// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Magic, version and type.
 pub const HEADER_LEN: usize = 6;
 
@@ -75,7 +75,7 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            Frame::parse(b"EASL\x01\x03xyz", &limits),
+            Frame::parse(b"EASL\x02\x03xyz", &limits),
             Err(ProtocolError::TooLarge { len: 9, max: 8 })
         );
         assert_eq!(Frame::parse(b"EAX", &limits), Err(ProtocolError::BadMagic));
@@ -92,11 +92,11 @@ mod tests {
             Err(ProtocolError::Truncated { needed: 6, at: 0 })
         );
         assert_eq!(
-            Frame::parse(b"EASL\x02\x01", &limits),
-            Err(ProtocolError::UnsupportedVersion(2))
+            Frame::parse(b"EASL\x01\x01", &limits),
+            Err(ProtocolError::UnsupportedVersion(1))
         );
         assert_eq!(
-            Frame::parse(b"EASL\x01\x63", &limits).map(|f| f.ty),
+            Frame::parse(b"EASL\x02\x63", &limits).map(|f| f.ty),
             Ok(0x63)
         );
     }

@@ -1,7 +1,7 @@
 //! Easel's binary WebSocket messages: their types, [`encode`] and the total [`decode`].
 //!
 //! Every message is one binary WebSocket message: the six-byte header of
-//! [`crate::frame`] (magic `EASL`, version 1, a type byte), then the body. Integers are
+//! [`crate::frame`] (magic `EASL`, version 2, a type byte), then the body. Integers are
 //! little-endian and fixed-width, floats IEEE-754 `f32`, strings and byte strings a `u32`
 //! length followed by that many bytes (strings in UTF-8). PROTOCOL.md at the repository root
 //! gives every layout byte by byte, and must change together with this file.
@@ -32,7 +32,8 @@ pub mod ty {
 pub mod code {
     /// The message does not start with `EASL`. The relay closes the connection.
     pub const BAD_MAGIC: u16 = 1;
-    /// The protocol version is not 1. The relay closes the connection.
+    /// The protocol version is not [`crate::frame::VERSION`] (2). The relay closes the
+    /// connection.
     pub const UNSUPPORTED_VERSION: u16 = 2;
     /// No room has the code given in `Join`.
     pub const UNKNOWN_ROOM: u16 = 3;
@@ -56,8 +57,12 @@ pub mod code {
     /// A well-formed message that is not valid at this point of the session (a push before
     /// `Welcome`, a `Welcome` sent to the relay...).
     pub const UNEXPECTED: u16 = 12;
-    /// A control message from a connection that is not the room's teacher.
+    /// A control message from a connection that is not the room's teacher; a `Join`
+    /// resuming a worker the teacher removed.
     pub const FORBIDDEN: u16 = 13;
+    /// A `Join` resumes a worker with a resume token that is not that worker's. Join again
+    /// without resuming (as a new worker).
+    pub const BAD_RESUME_TOKEN: u16 = 14;
 }
 
 /// The most bytes of a room code.
@@ -111,8 +116,12 @@ pub enum ProtocolError {
     /// The message does not start with `EASL`.
     #[error("bad magic (not an Easel message)")]
     BadMagic,
-    /// A protocol version other than 1.
-    #[error("unsupported protocol version {0}")]
+    /// A protocol version other than this crate's ([`crate::frame::VERSION`]).
+    #[error(
+        "unsupported protocol version {0}; this side speaks version {v} (reload the page or \
+         update the client)",
+        v = crate::frame::VERSION
+    )]
     UnsupportedVersion(u8),
     /// A message type byte that names no message.
     #[error("unknown message type {0}")]
@@ -236,9 +245,61 @@ pub struct Join {
     /// The client's [`ModelSpec::layout_hash`]; the relay refuses a mismatch with
     /// [`code::WRONG_MODEL`].
     pub layout_hash: [u8; 32],
-    /// A worker id from an earlier `Welcome`, to take up that worker's place and ledger
-    /// after a reconnection. An id the room does not know gets a fresh one.
-    pub resume_worker: Option<u64>,
+    /// The worker id and resume token of an earlier `Welcome`, to take up that worker's
+    /// place and ledger after a reconnection. An id the room does not know gets a fresh
+    /// one; a known id with another token is refused with [`code::BAD_RESUME_TOKEN`].
+    pub resume_worker: Option<Resume>,
+}
+
+/// What a `Join` that takes up an earlier place carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The worker id of the earlier `Welcome`.
+    pub worker: u64,
+    /// The secret of that `Welcome`.
+    pub token: ResumeToken,
+}
+
+/// A worker's secret, given in its `Welcome` and required to resume it: 16 bytes the relay
+/// draws from a cryptographic generator. Worker ids are small and guessable (1, 2, 3...);
+/// the token is what proves a reconnection is the same worker. Its `Debug` hides it.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct ResumeToken(pub [u8; 16]);
+
+impl ResumeToken {
+    /// 32 lowercase hex digits (how the browser keeps it in `sessionStorage`).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The token written by [`ResumeToken::to_hex`]; `None` for anything but 32 hex digits.
+    pub fn from_hex(hex: &str) -> Option<ResumeToken> {
+        let hex = hex.as_bytes();
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut t = [0u8; 16];
+        for (i, b) in t.iter_mut().enumerate() {
+            let pair = std::str::from_utf8(&hex[2 * i..2 * i + 2]).ok()?;
+            *b = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(ResumeToken(t))
+    }
+
+    /// Whether `other` is this token, compared in constant time.
+    pub fn matches(&self, other: &ResumeToken) -> bool {
+        self.0
+            .iter()
+            .zip(&other.0)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for ResumeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResumeToken(..)")
+    }
 }
 
 /// The model a room trains.
@@ -429,8 +490,11 @@ pub enum Shard {
 /// The relay admits a participant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Welcome {
-    /// This participant's id in the room (give it as `resume_worker` to reconnect).
+    /// This participant's id in the room (give it with `resume_token` as `resume_worker`
+    /// to reconnect).
     pub worker_id: u64,
+    /// The secret that a `Join` resuming `worker_id` must carry.
+    pub resume_token: ResumeToken,
     pub model: ModelInfo,
     pub hyper: Hyper,
     pub shard: Shard,
@@ -561,10 +625,18 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             out.put_u8(j.backend as u8);
             out.put_u32(j.capabilities);
             out.extend_from_slice(&j.layout_hash);
-            put_opt(&mut out, j.resume_worker);
+            match j.resume_worker {
+                None => out.put_u8(0),
+                Some(r) => {
+                    out.put_u8(1);
+                    out.put_u64(r.worker);
+                    out.extend_from_slice(&r.token.0);
+                }
+            }
         }
         Message::Welcome(w) => {
             out.put_u64(w.worker_id);
+            out.extend_from_slice(&w.resume_token.0);
             put_str(&mut out, &w.model.name);
             out.extend_from_slice(&w.model.layout_hash);
             out.put_u32(w.model.param_count);
@@ -674,10 +746,18 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, ProtocolError> {
             },
             capabilities: r.u32()?,
             layout_hash: r.array()?,
-            resume_worker: read_opt(&mut r)?,
+            resume_worker: match r.u8()? {
+                0 => None,
+                1 => Some(Resume {
+                    worker: r.u64()?,
+                    token: ResumeToken(r.array()?),
+                }),
+                _ => return Err(invalid("option flag")),
+            },
         }),
         ty::WELCOME => Message::Welcome(Welcome {
             worker_id: r.u64()?,
+            resume_token: ResumeToken(r.array()?),
             model: ModelInfo {
                 name: read_str(&mut r, MAX_NAME, "model name")?,
                 layout_hash: r.array()?,
@@ -1060,7 +1140,7 @@ mod tests {
             any::<bool>(),
             any::<u32>(),
             any::<[u8; 32]>(),
-            any::<Option<u64>>(),
+            any::<Option<(u64, [u8; 16])>>(),
         )
             .prop_map(
                 |(room, kind, gpu, capabilities, layout_hash, resume_worker)| {
@@ -1076,7 +1156,10 @@ mod tests {
                         backend: if gpu { Backend::Gpu } else { Backend::Cpu },
                         capabilities,
                         layout_hash,
-                        resume_worker,
+                        resume_worker: resume_worker.map(|(worker, t)| Resume {
+                            worker,
+                            token: ResumeToken(t),
+                        }),
                     })
                 },
             );
@@ -1096,7 +1179,7 @@ mod tests {
                 }),
         ];
         let welcome = (
-            any::<u64>(),
+            (any::<u64>(), any::<[u8; 16]>()),
             (text(MAX_NAME), any::<[u8; 32]>(), any::<u32>()),
             hyper(),
             shard,
@@ -1104,9 +1187,10 @@ mod tests {
             payload(),
         )
             .prop_map(
-                |(worker_id, (name, layout_hash, param_count), hyper, shard, v, center)| {
+                |((worker_id, t), (name, layout_hash, param_count), hyper, shard, v, center)| {
                     Message::Welcome(Welcome {
                         worker_id,
+                        resume_token: ResumeToken(t),
                         model: ModelInfo {
                             name,
                             layout_hash,
@@ -1198,7 +1282,7 @@ mod tests {
         #[test]
         fn decode_never_panics_on_arbitrary_bytes(tail in prop::collection::vec(any::<u8>(), 0..300), t in 0u8..9) {
             let _ = decode(&tail, &small());
-            let mut bytes = b"EASL\x01".to_vec();
+            let mut bytes = b"EASL\x02".to_vec();
             bytes.push(t);
             bytes.extend_from_slice(&tail);
             let _ = decode(&bytes, &small());
@@ -1530,6 +1614,7 @@ mod tests {
         assert!(l.max_message < 1 << 20);
         let welcome = Message::Welcome(Welcome {
             worker_id: 1,
+            resume_token: ResumeToken([7; 16]),
             model: ModelInfo::of(&LENET5_28),
             hyper: Hyper {
                 alpha: 0.5,
@@ -1552,6 +1637,33 @@ mod tests {
         assert!(bytes.len() <= l.max_message);
         assert_eq!(decode(&bytes, &l), Ok(welcome));
         assert!(ModelInfo::of(&LENET5_28).matches(&LENET5_28));
+    }
+
+    #[test]
+    fn a_resuming_join_carries_id_and_token_and_the_token_stays_out_of_debug() {
+        let token = ResumeToken([0xab; 16]);
+        let join = Message::Join(Join {
+            room: "ABCDE".into(),
+            kind: ClientKind::Browser,
+            backend: Backend::Gpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: Some(Resume { worker: 7, token }),
+        });
+        let bytes = encode(&join);
+        // PROTOCOL.md, Join: 49 + R bytes, and 24 more when resuming.
+        assert_eq!(bytes.len(), 73 + 5);
+        assert_eq!(bytes[53], 1);
+        assert_eq!(&bytes[54..62], &7u64.to_le_bytes());
+        assert_eq!(&bytes[62..78], &[0xab; 16]);
+        assert_eq!(decode(&bytes, &small()), Ok(join.clone()));
+        assert!(!format!("{join:?}").contains("171"), "{join:?}");
+        assert_eq!(ResumeToken::from_hex(&token.to_hex()), Some(token));
+        assert_eq!(token.to_hex(), "ab".repeat(16));
+        for bad in ["", "ab", &"zz".repeat(16), &"ab".repeat(17)] {
+            assert_eq!(ResumeToken::from_hex(bad), None, "{bad:?}");
+        }
+        assert!(token.matches(&token) && !token.matches(&ResumeToken([0xac; 16])));
     }
 
     /// PROTOCOL.md quotes this hash so that a client written from it can join.
@@ -1588,6 +1700,7 @@ mod tests {
             (code::MALFORMED, "MALFORMED"),
             (code::UNEXPECTED, "UNEXPECTED"),
             (code::FORBIDDEN, "FORBIDDEN"),
+            (code::BAD_RESUME_TOKEN, "BAD_RESUME_TOKEN"),
         ] {
             assert!(doc.contains(&format!("| {n} | {name} |")), "{n} {name}");
         }

@@ -5,6 +5,13 @@
 //! of local training run on a blocking thread, so training never stalls the reactor. A bot
 //! can play a straggler: with a slowdown `F`, it sleeps `(F - 1)` times its measured compute
 //! time after each round.
+//!
+//! A bot comes back by itself: after any lost connection (the relay restarted, a network
+//! blip, a close other than 4000) it reconnects with [`Backoff`] (0.5 s doubling to 10 s,
+//! jittered, like the browser) and resumes as the same worker, with its id and resume token
+//! and the model it has; when the relay no longer knows it, it goes on as a new worker from
+//! that model. Only a removal by the teacher (close 4000), a relay it cannot work with, its
+//! push budget or shutdown end it.
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
@@ -16,8 +23,8 @@ use anyhow::{Context, bail};
 use easel_client::data::Split;
 use easel_client::worker::{self, Event, Stats, Worker};
 use easel_client::{Trainer, cpu::CpuTrainer};
-use easel_protocol::message::{self, Message};
-use easel_protocol::{Backend, ClientKind, Limits, Welcome};
+use easel_protocol::message::{self, Message, code};
+use easel_protocol::{Backend, ClientKind, Limits, Resume, Welcome};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -83,6 +90,8 @@ pub struct BotReport {
     pub stats: Stats,
     /// Seconds spent in local rounds (training and the parameter read-back).
     pub compute_s: f64,
+    /// Connections lost and made again (each a Welcome, resumed or as a new worker).
+    pub reconnects: u64,
     /// Why it stopped early, if it did.
     pub error: Option<String>,
 }
@@ -96,6 +105,7 @@ impl BotReport {
             acks: 0,
             stats: Stats::default(),
             compute_s: 0.0,
+            reconnects: 0,
             error: None,
         }
     }
@@ -310,32 +320,94 @@ pub async fn connect(url: &str, trust: Option<&Trust>) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-/// The relay closed the connection with code 4001: the room's partition changed, and the
-/// worker joins again (resuming its place) for a shard of the new one.
+/// How a connection ended, when it did not end the bot.
 #[derive(Debug, thiserror::Error)]
-#[error("the relay asked to join again (the partition changed)")]
-struct RejoinAsked;
+enum Lost {
+    /// Close 4001: the room's partition changed; join again at once for the new shard.
+    #[error("the relay asked to join again (the partition changed)")]
+    Rejoin,
+    /// Close 4002: another connection took this worker over; go on as a new worker.
+    #[error("another connection resumed this worker")]
+    Superseded,
+    /// Anything else: a close, a reset, silence, a relay that is gone. Reconnect after a
+    /// backoff.
+    #[error("{0}")]
+    Dropped(String),
+}
+
+/// The bot ends for good: removed by the teacher (4000), or a relay it cannot work with.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Fatal(String);
 
 /// The next binary message, skipping pings, pongs and text; an error when the connection
-/// closes ([`RejoinAsked`] for close code 4001), fails, or stays silent for
-/// [`ANSWER_TIMEOUT`].
+/// closes, fails, or stays silent for [`ANSWER_TIMEOUT`]: [`Lost`] for what a reconnection
+/// mends, [`Fatal`] for a close with 4000 (removed) or 1002 (another protocol version).
 async fn recv(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
     loop {
-        let next = tokio::time::timeout(ANSWER_TIMEOUT, ws.next())
-            .await
-            .context("the relay did not answer in time")?;
+        let next = match tokio::time::timeout(ANSWER_TIMEOUT, ws.next()).await {
+            Ok(next) => next,
+            Err(_) => return Err(Lost::Dropped("the relay did not answer in time".into()).into()),
+        };
         match next {
             Some(Ok(WsMessage::Binary(b))) => return Ok(b.to_vec()),
-            Some(Ok(WsMessage::Close(Some(f)))) if u16::from(f.code) == close::REJOIN => {
-                return Err(RejoinAsked.into());
-            }
             Some(Ok(WsMessage::Close(frame))) => {
-                bail!("the relay closed the connection ({frame:?})")
+                let code = frame.as_ref().map(|f| u16::from(f.code));
+                let why = frame
+                    .as_ref()
+                    .map_or(String::new(), |f| f.reason.to_string());
+                return Err(match code {
+                    Some(close::REJOIN) => Lost::Rejoin.into(),
+                    Some(close::SUPERSEDED) => Lost::Superseded.into(),
+                    Some(close::REMOVED) | Some(close::PROTOCOL_ERROR) => {
+                        Fatal(format!("the relay closed the connection: {why}")).into()
+                    }
+                    _ => Lost::Dropped(format!("the relay closed the connection ({code:?} {why})"))
+                        .into(),
+                });
             }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e).context("reading from the relay"),
-            None => bail!("the relay closed the connection"),
+            Some(Err(e)) => {
+                return Err(Lost::Dropped(format!("reading from the relay: {e}")).into());
+            }
+            None => return Err(Lost::Dropped("the relay closed the connection".into()).into()),
         }
+    }
+}
+
+/// Reconnection delays: 0.5 s doubling to 10 s, each jittered by ±20 % (as the browser's
+/// `www/worker.js`), so that a class of bots does not reconnect in lockstep.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    attempt: u32,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(10);
+
+    pub fn new(seed: u64) -> Backoff {
+        use rand::SeedableRng;
+        Backoff {
+            attempt: 0,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        use rand::RngExt;
+        let base = Self::FIRST
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(Self::MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        base.mul_f64(self.rng.random_range(0.8..1.2))
+    }
+
+    /// A connection was made and welcomed: the next loss starts from 0.5 s again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
     }
 }
 
@@ -400,60 +472,108 @@ async fn bot(
     report
 }
 
-/// Connects and joins the room (resuming worker `resume`): the connection and the Welcome.
-async fn open(opts: &BotOptions, resume: Option<u64>) -> anyhow::Result<(Ws, Welcome)> {
-    let mut ws = connect(&opts.relay, opts.trust.as_ref()).await?;
-    let join = worker::join(&opts.room, ClientKind::Bot, opts.backend, resume);
-    ws.send(WsMessage::binary(message::encode(&join))).await?;
+/// Connects and joins the room, resuming `resume` when given: the connection and the
+/// Welcome. A refused token (another relay, or a forged id) joins again at once on the same
+/// connection as a new worker. A connection that fails is [`Lost::Dropped`]; a refusal that
+/// no retry mends (unknown room on the first join, wrong model, removed) is an error.
+async fn open(
+    opts: &BotOptions,
+    mut resume: Option<Resume>,
+    first: bool,
+) -> anyhow::Result<(Ws, Welcome)> {
+    let mut ws = connect(&opts.relay, opts.trust.as_ref())
+        .await
+        .map_err(|e| Lost::Dropped(format!("{e:#}")))?;
     let limits = Limits::default();
     loop {
-        let bytes = recv(&mut ws).await?;
-        match message::decode(&bytes, &limits)? {
-            Message::Welcome(w) => return Ok((ws, w)),
-            Message::Error(e) => {
-                bail!("the relay refused to join: {} (code {})", e.message, e.code)
+        let join = worker::join(&opts.room, ClientKind::Bot, opts.backend, resume);
+        ws.send(WsMessage::binary(message::encode(&join)))
+            .await
+            .map_err(|e| Lost::Dropped(format!("sending the Join: {e}")))?;
+        let refused = loop {
+            let bytes = recv(&mut ws).await?;
+            match message::decode(&bytes, &limits)? {
+                Message::Welcome(w) => return Ok((ws, w)),
+                Message::Error(e) => break e,
+                _ => continue,
             }
-            _ => continue,
+        };
+        let why = format!("{} (code {})", refused.message, refused.code);
+        match refused.code {
+            code::BAD_RESUME_TOKEN if resume.is_some() => {
+                tracing::info!("resume refused ({why}); joining as a new worker");
+                resume = None;
+            }
+            // The room may come back (a relay restoring its rooms): keep trying.
+            code::UNKNOWN_ROOM if !first => {
+                return Err(Lost::Dropped(format!("the relay refused to join: {why}")).into());
+            }
+            _ => bail!(Fatal(format!("the relay refused to join: {why}"))),
         }
     }
 }
 
-/// Joins again as the same worker after a close with code 4001; a push in flight is lost.
+/// Joins again as the same worker on a new connection (a push in flight is lost), or as a
+/// new worker when the relay no longer knows this one (it restarted) or refused its token.
 /// The trainer is rebuilt when the shard changed.
 async fn rejoin(
     opts: &BotOptions,
     train: &Split,
     gpu: Option<&easel_client::Gpu>,
-    ws: &mut Ws,
+    resume: Option<Resume>,
     w: &mut Worker<dyn Trainer + Send>,
-) -> anyhow::Result<()> {
-    let (fresh, welcome) = open(opts, Some(w.worker_id())).await?;
-    *ws = fresh;
+) -> anyhow::Result<Ws> {
+    let (ws, welcome) = open(opts, resume, false).await?;
     let start = worker::prepare(&welcome, train)?;
     let trainer = make_trainer(opts.backend, gpu, &start)?;
     if !w.rejoin(start) {
         w.replace_trainer(trainer);
     }
-    Ok(())
+    Ok(ws)
 }
 
-/// The next message from the relay; after a close with 4001 the bot joins again
-/// ([`rejoin`]) and gets `None`.
-async fn recv_or_rejoin(
+/// After a lost connection: wait the backoff (not for 4001: the relay asked to join again
+/// now), then reconnect until a Welcome, or shutdown (`Ok(None)`). Resumes the worker, except
+/// after 4002 (another connection took it over: go on as a new worker).
+async fn reconnect(
     opts: &BotOptions,
     train: &Split,
     gpu: Option<&easel_client::Gpu>,
-    ws: &mut Ws,
     w: &mut Worker<dyn Trainer + Send>,
-) -> anyhow::Result<Option<Vec<u8>>> {
-    match recv(ws).await {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.is::<RejoinAsked>() => {
-            rejoin(opts, train, gpu, ws, w).await?;
-            Ok(None)
+    lost: &Lost,
+    backoff: &mut Backoff,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<Option<Ws>> {
+    let resume = (!matches!(lost, Lost::Superseded)).then(|| w.resume());
+    let mut wait = match lost {
+        Lost::Rejoin => Duration::ZERO,
+        _ => backoff.next_delay(),
+    };
+    loop {
+        tracing::debug!(worker = w.worker_id(), "{lost}; reconnecting in {wait:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => return Ok(None),
         }
-        Err(e) => Err(e),
+        let attempt = tokio::select! {
+            r = rejoin(opts, train, gpu, resume, w) => r,
+            _ = shutdown.wait() => return Ok(None),
+        };
+        match attempt {
+            Ok(ws) => {
+                backoff.reset();
+                return Ok(Some(ws));
+            }
+            Err(e) if e.is::<Lost>() => wait = backoff.next_delay(),
+            Err(e) => return Err(e),
+        }
     }
+}
+
+/// What the bot does with an error of its session: a [`Lost`] connection is mended by a
+/// reconnection; anything else ends the bot.
+fn lost(e: anyhow::Error) -> anyhow::Result<Lost> {
+    e.downcast::<Lost>()
 }
 
 async fn bot_session(
@@ -464,11 +584,13 @@ async fn bot_session(
     mut shutdown: Shutdown,
     report: &mut BotReport,
 ) -> anyhow::Result<()> {
-    let (mut ws, welcome) = open(opts, None).await?;
+    let (ws, welcome) = open(opts, None, true).await?;
+    let mut ws = Some(ws);
     let start = worker::prepare(&welcome, train)?;
     let trainer = make_trainer(opts.backend, gpu.as_ref(), &start)?;
     let seed = opts.seed.wrapping_add(report.index as u64);
     let mut w: Worker<dyn Trainer + Send> = Worker::new(start, trainer, seed);
+    let mut backoff = Backoff::new(seed ^ 0xb0ff);
     report.worker_id = w.worker_id();
     let slowdown = if report.slow {
         opts.slowdown.max(1.0)
@@ -483,56 +605,107 @@ async fn bot_session(
         if done_self || done_all || shutdown.is_fired() {
             break;
         }
-        if !w.ready() {
-            // Paused by the teacher: wait for a control message.
-            let bytes = tokio::select! {
-                b = recv_or_rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w) => b?,
-                _ = shutdown.wait() => break,
-            };
-            if let Some(bytes) = bytes {
-                w.on_bytes(&bytes)?;
-            }
-            continue;
-        }
-        let t0 = Instant::now();
-        let (back, push) = tokio::task::spawn_blocking(move || {
-            let push = w.local_round();
-            (w, push)
-        })
-        .await
-        .context("a training round panicked")?;
+        let Some(sock) = ws.as_mut() else {
+            break;
+        };
+        let (back, step) = session_step(w, sock, slowdown, shared, report, &mut shutdown).await;
         w = back;
-        let compute = t0.elapsed();
-        report.compute_s += compute.as_secs_f64();
-        let wait = compute.mul_f64(slowdown - 1.0) + Duration::from_millis(w.delay_ms().into());
-        if !wait.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait() => {}
-            }
-        }
-        if let Err(e) = ws.send(WsMessage::binary(push)).await {
-            // The relay may have closed with 4001 while the round trained: read why.
-            match recv_or_rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await {
-                Ok(None) => continue,
-                _ => return Err(e).context("sending a push"),
-            }
-        }
-        while w.in_flight() {
-            let Some(bytes) = recv_or_rejoin(opts, train, gpu.as_ref(), &mut ws, &mut w).await?
-            else {
-                continue;
-            };
-            if let Event::Acked(_) = w.on_bytes(&bytes)? {
-                report.acks += 1;
-                shared.acks.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = step {
+            let why = lost(e)?;
+            ws = None;
+            match reconnect(
+                opts,
+                train,
+                gpu.as_ref(),
+                &mut w,
+                &why,
+                &mut backoff,
+                &mut shutdown,
+            )
+            .await?
+            {
+                Some(fresh) => {
+                    ws = Some(fresh);
+                    report.worker_id = w.worker_id();
+                    report.reconnects += 1;
+                }
+                None => break,
             }
         }
         report.stats = w.stats().clone();
         shared.update(report);
     }
     report.stats = w.stats().clone();
-    let _ = ws.close(None).await;
+    if let Some(mut ws) = ws {
+        let _ = ws.close(None).await;
+    }
+    Ok(())
+}
+
+/// One step of a connected bot: wait for a control message while paused, or train a round,
+/// push it and read its answer. The error is the connection's end ([`Lost`] or [`Fatal`])
+/// or the worker's. The worker goes to a blocking thread for the round and comes back.
+async fn session_step(
+    mut w: Worker<dyn Trainer + Send>,
+    ws: &mut Ws,
+    slowdown: f64,
+    shared: &Shared,
+    report: &mut BotReport,
+    shutdown: &mut Shutdown,
+) -> (Worker<dyn Trainer + Send>, anyhow::Result<()>) {
+    if !w.ready() {
+        // Paused by the teacher: wait for a control message.
+        let r = tokio::select! {
+            b = recv(ws) => b.and_then(|bytes| Ok(w.on_bytes(&bytes).map(drop)?)),
+            _ = shutdown.wait() => Ok(()),
+        };
+        return (w, r);
+    }
+    let t0 = Instant::now();
+    let round = tokio::task::spawn_blocking(move || {
+        let push = w.local_round();
+        (w, push)
+    })
+    .await;
+    let (back, push) = match round {
+        Ok(r) => r,
+        // The worker went down with its thread: end this bot's task like the thread.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    w = back;
+    let compute = t0.elapsed();
+    report.compute_s += compute.as_secs_f64();
+    let wait = compute.mul_f64(slowdown - 1.0) + Duration::from_millis(w.delay_ms().into());
+    if !wait.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait() => return (w, Ok(())),
+        }
+    }
+    let r = push_and_read(&mut w, ws, push, shared, report).await;
+    (w, r)
+}
+
+/// Sends a push and reads until its answer (Ack and Center).
+async fn push_and_read(
+    w: &mut Worker<dyn Trainer + Send>,
+    ws: &mut Ws,
+    push: Vec<u8>,
+    shared: &Shared,
+    report: &mut BotReport,
+) -> anyhow::Result<()> {
+    if ws.send(WsMessage::binary(push)).await.is_err() {
+        // The relay may have closed (with 4001, say) while the round trained: read why.
+        recv(ws).await?;
+        return Err(Lost::Dropped("sending a push failed".into()).into());
+    }
+    while w.in_flight() {
+        let bytes = recv(ws).await?;
+        if let Event::Acked(_) = w.on_bytes(&bytes)? {
+            report.acks += 1;
+            shared.acks.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     Ok(())
 }
 

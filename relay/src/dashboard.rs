@@ -23,6 +23,7 @@ use crate::hub::{EvalPoint, Hub, RoomSlot};
 use crate::room::{Room, SwarmView, kind_name, trains, wall_ms};
 use crate::runs::{PushPoint, Runs};
 use crate::teacher::{SettingsView, codec_names};
+use crate::ws::{WsConfig, close};
 
 /// How often a dashboard gets an update.
 pub const UPDATE_EVERY: Duration = Duration::from_millis(500);
@@ -227,8 +228,8 @@ pub fn qr_svg(url: &str) -> Result<String, qrcode::types::QrError> {
 }
 
 /// `GET /ws/dashboard?room=CODE&admin=TOKEN`: 401 without the admin token, 404 for an
-/// unknown room, else the dashboard socket.
-pub fn route(hub: Hub, shutdown: Shutdown) -> BoxedFilter<(Response,)> {
+/// unknown room, else the dashboard socket, pinged as `cfg` says.
+pub fn route(hub: Hub, cfg: WsConfig, shutdown: Shutdown) -> BoxedFilter<(Response,)> {
     warp::path!("ws" / "dashboard")
         .and(warp::query::<std::collections::HashMap<String, String>>())
         .and(warp::header::optional::<String>("authorization"))
@@ -254,36 +255,56 @@ pub fn route(hub: Hub, shutdown: Shutdown) -> BoxedFilter<(Response,)> {
                 let hub = hub.clone();
                 let shutdown = shutdown.clone();
                 upgrade
-                    .on_upgrade(move |socket| serve(socket, hub, slot, code, shutdown))
+                    .on_upgrade(move |socket| serve(socket, hub, slot, code, cfg, shutdown))
                     .into_response()
             },
         )
         .boxed()
 }
 
-/// One dashboard connection until it closes or the relay shuts down.
+/// One dashboard connection until it closes, stops answering pings for `cfg.dead_after`
+/// (or a send blocks that long), or the relay shuts down.
 async fn serve(
     socket: warp::ws::WebSocket,
     hub: Hub,
     slot: std::sync::Arc<RoomSlot>,
     code: String,
+    cfg: WsConfig,
     mut shutdown: Shutdown,
 ) {
     let (mut tx, mut rx) = socket.split();
     let mut cur = Cursor::default();
     let mut tick = tokio::time::interval(UPDATE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let send_timeout = Duration::from_secs(30);
+    let send_timeout = cfg.dead_after;
+    let mut last_heard = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(last_heard + cfg.ping_every, cfg.ping_every);
     loop {
         tokio::select! {
             _ = shutdown.wait() => {
-                let _ = tx.send(WsMessage::close_with(crate::ws::close::GOING_AWAY, "relay shutting down")).await;
+                let _ = tx.send(WsMessage::close_with(close::GOING_AWAY, "relay shutting down")).await;
                 break;
             }
             m = rx.next() => match m {
-                Some(Ok(m)) if !m.is_close() => continue,
+                Some(Ok(m)) if !m.is_close() => {
+                    last_heard = tokio::time::Instant::now();
+                    continue;
+                }
                 _ => break,
             },
+            _ = ping.tick() => {
+                let msg = if last_heard.elapsed() >= cfg.dead_after {
+                    WsMessage::close_with(close::GOING_AWAY, "no answer to pings")
+                } else {
+                    WsMessage::ping(bytes::Bytes::new())
+                };
+                let dead = msg.is_close();
+                let sent = tokio::time::timeout(send_timeout, tx.send(msg)).await;
+                if dead || !matches!(sent, Ok(Ok(()))) {
+                    tracing::debug!(room = %code, "dashboard dropped: no answer to pings");
+                    break;
+                }
+            }
             _ = tick.tick() => {
                 let prev = cur.counter;
                 let (fresh, g) = slot.with_view(|room, runs, activity| gather(room, runs, activity, &mut cur));

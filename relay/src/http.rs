@@ -19,10 +19,14 @@
 //! - anything else: the static-file filter given to [`run`].
 //!
 //! The admin token comes as `?admin=TOKEN` or as `Authorization: Bearer TOKEN`.
+//!
+//! WebSocket upgrades and POSTs from a browser page that is not the relay's own (nor an
+//! `--allow-origin`) are answered 403 before any route runs: see [`crate::origin`].
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,6 +40,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::eval::{self, Evaluator};
 use crate::hub::Hub;
+use crate::origin::{self, Origin, OriginPolicy, Scheme};
 use crate::room::RoomSettings;
 use crate::teacher::TeacherControl;
 use crate::ws::{self, WsConfig};
@@ -70,6 +75,9 @@ pub struct Config {
     pub eval_every: Duration,
     /// Scores a center on the test digits; `None` turns evaluation off.
     pub evaluator: Option<Evaluator>,
+    /// Origins, besides the relay's own, whose pages may open its sockets and POST
+    /// (`--allow-origin`).
+    pub allowed_origins: Vec<Origin>,
 }
 
 impl Default for Config {
@@ -88,6 +96,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             eval_every: Duration::from_secs(5),
             evaluator: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -183,7 +192,15 @@ pub async fn run<R: Reply + 'static>(
         shutdown.await;
         trigger.fire();
     });
-    let app = routes(hub.clone(), config.ws, signal.clone(), static_files);
+    let policy = Arc::new(OriginPolicy::new(
+        &tls::local_names(),
+        config.allowed_origins.clone(),
+    ));
+    let app = |listener| {
+        let guard = origin::guard(policy.clone(), listener);
+        let routes = routes(hub.clone(), config.ws, signal.clone(), static_files.clone());
+        guard.or(routes).unify().boxed()
+    };
     let mut tasks = Vec::new();
     let mut relay = RunningRelay {
         https: None,
@@ -199,15 +216,19 @@ pub async fn run<R: Reply + 'static>(
             TlsSource::Pem { cert, key } => tls::load_pem(cert, key)?,
         };
         relay.fingerprint = Some(ck.fingerprint());
-        let (bound, task) =
-            tls::serve_https(app.clone(), addr, tls::server_config(&ck)?, signal.clone())
-                .await
-                .with_context(|| format!("listening on https://{addr}"))?;
+        let (bound, task) = tls::serve_https(
+            app(Scheme::Https),
+            addr,
+            tls::server_config(&ck)?,
+            signal.clone(),
+        )
+        .await
+        .with_context(|| format!("listening on https://{addr}"))?;
         relay.https = Some(bound);
         tasks.push(task);
     }
     if let Some(addr) = config.http {
-        let (bound, task) = tls::serve_http(app.clone(), addr, signal.clone())
+        let (bound, task) = tls::serve_http(app(Scheme::Http), addr, signal.clone())
             .await
             .with_context(|| format!("listening on http://{addr}"))?;
         relay.http = Some(bound);
@@ -233,7 +254,7 @@ pub fn routes<R: Reply + 'static>(
     static_files: BoxedFilter<(R,)>,
 ) -> BoxedFilter<(Response,)> {
     ws_route(hub.clone(), ws_cfg, shutdown.clone())
-        .or(crate::dashboard::route(hub.clone(), shutdown))
+        .or(crate::dashboard::route(hub.clone(), ws_cfg, shutdown))
         .unify()
         .or(teacher_api(hub.clone()))
         .unify()

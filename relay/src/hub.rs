@@ -12,7 +12,7 @@ use std::time::Instant;
 use easel_protocol::message::{self, Join, code};
 use easel_protocol::{Control, ErrorMessage, Limits, Message, Push};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::activity::Activity;
 use crate::room::{self, Room, RoomSettings, wall_ms};
@@ -20,27 +20,98 @@ use crate::runs::{PushPoint, Runs};
 use crate::teacher::{MAX_DELAY_MS, SettingsView, TeacherControl};
 use crate::ws::close;
 
-/// Orders a connection may have queued. Control is rare (a teacher's clicks); a connection
-/// that does not drain them is not listening anyway, and further Controls are dropped (the
-/// room keeps the setting). The last [`RESERVED`] places take only answers to held pushes
-/// and closes, which are never dropped for Controls: a worker has one push in flight, so
-/// it is owed at most one answer.
+/// Orders a connection may have queued: answers to held pushes and closes. A worker has one
+/// push in flight, so it is owed at most one answer, and a close ends the connection, so
+/// the queue never fills in practice; Controls do not go through it (see [`Pending`]).
 pub const CONTROL_QUEUE: usize = 8;
-/// Places of the control queue kept for answers and closes.
-pub const RESERVED: usize = 2;
 /// Center evaluations kept per room (one every few seconds: hours of class).
 pub const EVAL_HISTORY: usize = 10_000;
 
-/// What the relay tells one connection on the teacher's behalf.
+/// What the relay tells one connection, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Order {
-    /// A Control message to send.
-    Control(Control),
     /// Close the connection with this WebSocket close code and reason.
     Close { code: u16, reason: String },
     /// The answer to this worker's push held at a barrier: its encoded Ack, then the
     /// encoded Center.
     Answer { ack: Vec<u8>, center: Arc<[u8]> },
+}
+
+/// The Controls a connection has yet to write, coalesced: a newer Settings, Delay or
+/// Pause/Resume replaces the unsent older one in place. A connection that does not read
+/// holds at most three, none is ever dropped, and the last of each kind it writes is the
+/// room's latest (a worker that reads again after twelve settings changes gets the twelfth).
+#[derive(Debug, Default)]
+pub struct Pending {
+    latest: Mutex<Latest>,
+    /// Woken on every put; keeps one permit when nobody waits, so no put is missed.
+    notify: Notify,
+}
+
+/// The newest unsent Control of each kind.
+#[derive(Debug, Default)]
+struct Latest {
+    settings: Option<Control>,
+    delay: Option<Control>,
+    /// Pause or Resume: the newest wins.
+    pause: Option<Control>,
+}
+
+impl Pending {
+    /// Replaces the unsent Control of `c`'s kind with `c`.
+    pub fn put(&self, c: Control) {
+        {
+            let mut l = lock(&self.latest);
+            let slot = match c {
+                Control::Settings(_) => &mut l.settings,
+                Control::Delay { .. } => &mut l.delay,
+                Control::Pause { .. } | Control::Resume { .. } => &mut l.pause,
+            };
+            *slot = Some(c);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Resolves after a [`Pending::put`] (possibly one already taken).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Takes what is pending: settings first, then the delay, then pause or resume.
+    pub fn take(&self) -> Vec<Control> {
+        let mut l = lock(&self.latest);
+        [l.settings.take(), l.delay.take(), l.pause.take()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// How many Controls are waiting (at most three).
+    pub fn len(&self) -> usize {
+        let l = lock(&self.latest);
+        [&l.settings, &l.delay, &l.pause]
+            .iter()
+            .filter(|c| c.is_some())
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where the relay writes to one connection: the queue of answers and closes, and its
+/// coalesced Controls.
+#[derive(Debug)]
+struct Mailbox {
+    orders: mpsc::Sender<Order>,
+    controls: Arc<Pending>,
+}
+
+impl Mailbox {
+    fn try_send(&self, order: Order) -> Result<(), mpsc::error::TrySendError<Order>> {
+        self.orders.try_send(order)
+    }
 }
 
 /// One evaluation of a room's center on the test digits.
@@ -88,9 +159,10 @@ pub struct RoomSlot {
 struct RoomState {
     /// The room's settings, center versions, ledger and workers.
     room: Room,
-    /// Bounded control queue of each connected worker, by worker id, with the id of the
-    /// connection that owns it (a worker that resumes on a new connection replaces it).
-    controls: HashMap<u64, (u64, mpsc::Sender<Order>)>,
+    /// The mailbox of each connected worker, by worker id, with the id of the connection
+    /// that owns it (a worker that resumes on a new connection replaces it, and the older
+    /// connection is closed with 4002).
+    controls: HashMap<u64, (u64, Mailbox)>,
     /// Connections ever admitted, to give each one an id.
     connections: u64,
     /// Accuracy and loss of the center over time, newest last, at most [`EVAL_HISTORY`].
@@ -109,6 +181,8 @@ struct RoomState {
 #[derive(Debug)]
 pub struct Session {
     pub worker_id: u64,
+    /// The secret of its Welcome, which resuming this worker needs.
+    pub resume_token: easel_protocol::ResumeToken,
     /// This connection's id in the room, for [`RoomSlot::leave`].
     pub connection: u64,
     pub kind: easel_protocol::ClientKind,
@@ -121,8 +195,10 @@ pub struct Session {
     pub restore: Vec<Vec<u8>>,
     /// The room's newest center (teachers and observers read it).
     pub centers: watch::Receiver<Arc<[u8]>>,
-    /// Control messages for this worker from the teacher.
+    /// Answers to held pushes and closes for this connection.
     pub controls: mpsc::Receiver<Order>,
+    /// The teacher's Controls for this worker, coalesced.
+    pub pending: Arc<Pending>,
     pub room: Arc<RoomSlot>,
 }
 
@@ -184,28 +260,55 @@ impl Hub {
                 break c;
             }
         };
-        let runs = Runs::new("run 1", SettingsView::of(&settings).to_json(), wall_ms());
-        let mut room = Room::new(code.clone(), settings, center, Instant::now());
-        let (_, first) = room.center_message(0);
-        let (centers, _) = watch::channel(first);
-        rooms.insert(
-            code.clone(),
-            Arc::new(RoomSlot {
-                state: Mutex::new(RoomState {
-                    room,
-                    controls: HashMap::new(),
-                    connections: 0,
-                    evals: VecDeque::new(),
-                    eval_floor: 0,
-                    runs,
-                    activity: Activity::default(),
-                }),
-                centers,
-            }),
-        );
+        insert_room(&mut rooms, code.clone(), settings, center);
         code
     }
 
+    /// Creates a room under a given code (normalized) with the default settings, as a
+    /// relay that comes back under the same room code (for a restart); `None` when the code
+    /// is taken.
+    pub fn create_room_with_code(&self, code: &str) -> Option<String> {
+        let code = room::normalize_code(code);
+        let settings = self.shared.defaults.clone();
+        let center = easel_client::model::init_params(settings.init_seed);
+        let mut rooms = lock(&self.shared.rooms);
+        if code.is_empty() || rooms.contains_key(&code) {
+            return None;
+        }
+        insert_room(&mut rooms, code.clone(), settings, center);
+        Some(code)
+    }
+}
+
+/// A new room `code` with `settings` and `center` (version 0) in `rooms`.
+fn insert_room(
+    rooms: &mut HashMap<String, Arc<RoomSlot>>,
+    code: String,
+    settings: RoomSettings,
+    center: Vec<f32>,
+) {
+    let runs = Runs::new("run 1", SettingsView::of(&settings).to_json(), wall_ms());
+    let mut room = Room::new(code.clone(), settings, center, Instant::now());
+    let (_, first) = room.center_message(0);
+    let (centers, _) = watch::channel(first);
+    rooms.insert(
+        code.clone(),
+        Arc::new(RoomSlot {
+            state: Mutex::new(RoomState {
+                room,
+                controls: HashMap::new(),
+                connections: 0,
+                evals: VecDeque::new(),
+                eval_floor: 0,
+                runs,
+                activity: Activity::default(),
+            }),
+            centers,
+        }),
+    );
+}
+
+impl Hub {
     /// The room with this code (case-insensitive), if any.
     pub fn room(&self, code: &str) -> Option<Arc<RoomSlot>> {
         lock(&self.shared.rooms)
@@ -256,9 +359,21 @@ impl RoomSlot {
         let mut st = lock(&self.state);
         let welcome = st.room.join(join, is_admin, Instant::now())?;
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let pending = Arc::new(Pending::default());
         st.connections += 1;
         let connection = st.connections;
-        st.controls.insert(welcome.worker_id, (connection, tx));
+        let mailbox = Mailbox {
+            orders: tx,
+            controls: pending.clone(),
+        };
+        if let Some((_, older)) = st.controls.insert(welcome.worker_id, (connection, mailbox)) {
+            // Resumed while an older connection is open: that one is over. Should its queue
+            // be full, dropping its sender closes it all the same (ws.rs).
+            let _ = older.try_send(Order::Close {
+                code: close::SUPERSEDED,
+                reason: "this worker resumed on another connection".into(),
+            });
+        }
         if room::trains(join.kind) {
             st.activity.joined(welcome.worker_id, wall_ms());
         }
@@ -270,6 +385,7 @@ impl RoomSlot {
             .unwrap_or_default();
         Ok(Session {
             worker_id: welcome.worker_id,
+            resume_token: welcome.resume_token,
             connection,
             kind: join.kind,
             capabilities: join.capabilities,
@@ -277,6 +393,7 @@ impl RoomSlot {
             restore,
             centers: self.centers.subscribe(),
             controls: rx,
+            pending,
             room: self.clone(),
         })
     }
@@ -309,9 +426,7 @@ impl RoomSlot {
         Some((message::encode(&Message::Ack(ack)), center))
     }
 
-    /// Applies a teacher's Control and queues what each worker must be told. A worker whose
-    /// queue is full misses this message (it is not reading); the room's state still
-    /// holds the setting.
+    /// Applies a teacher's Control and hands each worker concerned its coalesced copy.
     pub fn control(&self, c: &Control) -> Result<(), ErrorMessage> {
         let mut st = lock(&self.state);
         control_locked(&mut st, c)
@@ -541,8 +656,8 @@ impl RoomSlot {
     }
 }
 
-/// Applies a Control with the room locked and queues what each worker must be told. A
-/// worker whose queue is full misses it (it is not reading); the room keeps the setting.
+/// Applies a Control with the room locked and hands what each worker must be told to its
+/// connection's [`Pending`] (coalesced, never dropped).
 fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
     let before = st.room.settings().hyper.strategy();
     let forwards = st.room.control(c)?;
@@ -579,14 +694,12 @@ fn answer_locked(st: &mut RoomState, acks: Vec<(u64, easel_protocol::Ack)>) {
     }
 }
 
-/// Queues Controls to the connections of the workers they name, leaving the queue's
-/// [`RESERVED`] places to answers and closes.
+/// Hands Controls to the connections of the workers they name, each replacing the unsent
+/// Control of its kind.
 fn queue_locked(st: &mut RoomState, forwards: Vec<crate::room::Forward>) {
     for (id, msg) in forwards {
-        if let Some((_, tx)) = st.controls.get(&id)
-            && (tx.capacity() <= RESERVED || tx.try_send(Order::Control(msg)).is_err())
-        {
-            tracing::warn!(worker = id, "control queue full; message dropped");
+        if let Some((_, mailbox)) = st.controls.get(&id) {
+            mailbox.controls.put(msg);
         }
     }
 }
@@ -664,7 +777,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_control_queue_still_takes_the_answer_to_a_held_push() {
+    fn controls_coalesce_to_the_newest_and_the_answer_to_a_held_push_still_comes() {
         let mut settings = RoomSettings::default();
         settings.hyper.merge = easel_protocol::Merge::Fedavg { m_of_n: None };
         let hub = Hub::new("tok".into(), Limits::default(), settings);
@@ -710,15 +823,19 @@ mod tests {
         while let Ok(o) = a.controls.try_recv() {
             orders.push(o);
         }
-        let controls = orders
-            .iter()
-            .filter(|o| matches!(o, Order::Control(_)))
-            .count();
-        assert_eq!(controls, CONTROL_QUEUE - RESERVED);
         assert!(
-            matches!(orders.last(), Some(Order::Answer { .. })),
+            matches!(orders.as_slice(), [Order::Answer { .. }]),
             "{orders:?}"
         );
+        // Twenty delays unread: one is pending, the newest.
+        assert_eq!(
+            a.pending.take(),
+            [Control::Delay {
+                worker: None,
+                ms: 19
+            }]
+        );
+        assert!(a.pending.is_empty());
     }
 
     #[test]
@@ -749,10 +866,14 @@ mod tests {
             .unwrap();
         // The page reloads: the connection goes, a new one resumes the same worker.
         room.leave(id, first.connection);
+        let resume = Some(easel_protocol::Resume {
+            worker: id,
+            token: first.resume_token,
+        });
         let again = hub
             .join(
                 &Join {
-                    resume_worker: Some(id),
+                    resume_worker: resume,
                     ..join
                 },
                 false,
@@ -798,16 +919,13 @@ mod tests {
         let state = room.teacher_control(&delay).unwrap();
         assert_eq!(state["devices"][0]["state"], "delayed");
         assert_eq!(
-            a.controls.try_recv(),
-            Ok(Order::Control(Control::Delay {
+            a.pending.take(),
+            [Control::Delay {
                 worker: None,
                 ms: 700
-            }))
+            }]
         );
-        assert!(
-            b.controls.try_recv().is_err(),
-            "only the delayed device hears"
-        );
+        assert!(b.pending.is_empty(), "only the delayed device hears");
         let too_long = TeacherControl::Delay {
             device: None,
             ms: MAX_DELAY_MS + 1,

@@ -8,7 +8,7 @@
 //!   timeline, rates and state) and [`teacher`] (the control API's types) are pure too;
 //! - [`hub`]: the rooms behind short-held locks, and the channels to connections;
 //! - [`ws`]: one WebSocket connection; [`dashboard`]: the teacher's live JSON socket;
-//!   [`http`]: the routes and [`http::run`];
+//!   [`http`]: the routes and [`http::run`]; [`origin`]: which pages may use them;
 //!   [`tls`]: certificates and the HTTPS/HTTP listeners; [`eval`]: center evaluation off
 //!   the reactor.
 //! - [`bots`]: native workers running `easel_client::worker` over WebSockets (`easel bots`);
@@ -24,6 +24,7 @@ pub mod experiment;
 pub mod http;
 pub mod hub;
 pub mod ledger;
+pub mod origin;
 pub mod room;
 pub mod runs;
 pub mod sim;

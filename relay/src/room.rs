@@ -13,7 +13,8 @@ use easel_protocol::message::{self, Join, caps, code};
 use easel_protocol::strategy::{Action, Adacomm, Aggregator, Strategy, Swarm};
 use easel_protocol::{
     Ack, Backend, Center, ClientKind, Codec, Control, ErrorMessage, Hyper, LENET5_28, Merge,
-    Message, ModelInfo, ModelSpec, Outcome, Push, Shard, Staleness, Welcome, codec, distance, norm,
+    Message, ModelInfo, ModelSpec, Outcome, Push, ResumeToken, Shard, Staleness, Welcome, codec,
+    distance, norm,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -117,6 +118,9 @@ pub struct Worker {
     pub paused: bool,
     /// Removed by the teacher: its connection was closed and its resume is refused.
     pub removed: bool,
+    /// The secret of its Welcome, required to resume it (never exported).
+    #[serde(skip)]
+    pub resume_token: ResumeToken,
 }
 
 fn ser_kind<S: serde::Serializer>(k: &ClientKind, s: S) -> Result<S::Ok, S::Error> {
@@ -369,7 +373,22 @@ impl Room {
                 "joining as teacher needs the admin token in the URL (?admin=TOKEN)",
             ));
         }
-        if let Some(id) = join.resume_worker
+        let asked = join.resume_worker;
+        if let Some(r) = asked
+            && let Some(w) = self.workers.get(&r.worker)
+            && w.kind == join.kind
+            && !w.resume_token.matches(&r.token)
+        {
+            return Err(error(
+                code::BAD_RESUME_TOKEN,
+                format!(
+                    "worker {} is not yours to resume (wrong resume token); join again without \
+                     resuming",
+                    r.worker
+                ),
+            ));
+        }
+        if let Some(id) = asked.map(|r| r.worker)
             && self.workers.get(&id).is_some_and(|w| w.removed)
         {
             return Err(error(
@@ -377,8 +396,8 @@ impl Room {
                 format!("worker {id} was removed by the teacher; join again without resuming"),
             ));
         }
-        let resumed = join
-            .resume_worker
+        let resumed = asked
+            .map(|r| r.worker)
             .filter(|id| self.workers.get(id).is_some_and(|w| w.kind == join.kind));
         let id = match resumed {
             Some(id) => id,
@@ -404,6 +423,7 @@ impl Room {
                         delay_ms: 0,
                         paused: false,
                         removed: false,
+                        resume_token: ResumeToken(rand::rng().random()),
                     },
                 );
                 id
@@ -415,6 +435,7 @@ impl Room {
         w.backend = join.backend;
         w.capabilities = join.capabilities;
         let shard_index = w.shard_index.unwrap_or(0);
+        let resume_token = w.resume_token;
         let down = self.down_codec(join.capabilities);
         let (version, center) = match &mut self.swarm {
             Some(s) if trains(join.kind) => {
@@ -431,6 +452,7 @@ impl Room {
         let p = &self.settings.partition;
         Ok(Welcome {
             worker_id: id,
+            resume_token,
             model: ModelInfo::of(&self.spec),
             hyper: self.settings.hyper,
             shard: Shard::Partition {
@@ -1003,6 +1025,7 @@ pub fn wall_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use easel_protocol::Resume;
     use easel_protocol::codec::encode;
     use proptest::prelude::*;
 
@@ -1155,14 +1178,48 @@ mod tests {
                 ..
             }
         ));
+        assert_ne!(
+            a.resume_token, b.resume_token,
+            "each worker has its own secret"
+        );
         r.leave(a.worker_id);
+        // Worker a's id with b's token (or a guessed one) is refused and changes nothing.
+        for token in [b.resume_token, ResumeToken([0; 16])] {
+            let forged = Join {
+                resume_worker: Some(Resume {
+                    worker: a.worker_id,
+                    token,
+                }),
+                ..join(ClientKind::Bot)
+            };
+            let e = r.join(&forged, false, Instant::now()).unwrap_err();
+            assert_eq!(e.code, code::BAD_RESUME_TOKEN, "{}", e.message);
+            assert!(!r.workers()[&a.worker_id].connected);
+        }
         let again = Join {
-            resume_worker: Some(a.worker_id),
+            resume_worker: Some(Resume {
+                worker: a.worker_id,
+                token: a.resume_token,
+            }),
             ..join(ClientKind::Bot)
         };
         let c = r.join(&again, false, Instant::now()).unwrap();
         assert_eq!(c.worker_id, a.worker_id);
+        assert_eq!(
+            c.resume_token, a.resume_token,
+            "the token stays the worker's"
+        );
         assert_eq!(c.shard, a.shard);
+        // An id the room does not know (a relay that restarted without it) gets a fresh one.
+        let unknown = Join {
+            resume_worker: Some(Resume {
+                worker: 999,
+                token: a.resume_token,
+            }),
+            ..join(ClientKind::Bot)
+        };
+        let d = r.join(&unknown, false, Instant::now()).unwrap();
+        assert!(d.worker_id != 999 && d.worker_id > b.worker_id);
         assert_eq!(codec::decode(&c.center, N).unwrap(), vec![0.0; N]);
     }
 
@@ -1204,17 +1261,20 @@ mod tests {
     #[test]
     fn removed_workers_cannot_resume_and_reset_starts_a_fresh_center() {
         let mut r = room();
-        let a = r
+        let welcome = r
             .join(&join(ClientKind::Bot), false, Instant::now())
-            .unwrap()
-            .worker_id;
+            .unwrap();
+        let a = welcome.worker_id;
         let (_, v) = answered(r.handle_push(a, &push(0, &vec![2.0; N]), 10, Instant::now()));
         assert_eq!(v, Some(1));
         assert_eq!(r.remove(a), Ok(true));
         assert!(r.workers()[&a].removed && !r.workers()[&a].connected);
         assert!(r.remove(a).is_err() && r.remove(99).is_err());
         let again = Join {
-            resume_worker: Some(a),
+            resume_worker: Some(Resume {
+                worker: a,
+                token: welcome.resume_token,
+            }),
             ..join(ClientKind::Bot)
         };
         assert_eq!(
@@ -1240,10 +1300,10 @@ mod tests {
     #[test]
     fn partition_changes_apply_to_later_welcomes_and_name_who_must_rejoin() {
         let mut r = room();
-        let a = r
+        let welcome = r
             .join(&join(ClientKind::Bot), false, Instant::now())
-            .unwrap()
-            .worker_id;
+            .unwrap();
+        let a = welcome.worker_id;
         r.join(&join(ClientKind::Teacher), true, Instant::now())
             .unwrap();
         assert!(r.set_partition("dirichlet:-1").is_err());
@@ -1253,7 +1313,10 @@ mod tests {
         assert_eq!(r.settings().partition.scheme, "dirichlet:0.5");
         r.leave(a);
         let again = Join {
-            resume_worker: Some(a),
+            resume_worker: Some(Resume {
+                worker: a,
+                token: welcome.resume_token,
+            }),
             ..join(ClientKind::Bot)
         };
         let w = r.join(&again, false, Instant::now()).unwrap();

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// The private key (PEM) of --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+    /// Also let pages from this origin (`https://HOST:PORT`) open the relay's sockets and
+    /// POST to it, besides its own; repeatable.
+    #[arg(long, value_name = "ORIGIN", value_parser = |s: &str| easel_relay::origin::Origin::parse(s).map_err(|e| e.to_string()))]
+    allow_origin: Vec<easel_relay::origin::Origin>,
     /// Serve the pages from this directory (Easel's www/, with the wasm bundle in pkg/)
     /// instead of the copy built into this program.
     #[arg(long, value_name = "DIR")]
@@ -319,6 +323,7 @@ async fn run(args: ServeArgs, files: Files, mnist: Arc<Mnist>) -> anyhow::Result
         http: args.http.0,
         tls,
         evaluator: Some(evaluator),
+        allowed_origins: args.allow_origin,
         ..Config::default()
     };
     let described = [files.pages.describe(), describe_data(&files.data_source)];

@@ -4,7 +4,9 @@
 //! The handler is generic over any `Stream + Sink` of warp WebSocket messages. It never
 //! queues more than one outgoing message: every send is awaited (so a client that stops
 //! reading stops being read), teachers and observers get centers from a `watch` holding
-//! only the newest, and control messages come through a small bounded queue.
+//! only the newest, the teacher's Controls are coalesced to the newest of each kind
+//! ([`crate::hub::Pending`]), and answers to held pushes and closes come through a small
+//! bounded queue.
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use tokio::time::Instant;
 use warp::ws::Message as WsMessage;
 
 use crate::Shutdown;
-use crate::hub::{Hub, Order, RoomSlot};
+use crate::hub::{Hub, Order, Pending, RoomSlot};
 use crate::room::{error, trains};
 
 /// WebSocket close codes the relay uses (RFC 6455).
@@ -34,6 +36,8 @@ pub mod close {
     pub const REMOVED: u16 = 4000;
     /// The room's partition changed: join again (resuming is fine) to get the new shard.
     pub const REJOIN: u16 = 4001;
+    /// Another connection resumed this worker (with its token): this one is over.
+    pub const SUPERSEDED: u16 = 4002;
 }
 
 /// Timing of a connection.
@@ -68,9 +72,13 @@ struct Joined {
     room: Arc<RoomSlot>,
 }
 
-/// The channels of a joined connection: the center watch (teachers and observers only)
-/// and the control queue.
-type Channels = (Option<watch::Receiver<Arc<[u8]>>>, mpsc::Receiver<Order>);
+/// The channels of a joined connection: the center watch (teachers and observers only),
+/// the queue of answers and closes, and the coalesced Controls.
+type Channels = (
+    Option<watch::Receiver<Arc<[u8]>>>,
+    mpsc::Receiver<Order>,
+    Arc<Pending>,
+);
 
 /// One event of a connection's loop.
 enum Event {
@@ -78,6 +86,9 @@ enum Event {
     Incoming(Option<Result<WsMessage, warp::Error>>),
     Center,
     Order(Order),
+    /// The worker resumed on a newer connection (its queue's sender is gone).
+    Superseded,
+    Controls,
     Tick,
 }
 
@@ -104,6 +115,7 @@ pub async fn serve_socket<S>(
     let mut joined: Option<Joined> = None;
     let mut centers: Option<watch::Receiver<Arc<[u8]>>> = None;
     let mut controls: Option<mpsc::Receiver<Order>> = None;
+    let mut pending: Option<Arc<Pending>> = None;
     let mut next_center = Instant::now();
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_every, cfg.ping_every);
@@ -112,7 +124,8 @@ pub async fn serve_socket<S>(
             _ = shutdown.wait() => Event::Shutdown,
             m = rx.next() => Event::Incoming(m),
             _ = center_changed(&mut centers, next_center) => Event::Center,
-            Some(o) = control(&mut controls) => Event::Order(o),
+            o = control(&mut controls) => o.map_or(Event::Superseded, Event::Order),
+            _ = controls_changed(&pending) => Event::Controls,
             _ = ping.tick() => Event::Tick,
         };
         let out = match event {
@@ -142,9 +155,10 @@ pub async fn serve_socket<S>(
                 let mut replies = Vec::new();
                 let mut channels = None;
                 let flow = on_message(&m, &hub, is_admin, &mut joined, &mut channels, &mut replies);
-                if let Some((c, q)) = channels {
+                if let Some((c, q, p)) = channels {
                     centers = c;
                     controls = Some(q);
+                    pending = Some(p);
                 }
                 (replies, flow)
             }
@@ -159,9 +173,22 @@ pub async fn serve_socket<S>(
                     Flow::Continue,
                 )
             }
-            Event::Order(Order::Control(c)) => (
-                vec![WsMessage::binary(message::encode(&Message::Control(c)))],
+            Event::Controls => (
+                pending
+                    .as_ref()
+                    .map(|p| p.take())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| WsMessage::binary(message::encode(&Message::Control(c))))
+                    .collect(),
                 Flow::Continue,
+            ),
+            Event::Superseded => (
+                vec![WsMessage::close_with(
+                    close::SUPERSEDED,
+                    "this worker resumed on another connection",
+                )],
+                Flow::Close,
             ),
             Event::Order(Order::Answer { ack, center }) => (
                 vec![
@@ -231,7 +258,7 @@ fn on_message(
             replies.push(error_msg(&error(e.code(), e.to_string())));
             return match e.close_code() {
                 Some(c) => {
-                    replies.push(close_msg(c, "not Easel protocol version 1"));
+                    replies.push(close_msg(c, "not Easel protocol version 2"));
                     Flow::Close
                 }
                 None => Flow::Continue,
@@ -245,7 +272,7 @@ fn on_message(
                 replies.extend(s.restore.into_iter().map(WsMessage::binary));
                 // Workers get centers after their Acks only; dashboards from the watch.
                 let centers = (!trains(s.kind)).then_some(s.centers);
-                *channels = Some((centers, s.controls));
+                *channels = Some((centers, s.controls, s.pending));
                 *joined = Some(Joined {
                     worker: s.worker_id,
                     connection: s.connection,
@@ -312,10 +339,19 @@ async fn center_changed(centers: &mut Option<watch::Receiver<Arc<[u8]>>>, not_be
     }
 }
 
-/// The next queued control message; never resolves for connections with no queue.
+/// The next queued order (`None`: the queue's sender is gone, the worker resumed on another
+/// connection); never resolves for connections with no queue.
 async fn control(controls: &mut Option<mpsc::Receiver<Order>>) -> Option<Order> {
     match controls {
         Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when Controls may be pending; never for connections that have none.
+async fn controls_changed(pending: &Option<Arc<Pending>>) {
+    match pending {
+        Some(p) => p.changed().await,
         None => std::future::pending().await,
     }
 }
@@ -389,7 +425,7 @@ mod tests {
         ) {
             let (hub, mut joined) = joined_bot();
             let msg = if behind_push_header {
-                let mut m = b"EASL\x01\x03".to_vec();
+                let mut m = b"EASL\x02\x03".to_vec();
                 m.extend_from_slice(&bytes);
                 m
             } else {

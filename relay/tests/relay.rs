@@ -240,7 +240,7 @@ async fn bad_input_gets_the_promised_answers_while_an_honest_worker_trains() {
     for (bytes, code) in [
         (b"hello world".to_vec(), 1u16),
         (b"GET / HTTP/1.1".to_vec(), 1),
-        (b"EASL\x02\x01".to_vec(), 2),
+        (b"EASL\x01\x01".to_vec(), 2), // version 1: this relay speaks 2
     ] {
         let mut ws = connect(addr, "/ws").await;
         send(&mut ws, bytes).await;
@@ -254,7 +254,7 @@ async fn bad_input_gets_the_promised_answers_while_an_honest_worker_trains() {
     let join = wire::join(&room, 1, 0);
     let cases: Vec<(Message, u16)> = vec![
         (Message::binary(join[..20].to_vec()), 11), // truncated
-        (Message::binary(b"EASL\x01\x63".to_vec()), 11), // unknown type
+        (Message::binary(b"EASL\x02\x63".to_vec()), 11), // unknown type
         (Message::binary([join.clone(), vec![0]].concat()), 11), // trailing byte
         (Message::text("{\"join\": true}"), 11),    // text
         (Message::binary(wire::join("NOPE9", 1, 0)), 3), // unknown room
@@ -515,13 +515,18 @@ async fn a_worker_resumes_its_place_after_reconnecting() {
     let room = create_room(addr).await;
     let (first, w) = join_worker(addr, &room).await;
     let mut ws = connect(addr, "/ws").await;
-    let mut resume = wire::join(&room, 1, 0);
-    *resume.last_mut().unwrap() = 1;
-    resume.extend_from_slice(&w.worker.to_le_bytes());
-    send(&mut ws, resume).await;
+    // Another worker's token does not resume this one: Error 14 (BAD_RESUME_TOKEN).
+    let mut wrong = w.token;
+    wrong[0] ^= 1;
+    send(&mut ws, wire::join_resume(&room, 1, 0, w.worker, wrong)).await;
+    assert_eq!(wire::error_code(&recv_bin(&mut ws).await), 14);
+    send(&mut ws, wire::join_resume(&room, 1, 0, w.worker, w.token)).await;
     let again = wire::welcome(&recv_bin(&mut ws).await);
-    assert_eq!(again.worker, w.worker);
-    // The old connection ending does not mark the resumed worker as gone.
+    assert_eq!((again.worker, again.token), (w.worker, w.token));
+    // The older connection, still open, is closed with 4002; its end does not mark the
+    // resumed worker as gone.
+    let mut first = first;
+    assert_eq!(close_code(&mut first).await, Some(4002));
     drop(first);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let slot = relay.running.hub.room(&room).unwrap();

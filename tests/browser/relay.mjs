@@ -8,6 +8,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -90,6 +91,18 @@ export function startEasel(args, wait, {
   });
 }
 
+/** A TCP port that was free a moment ago on 127.0.0.1. */
+function freePort() {
+  return new Promise((resolvePort, reject) => {
+    const srv = createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolvePort(port));
+    });
+  });
+}
+
 /**
  * Starts `easel serve` on free loopback ports with a throw-away home for its certificate, and
  * resolves to `{port, httpsPort, room, adminToken, teacherUrl}` parsed from what it prints: the
@@ -99,9 +112,14 @@ export function startEasel(args, wait, {
 export async function startServer() {
   const home = mkdtempSync(join(tmpdir(), 'easel-home-'));
   cleanups.push(() => rmSync(home, { recursive: true, force: true }));
+  // The HTTP port is chosen first so that the LAN-like name the tests map to 127.0.0.1
+  // (classroom.test) can be allowed: over plain HTTP the relay only accepts pages from its
+  // own names (the Origin check).
+  const httpPort = await freePort();
   const s = await startEasel(
     // This checkout's www/, read on every request (the binary's default is its built-in copy).
-    ['serve', '--http', '127.0.0.1:0', '--https', '127.0.0.1:0', '--www', join(ROOT, 'www')],
+    ['serve', '--http', `127.0.0.1:${httpPort}`, '--https', '127.0.0.1:0', '--www', join(ROOT, 'www'),
+      '--allow-origin', `http://classroom.test:${httpPort}`],
     [
       /^listening on http:\/\/127\.0\.0\.1:(\d+)\/$/m,
       /^listening on https:\/\/127\.0\.0\.1:(\d+)\/$/m,

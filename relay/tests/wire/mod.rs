@@ -26,7 +26,7 @@ pub fn layout_hash() -> [u8; 32] {
 
 fn header(ty: u8) -> Vec<u8> {
     let mut m = b"EASL".to_vec();
-    m.push(1);
+    m.push(2);
     m.push(ty);
     m
 }
@@ -42,6 +42,16 @@ pub fn join(room: &str, kind: u8, caps: u32) -> Vec<u8> {
     m.extend_from_slice(&caps.to_le_bytes());
     m.extend_from_slice(&layout_hash());
     m.push(0);
+    m
+}
+
+/// Join resuming worker `worker` with the resume token of its Welcome: resume flag 1, the id,
+/// the token.
+pub fn join_resume(room: &str, kind: u8, caps: u32, worker: u64, token: [u8; 16]) -> Vec<u8> {
+    let mut m = join(room, kind, caps);
+    *m.last_mut().unwrap() = 1;
+    m.extend_from_slice(&worker.to_le_bytes());
+    m.extend_from_slice(&token);
     m
 }
 
@@ -114,7 +124,7 @@ impl<'a> Cur<'a> {
 
 /// Checks the header and returns the type byte and a cursor after it.
 pub fn open(m: &[u8]) -> (u8, Cur<'_>) {
-    assert_eq!(&m[..5], b"EASL\x01", "magic and version");
+    assert_eq!(&m[..5], b"EASL\x02", "magic and version");
     let mut c = Cur::new(m);
     c.at = 6;
     (m[5], c)
@@ -143,6 +153,7 @@ fn skip_codec(c: &mut Cur<'_>) {
 #[derive(Debug)]
 pub struct Welcome {
     pub worker: u64,
+    pub token: [u8; 16],
     pub alpha: f32,
     pub tau_max: u32,
     pub version: u64,
@@ -154,6 +165,7 @@ pub fn welcome(m: &[u8]) -> Welcome {
     let (ty, mut c) = open(m);
     assert_eq!(ty, WELCOME, "expected Welcome, got {m:?}");
     let worker = c.u64();
+    let token: [u8; 16] = c.take(16).try_into().unwrap();
     assert_eq!(c.str(), "lenet5-28");
     assert_eq!(c.take(32), &layout_hash()[..]);
     assert_eq!(c.u32() as usize, N);
@@ -200,6 +212,7 @@ pub fn welcome(m: &[u8]) -> Welcome {
     assert_eq!(c.at, m.len());
     Welcome {
         worker,
+        token,
         alpha,
         tau_max,
         version,
