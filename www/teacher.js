@@ -736,6 +736,34 @@ async function refreshRuns() {
   } catch { /* the next tick tries again */ }
 }
 
+// ---- saved rooms (the relay's database) -------------------------------------------------
+
+function savedApi(path) {
+  return `/api/saved/rooms${path}?admin=${encodeURIComponent(TOKEN)}`;
+}
+
+async function refreshSaved() {
+  let r;
+  try {
+    r = await fetch(savedApi('')).then((x) => (x.ok ? x.json() : { rooms: [] }));
+  } catch { return; /* the next tick tries again */ }
+  const body = $('saved').tBodies[0];
+  const rows = [];
+  for (const room of r.rooms) {
+    for (const run of room.runs.slice().reverse()) {
+      const tr = document.createElement('tr');
+      const base = `/${encodeURIComponent(room.code)}/runs/${run.id}`;
+      tr.innerHTML = `<td></td><td></td><td class="t-num">${run.pushes}</td><td></td>
+        <td><a href="${savedApi(`${base}.csv`)}">CSV</a> · <a href="${savedApi(`${base}.json`)}">JSON</a></td>`;
+      tr.cells[0].textContent = room.code === ROOM ? `${room.code} (this room)` : room.code;
+      tr.cells[1].textContent = `#${run.id} ${run.name}`;
+      tr.cells[3].textContent = new Date(room.updated_ms).toLocaleString();
+      rows.push(tr);
+    }
+  }
+  body.replaceChildren(...rows);
+}
+
 async function main() {
   if (!ROOM || !TOKEN) {
     $('no-token').hidden = false;
@@ -756,6 +784,8 @@ async function main() {
   wireControls();
   connect();
   setInterval(refreshRuns, 5000);
+  refreshSaved();
+  setInterval(refreshSaved, 30000);
 }
 
 main();

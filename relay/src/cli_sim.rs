@@ -103,6 +103,7 @@ fn bench_config(workers: u32, duration_s: f64) -> SimConfig {
         eval_every_s: duration_s,
         eval_samples: Some(500),
         target_accuracy: 0.95,
+        memory_limit_mib: 1 << 20,
         train: Train {
             lr: 0.05,
             batch: 16,

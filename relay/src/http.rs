@@ -16,6 +16,9 @@
 //!   `GET /api/rooms/CODE/runs` lists them; `GET /api/rooms/CODE/runs/ID.json` and
 //!   `ID.csv` export one.
 //! - `GET /api/rooms/CODE/center.safetensors` (admin): the center with PyTorch's names.
+//! - `GET /api/saved/rooms` (admin): every room in the database, with its runs;
+//!   `GET /api/saved/rooms/CODE/runs/ID.csv` and `ID.json` export a saved run (past rooms
+//!   included), as the live exports do.
 //! - anything else: the static-file filter given to [`run`].
 //!
 //! The admin token comes as `?admin=TOKEN` or as `Authorization: Bearer TOKEN`.
@@ -78,6 +81,10 @@ pub struct Config {
     /// Origins, besides the relay's own, whose pages may open its sockets and POST
     /// (`--allow-origin`).
     pub allowed_origins: Vec<Origin>,
+    /// The database rooms are checkpointed to; `None` keeps them in memory only.
+    pub store: Option<std::sync::Arc<crate::store::Store>>,
+    /// How often each room is checkpointed to `store` (and once more at shutdown).
+    pub checkpoint_every: Duration,
 }
 
 impl Default for Config {
@@ -97,6 +104,8 @@ impl Default for Config {
             eval_every: Duration::from_secs(5),
             evaluator: None,
             allowed_origins: Vec::new(),
+            store: None,
+            checkpoint_every: crate::store::CHECKPOINT_EVERY,
         }
     }
 }
@@ -187,6 +196,9 @@ pub async fn run<R: Reply + 'static>(
 ) -> anyhow::Result<RunningRelay> {
     let token = config.admin_token.clone().unwrap_or_else(new_token);
     let hub = Hub::new(token.clone(), config.limits, config.room_defaults.clone());
+    if let Some(store) = &config.store {
+        hub.set_store(store.clone());
+    }
     let (trigger, signal) = Shutdown::new();
     tokio::spawn(async move {
         shutdown.await;
@@ -239,6 +251,15 @@ pub async fn run<R: Reply + 'static>(
         bases.push(format!("http://{}/", loopback_if_unspecified(a)));
     }
     hub.set_join_bases(bases);
+    if let Some(store) = config.store {
+        let every = config.checkpoint_every;
+        tasks.push(crate::store::spawn(
+            hub.clone(),
+            store,
+            every,
+            signal.clone(),
+        ));
+    }
     if let Some(evaluator) = config.evaluator {
         tasks.push(eval::spawn(hub, evaluator, config.eval_every, signal));
     }
@@ -257,6 +278,8 @@ pub fn routes<R: Reply + 'static>(
         .or(crate::dashboard::route(hub.clone(), ws_cfg, shutdown))
         .unify()
         .or(teacher_api(hub.clone()))
+        .unify()
+        .or(saved_api(hub.clone()))
         .unify()
         .or(api(hub))
         .unify()
@@ -434,6 +457,100 @@ pub fn teacher_api(hub: Hub) -> BoxedFilter<(Response,)> {
         .or(center)
         .unify()
         .boxed()
+}
+
+/// The database's rooms and runs (see the module's route list). Reads happen on a
+/// blocking thread; without a database, 404.
+pub fn saved_api(hub: Hub) -> BoxedFilter<(Response,)> {
+    let h = hub.clone();
+    let list = warp::path!("api" / "saved" / "rooms")
+        .and(warp::get())
+        .and(admin_token())
+        .and_then(move |token: Option<String>| {
+            let h = h.clone();
+            async move {
+                Ok::<_, Rejection>(
+                    saved(&h, token, |store| {
+                        let rooms = store.rooms()?;
+                        Ok(warp::reply::json(&serde_json::json!({ "rooms": rooms }))
+                            .into_response())
+                    })
+                    .await,
+                )
+            }
+        });
+    let export = warp::path!("api" / "saved" / "rooms" / String / "runs" / String)
+        .and(warp::get())
+        .and(admin_token())
+        .and_then(move |code: String, file: String, token: Option<String>| {
+            let h = hub.clone();
+            async move {
+                Ok::<_, Rejection>(
+                    saved(&h, token, move |store| {
+                        let missing = || {
+                            status_json(
+                                StatusCode::NOT_FOUND,
+                                "no such saved run (see /api/saved/rooms)",
+                            )
+                        };
+                        let (id, ext) = file.rsplit_once('.').unwrap_or((&file, ""));
+                        let Ok(id) = id.parse::<u64>() else {
+                            return Ok(missing());
+                        };
+                        let code = crate::room::normalize_code(&code);
+                        let Some(run) = store.run(&code, id)? else {
+                            return Ok(missing());
+                        };
+                        let name = format!("attachment; filename=\"easel-{code}-run-{id}.{ext}\"");
+                        Ok(match ext {
+                            "json" => warp::reply::with_header(
+                                warp::reply::json(&run.to_json()),
+                                "content-disposition",
+                                name,
+                            )
+                            .into_response(),
+                            "csv" => {
+                                let r = warp::reply::with_header(
+                                    run.to_csv(),
+                                    "content-type",
+                                    "text/csv; charset=utf-8",
+                                );
+                                warp::reply::with_header(r, "content-disposition", name)
+                                    .into_response()
+                            }
+                            _ => missing(),
+                        })
+                    })
+                    .await,
+                )
+            }
+        });
+    list.or(export).unify().boxed()
+}
+
+/// Runs `f` on the database on a blocking thread when `token` is the admin token; else
+/// 401, or 404 without a database, or 500 with the database's error.
+async fn saved<F>(hub: &Hub, token: Option<String>, f: F) -> Response
+where
+    F: FnOnce(&crate::store::Store) -> Result<Response, crate::store::StoreError> + Send + 'static,
+{
+    if !hub.is_admin(token.as_deref()) {
+        return unauthorized();
+    }
+    let Some(store) = hub.store().cloned() else {
+        return status_json(
+            StatusCode::NOT_FOUND,
+            "this relay keeps no database (easel serve keeps one unless --db off)",
+        );
+    };
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => status_json(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(_) => status_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the database read panicked",
+        ),
+    }
 }
 
 /// `POST /api/rooms/CODE/TAIL` (admin) with a JSON body of type `T` (at most 64 KiB),

@@ -6,7 +6,7 @@
 //! synchronous calls and never across an `.await`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use easel_protocol::message::{self, Join, code};
@@ -142,6 +142,8 @@ struct Shared {
     /// Where devices open the pages (`https://IP:PORT/`, then `http://127.0.0.1:PORT/`), set
     /// once the listeners are bound.
     join_bases: Mutex<Vec<String>>,
+    /// The database rooms are checkpointed to, when there is one ([`crate::store`]).
+    store: OnceLock<Arc<crate::store::Store>>,
 }
 
 /// A room and the channels to its connections.
@@ -175,6 +177,10 @@ struct RoomState {
     runs: Runs,
     /// Every device's inferred timeline and rates.
     activity: Activity,
+    /// Resets so far (the saved ledger starts again at each).
+    resets: u64,
+    /// What the last checkpoint wrote ([`crate::store`]).
+    saved: crate::store::Cursor,
 }
 
 /// What a connection gets when its Join is accepted.
@@ -212,6 +218,7 @@ impl Hub {
                 defaults,
                 rooms: Mutex::new(HashMap::new()),
                 join_bases: Mutex::new(Vec::new()),
+                store: OnceLock::new(),
             }),
         }
     }
@@ -302,6 +309,8 @@ fn insert_room(
                 eval_floor: 0,
                 runs,
                 activity: Activity::default(),
+                resets: 0,
+                saved: crate::store::Cursor::default(),
             }),
             centers,
         }),
@@ -309,6 +318,45 @@ fn insert_room(
 }
 
 impl Hub {
+    /// Sets the database the rooms are checkpointed to (once).
+    pub fn set_store(&self, store: Arc<crate::store::Store>) {
+        let _ = self.shared.store.set(store);
+    }
+
+    /// The database, when the relay has one.
+    pub fn store(&self) -> Option<&Arc<crate::store::Store>> {
+        self.shared.store.get()
+    }
+
+    /// Serves a room loaded from the database again; returns its code.
+    pub fn restore_room(&self, r: crate::store::Restored) -> String {
+        let code = r.room.code().to_string();
+        let mut room = r.room;
+        let (_, first) = room.center_message(0);
+        let (centers, _) = watch::channel(first);
+        let mut evals: VecDeque<EvalPoint> = r.evals.into_iter().collect();
+        while evals.len() > EVAL_HISTORY {
+            evals.pop_front();
+        }
+        let eval_floor = room.center().0;
+        let slot = RoomSlot {
+            state: Mutex::new(RoomState {
+                room,
+                controls: HashMap::new(),
+                connections: 0,
+                evals,
+                eval_floor,
+                runs: r.runs,
+                activity: Activity::default(),
+                resets: r.resets,
+                saved: r.cursor,
+            }),
+            centers,
+        };
+        lock(&self.shared.rooms).insert(code.clone(), Arc::new(slot));
+        code
+    }
+
     /// The room with this code (case-insensitive), if any.
     pub fn room(&self, code: &str) -> Option<Arc<RoomSlot>> {
         lock(&self.shared.rooms)
@@ -527,6 +575,7 @@ impl RoomSlot {
                 .room
                 .release_held(code::RESYNC, "the teacher reset the room: resync");
             st.eval_floor = st.room.reset(center, Instant::now());
+            st.resets += 1;
             answer_locked(&mut st, released);
             st.evals.clear();
             let (_, full) = st.room.center_message(0);
@@ -648,6 +697,59 @@ impl RoomSlot {
             );
         }
         v
+    }
+
+    /// Copies what the database lacks of this room (see [`crate::store::Checkpoint`]):
+    /// a few clones under the lock, nothing written here.
+    pub fn checkpoint(&self) -> crate::store::Checkpoint {
+        let st = lock(&self.state);
+        let saved = &st.saved;
+        let (version, center) = st.room.center();
+        let ledger_restart = st.resets != saved.resets;
+        let ledger = st.room.ledger();
+        let since = if ledger_restart { 0 } else { saved.ledger_next };
+        let runs = st
+            .runs
+            .all()
+            .map(|r| {
+                let (evals, pushes) = saved.runs.get(&r.id).copied().unwrap_or((0, 0));
+                crate::store::RunCopy {
+                    id: r.id,
+                    name: r.name.clone(),
+                    started_ms: r.started_ms,
+                    ended_ms: r.ended_ms,
+                    settings: r.settings.clone(),
+                    evals_total: r.evals.total(),
+                    pushes_total: r.pushes.total(),
+                    evals: r.evals.since(evals),
+                    pushes: r.pushes.since(pushes),
+                }
+            })
+            .collect();
+        crate::store::Checkpoint {
+            wall_ms: wall_ms(),
+            room: st.room.snapshot(),
+            version,
+            center: (saved.version != Some(version)).then_some(center),
+            ledger_restart,
+            resets: st.resets,
+            totals: ledger.totals().clone(),
+            histogram: ledger.histogram().clone(),
+            ledger_workers: ledger.workers().clone(),
+            records: ledger.since(since),
+            runs,
+            next_run: st.runs.next_id(),
+        }
+    }
+
+    /// What the last checkpoint of this room wrote.
+    pub fn saved_cursor(&self) -> crate::store::Cursor {
+        lock(&self.state).saved.clone()
+    }
+
+    /// Notes what a checkpoint wrote.
+    pub fn set_saved_cursor(&self, c: crate::store::Cursor) {
+        lock(&self.state).saved = c;
     }
 
     /// Runs `f` on the room (for tests and the dashboard).

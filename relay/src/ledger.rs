@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How many records a room keeps by default: 100,000 records of about 100 bytes, 10 MB.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -63,7 +63,7 @@ impl Record {
 }
 
 /// Exact totals over every push the room has recorded.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     pub pushes: u64,
     pub accepted: u64,
@@ -75,7 +75,7 @@ pub struct Totals {
 }
 
 /// Exact per-worker figures.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStats {
     pub pushes: u64,
     pub accepted: u64,
@@ -177,6 +177,37 @@ impl Ledger {
         let seq = r.seq;
         self.records.push_back(r);
         seq
+    }
+
+    /// A ledger as a checkpoint left it: the kept `records` (oldest first, at most
+    /// `capacity` of them are kept) and the exact totals, histogram and per-worker figures.
+    pub fn restore(
+        capacity: usize,
+        records: Vec<Record>,
+        totals: Totals,
+        histogram: BTreeMap<u64, u64>,
+        workers: BTreeMap<u64, WorkerStats>,
+    ) -> Ledger {
+        let capacity = capacity.max(1);
+        let skip = records.len().saturating_sub(capacity);
+        Ledger {
+            capacity,
+            records: records.into_iter().skip(skip).collect(),
+            totals,
+            histogram,
+            workers,
+        }
+    }
+
+    /// Copies of the kept records with `seq >= since`, oldest first (for a checkpoint,
+    /// which writes only what came after the last one).
+    pub fn since(&self, since: u64) -> Vec<Record> {
+        let first = self.records.front().map_or(0, |r| r.seq);
+        let skip = since.saturating_sub(first) as usize;
+        self.records
+            .range(skip.min(self.records.len())..)
+            .cloned()
+            .collect()
     }
 
     /// The kept records, oldest first.

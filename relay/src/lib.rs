@@ -10,7 +10,7 @@
 //! - [`ws`]: one WebSocket connection; [`dashboard`]: the teacher's live JSON socket;
 //!   [`http`]: the routes and [`http::run`]; [`origin`]: which pages may use them;
 //!   [`tls`]: certificates and the HTTPS/HTTP listeners; [`eval`]: center evaluation off
-//!   the reactor.
+//!   the reactor; [`store`]: the SQLite database rooms are checkpointed to.
 //! - [`bots`]: native workers running `easel_client::worker` over WebSockets (`easel bots`);
 //!   [`experiment`]: the 8-worker run the end-to-end test and `easel bench relay` share.
 //! - [`sim`]: `easel sim` and `easel report`, the deterministic discrete-event simulator
@@ -28,6 +28,7 @@ pub mod origin;
 pub mod room;
 pub mod runs;
 pub mod sim;
+pub mod store;
 pub mod teacher;
 pub mod tls;
 pub mod ws;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod cli_bots;
+mod cli_rooms;
 mod cli_sim;
 mod embedded;
 mod local;
@@ -41,6 +42,11 @@ enum Command {
     Sim(cli_sim::SimArgs),
     /// Run the experiments in experiments/ and write report.md and SVG plots.
     Report(cli_sim::ReportArgs),
+    /// List and export the rooms and runs `easel serve` saved.
+    Rooms {
+        #[command(subcommand)]
+        what: cli_rooms::RoomsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bots(args) => cli_bots::bots(args),
         Command::Sim(args) => cli_sim::sim(args),
         Command::Report(args) => cli_sim::report(args),
+        Command::Rooms { what } => cli_rooms::rooms(what),
         Command::Bench {
             what: BenchCommand::Sim(args),
         } => cli_sim::bench(args),

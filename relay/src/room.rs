@@ -18,7 +18,7 @@ use easel_protocol::{
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ledger::{self, Ledger, Record};
 
@@ -42,7 +42,7 @@ pub fn normalize_code(code: &str) -> String {
 }
 
 /// How the room splits the training digits among its workers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partition {
     /// `iid`, `dirichlet:ALPHA` or `classes:K` (`easel_client::data::partition`).
     pub scheme: String,
@@ -255,6 +255,9 @@ pub struct Room {
     rng: StdRng,
     /// Encoded `Center` messages of the newest version, by codec.
     center_cache: Vec<(Codec, u64, Arc<[u8]>)>,
+    /// Pushes computed from a version below this are refused with RESYNC: after a restart
+    /// from a checkpoint ([`Room::restore`]), no base a device holds is in the ring.
+    resync_below: u64,
 }
 
 impl Room {
@@ -304,6 +307,7 @@ impl Room {
             next_id: 1,
             trainers: 0,
             center_cache: Vec::new(),
+            resync_below: 0,
         }
     }
 
@@ -523,6 +527,10 @@ impl Room {
         };
         let mut out = Pushed::default();
         let outcome = match self.workers.get(&worker).map(|w| w.kind) {
+            _ if base < self.resync_below => Err((
+                code::RESYNC,
+                "the relay restarted from a checkpoint: take the new center".to_string(),
+            )),
             Some(k) if trains(k) && self.swarm.is_some() => self.exchange(worker, push, &mut rec),
             Some(k) if trains(k) => self.apply(worker, push, &mut rec, &mut out, now),
             _ => Err((code::UNEXPECTED, "only training workers push".to_string())),
@@ -987,6 +995,151 @@ impl Room {
             .filter(|w| trains(w.kind) && w.connected)
             .map(|w| w.id)
             .collect())
+    }
+}
+
+/// A participant as the database keeps it: [`Worker`] without its connection state.
+/// New fields must take `#[serde(default)]`, so rosters saved by older relays still load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub id: u64,
+    pub name: String,
+    /// [`kind_name`].
+    pub kind: String,
+    /// `cpu` or `gpu`.
+    pub backend: String,
+    pub capabilities: u32,
+    pub shard_index: Option<u32>,
+    pub delay_ms: u32,
+    pub paused: bool,
+    pub removed: bool,
+    /// The worker's resume token ([`ResumeToken::to_hex`]), so that it resumes as itself
+    /// after a restart; empty in rosters saved before tokens existed (such a worker joins
+    /// again as a new one).
+    #[serde(default)]
+    pub resume_token: String,
+}
+
+/// What a room needs, besides its center, its ledger and its runs, to start again after a
+/// restart ([`Room::snapshot`], [`Room::restore`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomSnapshot {
+    pub code: String,
+    pub settings: RoomSettings,
+    /// Every participant ever admitted, connected or not, by increasing id.
+    pub workers: Vec<WorkerRecord>,
+    pub next_id: u64,
+    pub trainers: u32,
+}
+
+/// A client kind from its [`kind_name`].
+pub fn kind_from_name(name: &str) -> Option<ClientKind> {
+    Some(match name {
+        "browser" => ClientKind::Browser,
+        "bot" => ClientKind::Bot,
+        "sim" => ClientKind::Sim,
+        "teacher" => ClientKind::Teacher,
+        "observer" => ClientKind::Observer,
+        _ => return None,
+    })
+}
+
+impl Room {
+    /// The room's settings and roster, copied (cheap: no model-sized data).
+    pub fn snapshot(&self) -> RoomSnapshot {
+        RoomSnapshot {
+            code: self.code.clone(),
+            settings: self.settings.clone(),
+            workers: self
+                .workers
+                .values()
+                .map(|w| WorkerRecord {
+                    id: w.id,
+                    name: w.name.clone(),
+                    kind: kind_name(w.kind).to_string(),
+                    backend: match w.backend {
+                        Backend::Cpu => "cpu",
+                        Backend::Gpu => "gpu",
+                    }
+                    .to_string(),
+                    capabilities: w.capabilities,
+                    shard_index: w.shard_index,
+                    delay_ms: w.delay_ms,
+                    paused: w.paused,
+                    removed: w.removed,
+                    resume_token: w.resume_token.to_hex(),
+                })
+                .collect(),
+            next_id: self.next_id,
+            trainers: self.trainers,
+        }
+    }
+
+    /// A room started again from a checkpoint: `center` becomes `version`, alone in the
+    /// ring, and every push computed from an older version is refused with RESYNC (its
+    /// worker takes the new center). The roster comes back disconnected, so each worker
+    /// resumes as itself with its shard, delay and pause; held or buffered updates, the
+    /// swarm's per-worker models (each resumed worker starts from the mean) and ADACOMM's
+    /// loss reference are not kept.
+    ///
+    /// # Panics
+    /// As [`Room::new`].
+    pub fn restore(
+        snap: RoomSnapshot,
+        center: Vec<f32>,
+        version: u64,
+        ledger: Ledger,
+        now: Instant,
+    ) -> Room {
+        let hyper = snap.settings.hyper;
+        let mut room = Room::new(snap.code, snap.settings, center, now);
+        // ADACOMM's period as it was, not k0 again.
+        room.settings.hyper = hyper;
+        let center = room.agg.center().1.clone();
+        room.agg.reset(version, center.clone());
+        if let Strategy::Swarm { topology, .. } = hyper.strategy() {
+            room.swarm = Some(Swarm::new(
+                topology,
+                version,
+                center,
+                room.settings.max_norm,
+            ));
+        }
+        room.published = VecDeque::from([(version, now)]);
+        room.workers = snap
+            .workers
+            .into_iter()
+            .filter_map(|w| {
+                let kind = kind_from_name(&w.kind)?;
+                Some((
+                    w.id,
+                    Worker {
+                        id: w.id,
+                        name: w.name,
+                        kind,
+                        backend: if w.backend == "gpu" {
+                            Backend::Gpu
+                        } else {
+                            Backend::Cpu
+                        },
+                        capabilities: w.capabilities,
+                        shard_index: w.shard_index,
+                        last_seen: now,
+                        connected: false,
+                        delay_ms: w.delay_ms,
+                        paused: w.paused,
+                        removed: w.removed,
+                        resume_token: ResumeToken::from_hex(&w.resume_token)
+                            .unwrap_or_else(|| ResumeToken(rand::rng().random())),
+                    },
+                ))
+            })
+            .collect();
+        room.next_id = snap.next_id.max(1);
+        room.trainers = snap.trainers;
+        room.ledger = ledger;
+        room.resync_below = version;
+        room
     }
 }
 

@@ -87,6 +87,15 @@ impl<T: Clone> Series<T> {
         self.items.push_back(t);
     }
 
+    /// A series as a checkpoint left it: `dropped` items before the kept `items`.
+    pub fn restore(cap: usize, dropped: u64, items: Vec<T>) -> Series<T> {
+        let mut s = Series::new(cap);
+        let skip = items.len().saturating_sub(s.cap);
+        s.dropped = dropped + skip as u64;
+        s.items = items.into_iter().skip(skip).collect();
+        s
+    }
+
     /// Items ever added.
     pub fn total(&self) -> u64 {
         self.dropped + self.items.len() as u64
@@ -316,6 +325,23 @@ impl Runs {
             pushes: Series::new(MAX_PUSHES),
         });
         id
+    }
+
+    /// Runs as a checkpoint left them (oldest first; the last is current, at most
+    /// [`KEEP_RUNS`] kept); `next_id` is the id the next run gets. `None` without a run.
+    pub fn restore(runs: Vec<Run>, next_id: u64) -> Option<Runs> {
+        let skip = runs.len().saturating_sub(KEEP_RUNS);
+        let runs: VecDeque<Run> = runs.into_iter().skip(skip).collect();
+        let last = runs.back()?.id;
+        Some(Runs {
+            runs,
+            next_id: next_id.max(last + 1),
+        })
+    }
+
+    /// The id the next run gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
     }
 
     /// The current run.

@@ -53,6 +53,61 @@ pub struct ServeArgs {
     www: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Where rooms are kept across restarts.
+#[derive(clap::Args, Debug)]
+pub struct StoreArgs {
+    /// The database rooms are checkpointed to (default: easel.db in $EASEL_HOME, else
+    /// $XDG_DATA_HOME/easel, else ~/.local/share/easel), or `off` to keep them in memory.
+    #[arg(long, value_name = "FILE|off")]
+    db: Option<PathBuf>,
+    /// Start a fresh room instead of resuming the most recent one (old rooms stay listed).
+    #[arg(long)]
+    new_room: bool,
+    /// Seconds between checkpoints (what a crash can lose at most).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0, value_parser = positive_secs)]
+    checkpoint_every: f64,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds between 0.05 and 3600"
+        )),
+    }
+}
+
+/// The opened database, the admin token kept beside it and the room to resume.
+struct Opened {
+    store: Arc<easel_relay::store::Store>,
+    token: String,
+    resume: Option<easel_relay::store::Restored>,
+}
+
+/// Opens the database (refused while another `easel serve` holds it) and loads the most
+/// recent room unless `--new-room`.
+fn open_store(args: &StoreArgs) -> anyhow::Result<Option<Opened>> {
+    use easel_relay::store::{self, Store};
+    let path = match &args.db {
+        Some(p) if p.as_os_str() == "off" => return Ok(None),
+        Some(p) => p.clone(),
+        None => store::default_path(),
+    };
+    let store = Store::open(&path)?;
+    let token = store::admin_token(&path)?;
+    let resume = match (args.new_room, store.latest_room()?) {
+        (false, Some(code)) => store.load_room(&code)?,
+        _ => None,
+    };
+    Ok(Some(Opened {
+        store: Arc::new(store),
+        token,
+        resume,
+    }))
 }
 
 /// A listener address, or none (`off`).
@@ -221,6 +276,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.https.0.is_none() && args.http.0.is_none() {
         bail!("both --https and --http are off; keep at least one listener");
     }
+    let started = std::time::Instant::now();
+    let opened = open_store(&args.store)?;
     // The test digits score the center; a bad file is reported now, not on the first score.
     let source = args.data.source();
     let bytes = args.data.bytes()?;
@@ -239,7 +296,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(args, files, mnist))
+    runtime.block_on(run(args, files, mnist, opened, started))
 }
 
 /// What `easel serve` hands to browsers besides the relay's routes.
@@ -307,7 +364,13 @@ pub fn static_files(pages: Pages, data: Bytes) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-async fn run(args: ServeArgs, files: Files, mnist: Arc<Mnist>) -> anyhow::Result<()> {
+async fn run(
+    args: ServeArgs,
+    files: Files,
+    mnist: Arc<Mnist>,
+    opened: Option<Opened>,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
     let tls = match (args.cert, args.key) {
         (Some(cert), Some(key)) => TlsSource::Pem { cert, key },
         _ => TlsSource::SelfSigned {
@@ -324,12 +387,35 @@ async fn run(args: ServeArgs, files: Files, mnist: Arc<Mnist>) -> anyhow::Result
         tls,
         evaluator: Some(evaluator),
         allowed_origins: args.allow_origin,
+        admin_token: opened.as_ref().map(|o| o.token.clone()),
+        store: opened.as_ref().map(|o| o.store.clone()),
+        checkpoint_every: std::time::Duration::from_secs_f64(args.store.checkpoint_every),
         ..Config::default()
     };
     let described = [files.pages.describe(), describe_data(&files.data_source)];
     let static_routes = static_files(files.pages, files.data);
     let relay = easel_relay::run(config, static_routes, shutdown_signal()).await?;
-    let room = relay.hub.create_room();
+    let store = opened.as_ref().map(|o| o.store.clone());
+    let room = match opened.and_then(|o| o.resume) {
+        Some(r) => {
+            let (saved, ms) = (r.saved_version, r.saved_ms);
+            let code = relay.hub.restore_room(r);
+            let now = relay.hub.room(&code).map_or(0, |s| s.center().0);
+            println!(
+                "resumed room {code} from its checkpoint of {} ms ago (version {saved}, now {now}) in {} ms",
+                easel_relay::room::wall_ms().saturating_sub(ms),
+                started.elapsed().as_millis()
+            );
+            code
+        }
+        None => relay.hub.create_room(),
+    };
+    if let Some(store) = &store {
+        // Saved at once, so the URLs printed below survive a crash in the next seconds.
+        let token = easel_relay::store::token_sha256(relay.hub.admin_token());
+        easel_relay::store::checkpoint_rooms(&relay.hub, store, &token).await;
+        println!("rooms are saved in {}", store.path().display());
+    }
 
     // Tests parse the first `listening on` line; keep its shape.
     if let Some(a) = relay.http {

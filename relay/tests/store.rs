@@ -1,0 +1,645 @@
+//! Durable rooms (`easel_relay::store`): the database's refusals (locked, corrupt, newer),
+//! a checkpoint restored in process, and the real thing: `easel serve` killed with SIGKILL
+//! mid-run and started again, then a second `easel serve` on the same database.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use easel_protocol::message::{self, Join, Resume, code};
+use easel_protocol::{Backend, ClientKind, Codec, LENET5_28, Limits, Message, Outcome, Push};
+use easel_relay::hub::{EvalPoint, Hub};
+use easel_relay::room::RoomSettings;
+use easel_relay::store::{self, RESTART_GAP, SCHEMA_VERSION, Store, StoreError};
+use easel_relay::teacher::TeacherControl;
+
+const N: usize = LENET5_28.param_count;
+
+/// A fresh empty directory under the system's temp dir.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "easel-store-{name}-{}-{}",
+        std::process::id(),
+        easel_relay::room::wall_ms()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn join(room: &str, resume: Option<Resume>) -> Join {
+    Join {
+        room: room.into(),
+        kind: ClientKind::Bot,
+        backend: Backend::Cpu,
+        capabilities: 0,
+        layout_hash: LENET5_28.layout_hash(),
+        resume_worker: resume,
+    }
+}
+
+fn push(base: u64, seed: u64) -> Push {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let delta: Vec<f32> = (0..N)
+        .map(|i| ((i as u64 * 31 + seed) % 17) as f32 * 1e-4 - 8e-4)
+        .collect();
+    Push {
+        base_version: base,
+        local_steps: 4,
+        samples: 128,
+        loss: 1.5,
+        payload: easel_protocol::codec::encode(Codec::Fp32, &delta, &mut rng),
+    }
+}
+
+fn ack_of(bytes: &[u8]) -> Outcome {
+    match message::decode(bytes, &Limits::default()) {
+        Ok(Message::Ack(a)) => a.outcome,
+        other => panic!("expected an Ack, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_database_is_created_in_wal_mode_with_the_current_schema() {
+    let dir = temp_dir("missing");
+    let path = dir.join("sub/dir/easel.db");
+    let s = Store::open(&path).expect("created");
+    assert!(path.is_file());
+    drop(s);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // Opening it again migrates nothing and keeps it.
+    drop(conn);
+    Store::open(&path).expect("opens again");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_open_is_refused_while_the_first_holds_the_lock() {
+    let dir = temp_dir("locked");
+    let path = dir.join("easel.db");
+    let first = Store::open(&path).unwrap();
+    let err = Store::open(&path).expect_err("the lock is held");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("easel.db") && msg.contains("another `easel serve`"),
+        "{msg}"
+    );
+    // Reading is allowed beside the server (WAL).
+    assert!(
+        Store::open_read_only(&path)
+            .unwrap()
+            .rooms()
+            .unwrap()
+            .is_empty()
+    );
+    drop(first);
+    Store::open(&path).expect("free again once the first is closed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_file_of_random_bytes_is_refused_by_name_and_left_untouched() {
+    use rand::RngExt;
+    let dir = temp_dir("corrupt");
+    let path = dir.join("easel.db");
+    let bytes: Vec<u8> = (0..8192).map(|_| rand::rng().random()).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    for err in [
+        Store::open(&path).expect_err("not SQLite"),
+        Store::open_read_only(&path).expect_err("not SQLite"),
+    ] {
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(
+            msg.contains("left untouched") && msg.contains("move it aside"),
+            "{msg}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the file is unchanged"
+    );
+    assert!(!dir.join("easel.db-wal").exists() && !dir.join("easel.db-shm").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_database_from_a_newer_easel_is_refused_and_left_untouched() {
+    let dir = temp_dir("newer");
+    let path = dir.join("easel.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE future (x); INSERT INTO future VALUES (1);")
+            .unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 7)
+            .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    for err in [
+        Store::open(&path).expect_err("newer"),
+        Store::open_read_only(&path).expect_err("newer"),
+    ] {
+        match &err {
+            StoreError::Newer {
+                found, supported, ..
+            } => assert_eq!((*found, *supported), (SCHEMA_VERSION + 7, SCHEMA_VERSION)),
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("newer Easel"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is unchanged"
+    );
+    assert!(!dir.join("easel.db-wal").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_admin_token_is_kept_beside_the_database_and_read_back() {
+    let dir = temp_dir("token");
+    let path = dir.join("easel.db");
+    let t = store::admin_token(&path).unwrap();
+    assert_eq!(t.len(), 32);
+    assert_eq!(
+        store::admin_token(&path).unwrap(),
+        t,
+        "the same after a restart"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(store::token_path(&path))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_room_comes_back_with_its_center_runs_ledger_and_roster() {
+    let dir = temp_dir("restore");
+    let path = dir.join("easel.db");
+    let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+    let db = Arc::new(Store::open(&path).unwrap());
+    hub.set_store(db.clone());
+    let code = hub.create_room();
+    let slot = hub.room(&code).unwrap();
+    let s = hub.join(&join(&code, None), false).unwrap();
+    let id = s.worker_id;
+    let Ok(Message::Welcome(welcome)) = message::decode(&s.welcome, &Limits::default()) else {
+        panic!("a Welcome")
+    };
+    let resume = Resume {
+        worker: id,
+        token: welcome.resume_token,
+    };
+    let token = store::token_sha256("tok");
+    let mut version = 0;
+    for i in 0..5 {
+        slot.push(id, &push(version, i), 1000, 0).expect("answered");
+        version = slot.center().0;
+    }
+    slot.record_eval(EvalPoint {
+        wall_ms: easel_relay::room::wall_ms(),
+        version,
+        accuracy: 0.5,
+        loss: f64::NAN,
+    });
+    assert_eq!(store::checkpoint_rooms(&hub, &db, &token).await, 1);
+    // A reset empties the ledger: the saved one starts again too.
+    slot.start_run("second", true);
+    version = slot.center().0;
+    for i in 0..3 {
+        slot.push(id, &push(version, 10 + i), 1000, 0).unwrap();
+        version = slot.center().0;
+    }
+    // A refused push is in the ledger too.
+    slot.push(id, &push(version + 50, 99), 1000, 0).unwrap();
+    slot.teacher_control(&TeacherControl::Delay {
+        device: Some(id),
+        ms: 700,
+    })
+    .unwrap();
+    assert_eq!(store::checkpoint_rooms(&hub, &db, &token).await, 1);
+    // Nothing new: a checkpoint writes only the settings and the roster again.
+    assert_eq!(store::checkpoint_rooms(&hub, &db, &token).await, 1);
+    let (saved_version, saved_center) = db.center(&code).unwrap().unwrap();
+    assert_eq!(saved_version, version);
+    assert_eq!(&saved_center[..], &slot.center().1[..]);
+    let csv = [slot.run_csv(1).unwrap(), slot.run_csv(2).unwrap()];
+    let ledger = slot.ledger_csv();
+    drop((hub, slot, s));
+    drop(db);
+
+    let db = Arc::new(Store::open(&path).unwrap());
+    assert_eq!(db.latest_room().unwrap(), Some(code.clone()));
+    let rooms = db.rooms().unwrap();
+    assert_eq!(rooms[0].runs.len(), 2);
+    assert_eq!(db.run(&code, 1).unwrap().unwrap().to_csv(), csv[0]);
+    let restored = db.load_room(&code).unwrap().expect("saved");
+    assert_eq!(restored.saved_version, version);
+    let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+    hub.set_store(db.clone());
+    assert_eq!(hub.restore_room(restored), code);
+    let slot = hub.room(&code).unwrap();
+    let (v, center) = slot.center();
+    assert_eq!(v, version + RESTART_GAP);
+    assert_eq!(&center[..], &saved_center[..]);
+    assert_eq!(slot.run_csv(1).unwrap(), csv[0]);
+    assert_eq!(slot.run_csv(2).unwrap(), csv[1]);
+    assert_eq!(slot.ledger_csv(), ledger);
+    // The worker resumes as itself with its delay; a push from before is refused with
+    // RESYNC, one from the restored center is applied.
+    let again = hub.join(&join(&code, Some(resume)), false).unwrap();
+    assert_eq!(again.worker_id, id);
+    assert_eq!(again.restore.len(), 1, "its delay comes back");
+    let (ack, _) = slot.push(id, &push(version, 7), 1000, 0).unwrap();
+    assert!(
+        matches!(ack_of(&ack), Outcome::Refused { code: c, .. } if c == code::RESYNC),
+        "{:?}",
+        ack_of(&ack)
+    );
+    let (ack, _) = slot.push(id, &push(v, 8), 1000, 0).unwrap();
+    assert!(
+        matches!(ack_of(&ack), Outcome::Accepted { version, .. } if version == v + 1),
+        "{:?}",
+        ack_of(&ack)
+    );
+    // A new participant gets a fresh id, after the restored ones.
+    let newcomer = hub.join(&join(&code, None), false).unwrap();
+    assert_eq!(newcomer.worker_id, id + 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- The real process: `easel serve` killed with SIGKILL, started again. ----
+
+/// `easel serve` on 127.0.0.1 with its data in `home`, checkpointing every second.
+struct Serve {
+    child: Child,
+    http: SocketAddr,
+    code: String,
+    token: String,
+    teacher: String,
+    lines: Vec<String>,
+    /// From spawning to the last line of the banner.
+    startup: Duration,
+}
+
+fn source(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+fn serve_command(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_easel"));
+    cmd.args(["serve", "--https", "off", "--http", "127.0.0.1:0"])
+        .args(["--checkpoint-every", "1"])
+        .arg("--www")
+        .arg(source("www"))
+        .arg("--data")
+        .arg(source("data/mnist.bin"))
+        .env("EASEL_HOME", home)
+        .env_remove("XDG_DATA_HOME");
+    cmd
+}
+
+fn start_serve(home: &Path) -> Serve {
+    let t0 = Instant::now();
+    let mut child = serve_command(home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the easel binary runs");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = out.read_line(&mut line).unwrap();
+        assert!(n > 0, "easel serve stopped early: {lines:?}");
+        let line = line.trim_end().to_string();
+        let done = line.starts_with("Ctrl-C stops");
+        lines.push(line);
+        if done {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{lines:?}");
+    }
+    let startup = t0.elapsed();
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let after = |prefix: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {lines:?}"))
+            .trim()
+            .to_string()
+    };
+    let http: SocketAddr = after("listening on http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let code = after("room code:");
+    let teacher = after("teacher (this computer only):");
+    let token = teacher.split("admin=").nth(1).unwrap().to_string();
+    Serve {
+        child,
+        http,
+        code,
+        token,
+        teacher,
+        lines,
+        startup,
+    }
+}
+
+/// GET over a fresh connection: status and body (the relay sends bodies with a length).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A raw worker: joins (resuming `resume`), then pushes and reads each Ack and Center.
+struct Worker {
+    ws: Ws,
+    id: u64,
+    /// What resumes this worker (its id and secret token).
+    resume: Resume,
+    base: u64,
+    /// The newest version this device has seen.
+    seen: u64,
+}
+
+async fn recv(ws: &mut Ws) -> Message {
+    use futures_util::StreamExt;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("an answer in time")
+            .expect("open")
+            .expect("a message");
+        if let tokio_tungstenite::tungstenite::Message::Binary(b) = m {
+            return message::decode(&b, &Limits::default()).expect("a valid message");
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, m: &Message) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(
+        message::encode(m),
+    ))
+    .await
+    .unwrap();
+}
+
+impl Worker {
+    async fn join(addr: SocketAddr, room: &str, resume: Option<Resume>) -> (Worker, Vec<f32>) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+            .await
+            .unwrap();
+        send(&mut ws, &Message::Join(join(room, resume))).await;
+        let Message::Welcome(w) = recv(&mut ws).await else {
+            panic!("expected a Welcome")
+        };
+        let center = easel_protocol::codec::decode(&w.center, N).unwrap();
+        let worker = Worker {
+            ws,
+            id: w.worker_id,
+            resume: Resume {
+                worker: w.worker_id,
+                token: w.resume_token,
+            },
+            base: w.center_version,
+            seen: w.center_version,
+        };
+        (worker, center)
+    }
+
+    /// One push from `base`: its outcome; the Center after it becomes the next base.
+    async fn push_from(&mut self, base: u64, seed: u64) -> Outcome {
+        send(&mut self.ws, &Message::Push(push(base, seed))).await;
+        let Message::Ack(ack) = recv(&mut self.ws).await else {
+            panic!("expected an Ack")
+        };
+        if let Outcome::Accepted { version, .. } = ack.outcome {
+            self.seen = self.seen.max(version);
+        }
+        let Message::Center(c) = recv(&mut self.ws).await else {
+            panic!("expected a Center")
+        };
+        self.base = c.version;
+        self.seen = self.seen.max(c.version);
+        ack.outcome
+    }
+
+    async fn push(&mut self, seed: u64) -> Outcome {
+        self.push_from(self.base, seed).await
+    }
+}
+
+/// The CSV lines of `after` start with every line of `before`.
+fn assert_prefix(before: &str, after: &str, what: &str) {
+    let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    assert!(b.len() > 1, "{what}: nothing before the kill");
+    assert!(
+        a.len() >= b.len(),
+        "{what}: {} rows after, {} before",
+        a.len(),
+        b.len()
+    );
+    assert_eq!(
+        &a[..b.len()],
+        &b[..],
+        "{what}: the rows saved before the kill"
+    );
+}
+
+#[test]
+fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
+    let home = temp_dir("sigkill");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut a = start_serve(&home);
+    assert!(
+        a.lines.iter().any(|l| l.starts_with("rooms are saved in")),
+        "{:?}",
+        a.lines
+    );
+    let (addr, room, token) = (a.http, a.code.clone(), a.token.clone());
+    let (mut w, _) = rt.block_on(Worker::join(addr, &room, None));
+    for i in 0..20 {
+        let o = rt.block_on(w.push(i));
+        assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    }
+    // Past a checkpoint (every second), then what the teacher would download.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (s, run_before) = get(addr, &format!("/api/rooms/{room}/runs/1.csv?admin={token}"));
+    assert_eq!(s, 200, "{run_before}");
+    let (s, ledger_before) = get(addr, &format!("/api/rooms/{room}/ledger.csv?admin={token}"));
+    assert_eq!(s, 200);
+    // Mid-run: pushes go on, and the relay dies between two of them.
+    let t = Instant::now();
+    let mut pushes_after = 0;
+    while t.elapsed() < Duration::from_millis(1500) {
+        rt.block_on(w.push(100 + pushes_after));
+        pushes_after += 1;
+    }
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    let killed_at = Instant::now();
+    let (seen, id, resume) = (w.seen, w.id, w.resume.clone());
+    drop(w);
+
+    // What the last checkpoint holds.
+    let db_path = home.join("easel.db");
+    let (saved, saved_center) = {
+        let db = Store::open_read_only(&db_path).unwrap();
+        db.center(&room).unwrap().expect("a saved center")
+    };
+    assert!(saved <= seen, "saved {saved}, seen {seen}");
+
+    let mut b = start_serve(&home);
+    let restart = killed_at.elapsed();
+    assert_eq!(b.code, room, "the same room: {:?}", b.lines);
+    assert_eq!(b.token, token, "the same admin token");
+    assert_eq!(b.teacher, a.teacher, "the same teacher URL");
+    let addr = b.http;
+    let (s, _) = get(addr, &format!("/api/rooms/{room}/runs?admin={token}"));
+    assert_eq!(s, 200, "the old token opens the dashboard's API");
+
+    // A second `easel serve` on the same database is refused while this one runs.
+    let second = serve_command(&home).output().unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("in use by another `easel serve`") && err.contains("easel.db"),
+        "{err}"
+    );
+
+    // The device resumes as itself; the center is the checkpoint's, under a newer version.
+    let (mut w, center) = rt.block_on(Worker::join(addr, &room, Some(resume)));
+    assert_eq!(w.id, id);
+    assert!(
+        w.base > seen,
+        "restored version {} must exceed {seen}",
+        w.base
+    );
+    assert_eq!(w.base, saved + RESTART_GAP);
+    assert_eq!(center, saved_center, "the checkpoint's center");
+    let o = rt.block_on(w.push_from(seen, 1000));
+    assert!(
+        matches!(o, Outcome::Refused { code: c, .. } if c == code::RESYNC),
+        "a push from before the restart: {o:?}"
+    );
+    let o = rt.block_on(w.push(1001));
+    assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+
+    let (_, run_after) = get(addr, &format!("/api/rooms/{room}/runs/1.csv?admin={token}"));
+    assert_prefix(&run_before, &run_after, "runs/1.csv");
+    let (_, ledger_after) = get(addr, &format!("/api/rooms/{room}/ledger.csv?admin={token}"));
+    assert_prefix(&ledger_before, &ledger_after, "ledger.csv");
+    let (s, list) = get(addr, &format!("/api/saved/rooms?admin={token}"));
+    assert!(s == 200 && list.contains(&room), "{list}");
+    let (s, saved_csv) = get(
+        addr,
+        &format!("/api/saved/rooms/{room}/runs/1.csv?admin={token}"),
+    );
+    assert_eq!(s, 200);
+    assert_prefix(&run_before, &saved_csv, "saved runs/1.csv");
+    assert_eq!(get(addr, &format!("/api/saved/rooms?admin=nope")).0, 401);
+
+    // The command line reads the same database beside the running relay.
+    let list = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["rooms", "list"])
+        .env("EASEL_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{list:?}");
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&room));
+    let export = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args(["rooms", "export", &room, "1", "--format", "csv"])
+        .env("EASEL_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{export:?}");
+    assert_prefix(
+        &run_before,
+        &String::from_utf8_lossy(&export.stdout),
+        "easel rooms export",
+    );
+
+    println!(
+        "checkpoint every 1 s; {pushes_after} pushes after the last download; versions seen \
+         {seen}, saved {saved} (lost {}); restarted in {:.2} s (banner {:.2} s); resumed at {}",
+        seen - saved,
+        restart.as_secs_f64(),
+        b.startup.as_secs_f64(),
+        w.base
+    );
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+
+    // `--new-room` starts fresh; the old room stays listed.
+    let mut c = {
+        let mut cmd = serve_command(&home);
+        cmd.arg("--new-room");
+        let t0 = Instant::now();
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut code = String::new();
+        let mut line = String::new();
+        while out.read_line(&mut line).unwrap() > 0 && t0.elapsed() < Duration::from_secs(60) {
+            if let Some(c) = line.trim().strip_prefix("room code:") {
+                code = c.trim().to_string();
+            }
+            if line.starts_with("Ctrl-C stops") {
+                break;
+            }
+            line.clear();
+        }
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        (child, code)
+    };
+    assert!(!c.1.is_empty() && c.1 != room, "a fresh room, not {room}");
+    c.0.kill().unwrap();
+    c.0.wait().unwrap();
+    let rooms = Store::open_read_only(&db_path).unwrap().rooms().unwrap();
+    assert!(rooms.iter().any(|r| r.code == room) && rooms.iter().any(|r| r.code == c.1));
+    std::fs::remove_dir_all(&home).unwrap();
+}
