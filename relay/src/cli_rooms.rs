@@ -70,7 +70,11 @@ pub fn rooms(cmd: RoomsCommand) -> anyhow::Result<()> {
                         run.name,
                         run.pushes,
                         run.evals,
-                        if run.ended_ms.is_none() { "  (current)" } else { "" }
+                        if run.ended_ms.is_none() {
+                            "  (current)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
@@ -84,9 +88,9 @@ pub fn rooms(cmd: RoomsCommand) -> anyhow::Result<()> {
         } => {
             let store = db.open()?;
             let code = easel_relay::room::normalize_code(&code);
-            let r = store.run(&code, run)?.with_context(|| {
-                format!("no run {run} in room {code} (see `easel rooms list`)")
-            })?;
+            let r = store
+                .run(&code, run)?
+                .with_context(|| format!("no run {run} in room {code} (see `easel rooms list`)"))?;
             match format {
                 Format::Csv => print!("{}", r.to_csv()),
                 Format::Json => println!("{}", r.to_json()),

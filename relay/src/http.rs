@@ -232,7 +232,12 @@ pub async fn run<R: Reply + 'static>(
     hub.set_join_bases(bases);
     if let Some(store) = config.store {
         let every = config.checkpoint_every;
-        tasks.push(crate::store::spawn(hub.clone(), store, every, signal.clone()));
+        tasks.push(crate::store::spawn(
+            hub.clone(),
+            store,
+            every,
+            signal.clone(),
+        ));
     }
     if let Some(evaluator) = config.evaluator {
         tasks.push(eval::spawn(hub, evaluator, config.eval_every, signal));
@@ -446,7 +451,8 @@ pub fn saved_api(hub: Hub) -> BoxedFilter<(Response,)> {
                 Ok::<_, Rejection>(
                     saved(&h, token, |store| {
                         let rooms = store.rooms()?;
-                        Ok(warp::reply::json(&serde_json::json!({ "rooms": rooms })).into_response())
+                        Ok(warp::reply::json(&serde_json::json!({ "rooms": rooms }))
+                            .into_response())
                     })
                     .await,
                 )
@@ -460,8 +466,12 @@ pub fn saved_api(hub: Hub) -> BoxedFilter<(Response,)> {
             async move {
                 Ok::<_, Rejection>(
                     saved(&h, token, move |store| {
-                        let missing =
-                            || status_json(StatusCode::NOT_FOUND, "no such saved run (see /api/saved/rooms)");
+                        let missing = || {
+                            status_json(
+                                StatusCode::NOT_FOUND,
+                                "no such saved run (see /api/saved/rooms)",
+                            )
+                        };
                         let (id, ext) = file.rsplit_once('.').unwrap_or((&file, ""));
                         let Ok(id) = id.parse::<u64>() else {
                             return Ok(missing());
@@ -515,7 +525,10 @@ where
     match tokio::task::spawn_blocking(move || f(&store)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => status_json(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(_) => status_json(StatusCode::INTERNAL_SERVER_ERROR, "the database read panicked"),
+        Err(_) => status_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the database read panicked",
+        ),
     }
 }
 

@@ -1040,7 +1040,9 @@ pub async fn checkpoint_rooms(hub: &Hub, store: &Arc<Store>, token_sha256: &str)
     let mut done = 0;
     for (code, slot) in hub.rooms() {
         let ck = slot.checkpoint();
-        let made = ck.version.saturating_sub(slot.saved_cursor().version.unwrap_or(ck.version));
+        let made = ck
+            .version
+            .saturating_sub(slot.saved_cursor().version.unwrap_or(ck.version));
         if made > RESTART_GAP / 4 {
             tracing::warn!(
                 room = %code,

@@ -93,9 +93,18 @@ fn a_second_open_is_refused_while_the_first_holds_the_lock() {
     let err = Store::open(&path).expect_err("the lock is held");
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("easel.db") && msg.contains("another `easel serve`"), "{msg}");
+    assert!(
+        msg.contains("easel.db") && msg.contains("another `easel serve`"),
+        "{msg}"
+    );
     // Reading is allowed beside the server (WAL).
-    assert!(Store::open_read_only(&path).unwrap().rooms().unwrap().is_empty());
+    assert!(
+        Store::open_read_only(&path)
+            .unwrap()
+            .rooms()
+            .unwrap()
+            .is_empty()
+    );
     drop(first);
     Store::open(&path).expect("free again once the first is closed");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -115,9 +124,16 @@ fn a_file_of_random_bytes_is_refused_by_name_and_left_untouched() {
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
-        assert!(msg.contains("left untouched") && msg.contains("move it aside"), "{msg}");
+        assert!(
+            msg.contains("left untouched") && msg.contains("move it aside"),
+            "{msg}"
+        );
     }
-    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file is unchanged");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the file is unchanged"
+    );
     assert!(!dir.join("easel.db-wal").exists() && !dir.join("easel.db-shm").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -146,7 +162,11 @@ fn a_database_from_a_newer_easel_is_refused_and_left_untouched() {
         }
         assert!(err.to_string().contains("newer Easel"), "{err}");
     }
-    assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the file is unchanged"
+    );
     assert!(!dir.join("easel.db-wal").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -157,7 +177,11 @@ fn the_admin_token_is_kept_beside_the_database_and_read_back() {
     let path = dir.join("easel.db");
     let t = store::admin_token(&path).unwrap();
     assert_eq!(t.len(), 32);
-    assert_eq!(store::admin_token(&path).unwrap(), t, "the same after a restart");
+    assert_eq!(
+        store::admin_token(&path).unwrap(),
+        t,
+        "the same after a restart"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -290,9 +314,10 @@ fn serve_command(home: &Path) -> Command {
     cmd
 }
 
-fn start_serve(home: &Path) -> Serve {
+fn start_serve(home: &Path, extra: &[&str]) -> Serve {
     let t0 = Instant::now();
     let mut child = serve_command(home)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -340,6 +365,20 @@ fn start_serve(home: &Path) -> Serve {
     }
 }
 
+impl Drop for Serve {
+    /// A failed test leaves no relay behind (it would hold the test's output open).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The teacher URL without its port (each start picks a free one).
+fn without_port(url: &str) -> String {
+    let (_, rest) = url.split_once("/teacher.html").expect("a teacher URL");
+    rest.to_string()
+}
+
 /// GET over a fresh connection: status and body (the relay sends bodies with a length).
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(addr).unwrap();
@@ -351,7 +390,10 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut raw = String::new();
     tcp.read_to_string(&mut raw).unwrap();
     let status = raw[9..12].parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
@@ -435,8 +477,17 @@ impl Worker {
 fn assert_prefix(before: &str, after: &str, what: &str) {
     let (b, a): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
     assert!(b.len() > 1, "{what}: nothing before the kill");
-    assert!(a.len() >= b.len(), "{what}: {} rows after, {} before", a.len(), b.len());
-    assert_eq!(&a[..b.len()], &b[..], "{what}: the rows saved before the kill");
+    assert!(
+        a.len() >= b.len(),
+        "{what}: {} rows after, {} before",
+        a.len(),
+        b.len()
+    );
+    assert_eq!(
+        &a[..b.len()],
+        &b[..],
+        "{what}: the rows saved before the kill"
+    );
 }
 
 #[test]
@@ -446,7 +497,7 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
         .enable_all()
         .build()
         .unwrap();
-    let mut a = start_serve(&home);
+    let mut a = start_serve(&home, &[]);
     assert!(
         a.lines.iter().any(|l| l.starts_with("rooms are saved in")),
         "{:?}",
@@ -485,11 +536,15 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
     };
     assert!(saved <= seen, "saved {saved}, seen {seen}");
 
-    let mut b = start_serve(&home);
+    let b = start_serve(&home, &[]);
     let restart = killed_at.elapsed();
     assert_eq!(b.code, room, "the same room: {:?}", b.lines);
     assert_eq!(b.token, token, "the same admin token");
-    assert_eq!(b.teacher, a.teacher, "the same teacher URL");
+    assert_eq!(
+        without_port(&b.teacher),
+        without_port(&a.teacher),
+        "the same teacher URL (on the port given)"
+    );
     let addr = b.http;
     let (s, _) = get(addr, &format!("/api/rooms/{room}/runs?admin={token}"));
     assert_eq!(s, 200, "the old token opens the dashboard's API");
@@ -506,7 +561,11 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
     // The device resumes as itself; the center is the checkpoint's, under a newer version.
     let (mut w, center) = rt.block_on(Worker::join(addr, &room, Some(id)));
     assert_eq!(w.id, id);
-    assert!(w.base > seen, "restored version {} must exceed {seen}", w.base);
+    assert!(
+        w.base > seen,
+        "restored version {} must exceed {seen}",
+        w.base
+    );
     assert_eq!(w.base, saved + RESTART_GAP);
     assert_eq!(center, saved_center, "the checkpoint's center");
     let o = rt.block_on(w.push_from(seen, 1000));
@@ -545,7 +604,11 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
         .output()
         .unwrap();
     assert!(export.status.success(), "{export:?}");
-    assert_prefix(&run_before, &String::from_utf8_lossy(&export.stdout), "easel rooms export");
+    assert_prefix(
+        &run_before,
+        &String::from_utf8_lossy(&export.stdout),
+        "easel rooms export",
+    );
 
     println!(
         "checkpoint every 1 s; {pushes_after} pushes after the last download; versions seen \
@@ -555,34 +618,14 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
         b.startup.as_secs_f64(),
         w.base
     );
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
 
     // `--new-room` starts fresh; the old room stays listed.
-    let mut c = {
-        let mut cmd = serve_command(&home);
-        cmd.arg("--new-room");
-        let t0 = Instant::now();
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut code = String::new();
-        let mut line = String::new();
-        while out.read_line(&mut line).unwrap() > 0 && t0.elapsed() < Duration::from_secs(60) {
-            if let Some(c) = line.trim().strip_prefix("room code:") {
-                code = c.trim().to_string();
-            }
-            if line.starts_with("Ctrl-C stops") {
-                break;
-            }
-            line.clear();
-        }
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        (child, code)
-    };
-    assert!(!c.1.is_empty() && c.1 != room, "a fresh room, not {room}");
-    c.0.kill().unwrap();
-    c.0.wait().unwrap();
+    drop(b);
+    let c = start_serve(&home, &["--new-room"]);
+    assert_ne!(c.code, room, "a fresh room");
+    let fresh = c.code.clone();
+    drop(c);
     let rooms = Store::open_read_only(&db_path).unwrap().rooms().unwrap();
-    assert!(rooms.iter().any(|r| r.code == room) && rooms.iter().any(|r| r.code == c.1));
+    assert!(rooms.iter().any(|r| r.code == room) && rooms.iter().any(|r| r.code == fresh));
     std::fs::remove_dir_all(&home).unwrap();
 }
