@@ -588,7 +588,7 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
     );
     assert_eq!(s, 200);
     assert_prefix(&run_before, &saved_csv, "saved runs/1.csv");
-    assert_eq!(get(addr, &format!("/api/saved/rooms?admin=nope")).0, 401);
+    assert_eq!(get(addr, "/api/saved/rooms?admin=nope").0, 401);
 
     // The command line reads the same database beside the running relay.
     let list = Command::new(env!("CARGO_BIN_EXE_easel"))
