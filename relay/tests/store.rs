@@ -321,9 +321,10 @@ fn serve_command(home: &Path) -> Command {
     cmd
 }
 
-fn start_serve(home: &Path) -> Serve {
+fn start_serve(home: &Path, extra: &[&str]) -> Serve {
     let t0 = Instant::now();
     let mut child = serve_command(home)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -369,6 +370,20 @@ fn start_serve(home: &Path) -> Serve {
         lines,
         startup,
     }
+}
+
+impl Drop for Serve {
+    /// A failed test leaves no relay behind (it would hold the test's output open).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The teacher URL without its port (each start picks a free one).
+fn without_port(url: &str) -> String {
+    let (_, rest) = url.split_once("/teacher.html").expect("a teacher URL");
+    rest.to_string()
 }
 
 /// GET over a fresh connection: status and body (the relay sends bodies with a length).
@@ -495,7 +510,7 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
         .enable_all()
         .build()
         .unwrap();
-    let mut a = start_serve(&home);
+    let mut a = start_serve(&home, &[]);
     assert!(
         a.lines.iter().any(|l| l.starts_with("rooms are saved in")),
         "{:?}",
@@ -534,11 +549,15 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
     };
     assert!(saved <= seen, "saved {saved}, seen {seen}");
 
-    let mut b = start_serve(&home);
+    let b = start_serve(&home, &[]);
     let restart = killed_at.elapsed();
     assert_eq!(b.code, room, "the same room: {:?}", b.lines);
     assert_eq!(b.token, token, "the same admin token");
-    assert_eq!(b.teacher, a.teacher, "the same teacher URL");
+    assert_eq!(
+        without_port(&b.teacher),
+        without_port(&a.teacher),
+        "the same teacher URL (on the port given)"
+    );
     let addr = b.http;
     let (s, _) = get(addr, &format!("/api/rooms/{room}/runs?admin={token}"));
     assert_eq!(s, 200, "the old token opens the dashboard's API");
@@ -582,7 +601,7 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
     );
     assert_eq!(s, 200);
     assert_prefix(&run_before, &saved_csv, "saved runs/1.csv");
-    assert_eq!(get(addr, &format!("/api/saved/rooms?admin=nope")).0, 401);
+    assert_eq!(get(addr, "/api/saved/rooms?admin=nope").0, 401);
 
     // The command line reads the same database beside the running relay.
     let list = Command::new(env!("CARGO_BIN_EXE_easel"))
@@ -612,34 +631,14 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
         b.startup.as_secs_f64(),
         w.base
     );
-    b.child.kill().unwrap();
-    b.child.wait().unwrap();
 
     // `--new-room` starts fresh; the old room stays listed.
-    let mut c = {
-        let mut cmd = serve_command(&home);
-        cmd.arg("--new-room");
-        let t0 = Instant::now();
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut code = String::new();
-        let mut line = String::new();
-        while out.read_line(&mut line).unwrap() > 0 && t0.elapsed() < Duration::from_secs(60) {
-            if let Some(c) = line.trim().strip_prefix("room code:") {
-                code = c.trim().to_string();
-            }
-            if line.starts_with("Ctrl-C stops") {
-                break;
-            }
-            line.clear();
-        }
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        (child, code)
-    };
-    assert!(!c.1.is_empty() && c.1 != room, "a fresh room, not {room}");
-    c.0.kill().unwrap();
-    c.0.wait().unwrap();
+    drop(b);
+    let c = start_serve(&home, &["--new-room"]);
+    assert_ne!(c.code, room, "a fresh room");
+    let fresh = c.code.clone();
+    drop(c);
     let rooms = Store::open_read_only(&db_path).unwrap().rooms().unwrap();
-    assert!(rooms.iter().any(|r| r.code == room) && rooms.iter().any(|r| r.code == c.1));
+    assert!(rooms.iter().any(|r| r.code == room) && rooms.iter().any(|r| r.code == fresh));
     std::fs::remove_dir_all(&home).unwrap();
 }
