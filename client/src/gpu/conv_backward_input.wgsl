@@ -13,11 +13,11 @@
 // layer's conv-output gradient, every element written, and no pool backward dispatch runs
 // for the layer below.
 //
-// The weight sits in the flat parameter vector at w_off. Each invocation computes a 3x4x4
-// register block: three input channels (lenet's six in two blocks, none wasted) times a 4x4
-// tile of dx (rows h0.., columns w0..). For every (o, kh) it keeps, per tile row, the four dy
-// values under the tile's columns and slides them one column left per kw, so every 48
-// multiply-adds need 3 weight and 4 dy loads. Tile rows past dx read the last row and tile
+// The weight sits in the flat parameter vector at w_off. Each invocation computes a 6x4x4
+// register block: six input channels (lenet's six in one block), as two vec3 halves, times a
+// 4x4 tile of dx (rows h0.., columns w0..). For every (o, kh) it keeps, per tile row, the four
+// dy values under the tile's columns and slides them one column left per kw, so every 96
+// multiply-adds need 6 weight and 4 dy loads. Tile rows past dx read the last row and tile
 // columns past it start from clamped columns; sliding moves values only toward higher
 // columns, so what they read lands in accumulators that are never stored.
 //
@@ -55,7 +55,7 @@ fn main(
 ) {
     let hblocks = (dims.height + 3u) / 4u;
     let wblocks = (dims.width + 3u) / 4u;
-    let cblocks = (dims.in_ch + 2u) / 3u;
+    let cblocks = (dims.in_ch + 5u) / 6u;
     let bgroups = (dims.batch + 63u) / 64u;
     let wg = wid.y * nwg.x + wid.x;
     let bg = wg % bgroups;
@@ -69,14 +69,17 @@ fn main(
         return;
     }
 
-    // Three input channels; lanes past in_ch read the last channel and are discarded.
-    let c0 = cb * 3u;
+    // Six input channels; lanes past in_ch read the last channel and are discarded.
+    let c0 = cb * 6u;
     let last = dims.in_ch - 1u;
     let ksz = dims.kernel * dims.kernel;
     let per_out = dims.in_ch * ksz;
     let wc0 = dims.w_off + min(c0, last) * ksz;
     let wc1 = dims.w_off + min(c0 + 1u, last) * ksz;
     let wc2 = dims.w_off + min(c0 + 2u, last) * ksz;
+    let wc3 = dims.w_off + min(c0 + 3u, last) * ksz;
+    let wc4 = dims.w_off + min(c0 + 4u, last) * ksz;
+    let wc5 = dims.w_off + min(c0 + 5u, last) * ksz;
     let h0 = hb * 4u;
     let w0 = wb * 4u;
     let p = dims.dy_pad;
@@ -100,23 +103,39 @@ fn main(
     let cj2 = min(w0 + 2u, last_w) + p - kw_lo;
     let cj3 = min(w0 + 3u, last_w) + p - kw_lo;
 
-    // a_rj: dx at row h0 + r, column w0 + j, over the three channels.
+    // a_rj (e_rj): dx at row h0 + r, column w0 + j, over the first (last) three channels.
     var a00 = vec3<f32>(0.0);
+    var e00 = vec3<f32>(0.0);
     var a01 = vec3<f32>(0.0);
+    var e01 = vec3<f32>(0.0);
     var a02 = vec3<f32>(0.0);
+    var e02 = vec3<f32>(0.0);
     var a03 = vec3<f32>(0.0);
+    var e03 = vec3<f32>(0.0);
     var a10 = vec3<f32>(0.0);
+    var e10 = vec3<f32>(0.0);
     var a11 = vec3<f32>(0.0);
+    var e11 = vec3<f32>(0.0);
     var a12 = vec3<f32>(0.0);
+    var e12 = vec3<f32>(0.0);
     var a13 = vec3<f32>(0.0);
+    var e13 = vec3<f32>(0.0);
     var a20 = vec3<f32>(0.0);
+    var e20 = vec3<f32>(0.0);
     var a21 = vec3<f32>(0.0);
+    var e21 = vec3<f32>(0.0);
     var a22 = vec3<f32>(0.0);
+    var e22 = vec3<f32>(0.0);
     var a23 = vec3<f32>(0.0);
+    var e23 = vec3<f32>(0.0);
     var a30 = vec3<f32>(0.0);
+    var e30 = vec3<f32>(0.0);
     var a31 = vec3<f32>(0.0);
+    var e31 = vec3<f32>(0.0);
     var a32 = vec3<f32>(0.0);
+    var e32 = vec3<f32>(0.0);
     var a33 = vec3<f32>(0.0);
+    var e33 = vec3<f32>(0.0);
     for (var o = 0u; o < dims.out_ch; o++) {
         let plane = (b * dims.out_ch + o) * pplane;
         let wo = o * per_out;
@@ -166,30 +185,51 @@ fn main(
                 }
                 let wi = wr + kw;
                 let wv = vec3<f32>(params[wc0 + wi], params[wc1 + wi], params[wc2 + wi]);
+                let wu = vec3<f32>(params[wc3 + wi], params[wc4 + wi], params[wc5 + wi]);
                 a00 += wv * d00;
+                e00 += wu * d00;
                 a01 += wv * d01;
+                e01 += wu * d01;
                 a02 += wv * d02;
+                e02 += wu * d02;
                 a03 += wv * d03;
+                e03 += wu * d03;
                 a10 += wv * d10;
+                e10 += wu * d10;
                 a11 += wv * d11;
+                e11 += wu * d11;
                 a12 += wv * d12;
+                e12 += wu * d12;
                 a13 += wv * d13;
+                e13 += wu * d13;
                 a20 += wv * d20;
+                e20 += wu * d20;
                 a21 += wv * d21;
+                e21 += wu * d21;
                 a22 += wv * d22;
+                e22 += wu * d22;
                 a23 += wv * d23;
+                e23 += wu * d23;
                 a30 += wv * d30;
+                e30 += wu * d30;
                 a31 += wv * d31;
+                e31 += wu * d31;
                 a32 += wv * d32;
+                e32 += wu * d32;
                 a33 += wv * d33;
+                e33 += wu * d33;
             }
         }
     }
 
     store_row(b, c0, h0 + 0u, w0, a00, a01, a02, a03);
+    store_row(b, c0 + 3u, h0 + 0u, w0, e00, e01, e02, e03);
     store_row(b, c0, h0 + 1u, w0, a10, a11, a12, a13);
+    store_row(b, c0 + 3u, h0 + 1u, w0, e10, e11, e12, e13);
     store_row(b, c0, h0 + 2u, w0, a20, a21, a22, a23);
+    store_row(b, c0 + 3u, h0 + 2u, w0, e20, e21, e22, e23);
     store_row(b, c0, h0 + 3u, w0, a30, a31, a32, a33);
+    store_row(b, c0 + 3u, h0 + 3u, w0, e30, e31, e32, e33);
 }
 
 // Sends the four columns from w0 of dx row h, for the three channels from c0, through the

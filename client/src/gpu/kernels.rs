@@ -543,10 +543,10 @@ impl Op {
                 write(out, &c.uniform(batch), n)
             }
             Op::ConvBackwardInput(c) => {
-                // A 4x4 tile of three channels per invocation; each workgroup serves one
-                // tile and block of three channels for 64 samples.
+                // A 4x4 tile of six channels per invocation; each workgroup serves one
+                // tile and block of six channels for 64 samples.
                 let tiles = blocks(c.height, 4) * blocks(c.width, 4);
-                let n = blocks(c.in_ch, 3) * tiles * blocks(batch, WORKGROUP);
+                let n = blocks(c.in_ch, 6) * tiles * blocks(batch, WORKGROUP);
                 write(out, &c.uniform_with(batch, 0, c.kernel - 1), n)
             }
             Op::ConvBackwardWeight {
