@@ -24,9 +24,9 @@
 use super::ops::{self, ConvShape};
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use super::simd::Simd128;
-use super::simd::{Isa, Portable, V8};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
+use super::simd::{Isa, Portable, V8};
 
 /// Vector width in lanes.
 const L: usize = 8;
@@ -64,7 +64,10 @@ pub fn conv2d_forward(
     );
     assert_eq!(bias.len(), s.out_ch, "conv2d_forward: bias length");
     assert_eq!(y.len(), s.y_len(), "conv2d_forward: y length");
-    assert!(isa.is_available(), "conv2d_forward: {isa:?} is not available");
+    assert!(
+        isa.is_available(),
+        "conv2d_forward: {isa:?} is not available"
+    );
     if !supports(&s) {
         return ops::conv2d_forward(s, x, weight, bias, y);
     }
@@ -111,7 +114,10 @@ pub fn conv2d_backward(
         "conv2d_backward: dweight length"
     );
     assert_eq!(dbias.len(), s.out_ch, "conv2d_backward: dbias length");
-    assert!(isa.is_available(), "conv2d_backward: {isa:?} is not available");
+    assert!(
+        isa.is_available(),
+        "conv2d_backward: {isa:?} is not available"
+    );
     if !supports(&s) {
         return ops::conv2d_backward(s, x, weight, dy, dx, dweight, dbias);
     }
@@ -173,7 +179,10 @@ pub fn conv2d_backward(
         .zip(dx.chunks_exact_mut(x_step))
     {
         // Only the interior changes from sample to sample; the border stays zero.
-        for (src, dst) in dy_n.chunks_exact(oplane).zip(padded.chunks_exact_mut(ph * pw)) {
+        for (src, dst) in dy_n
+            .chunks_exact(oplane)
+            .zip(padded.chunks_exact_mut(ph * pw))
+        {
             for (oy, row) in src.chunks_exact(g.ow).enumerate() {
                 let at = (oy + k - 1) * pw + k - 1;
                 dst[at..at + g.ow].copy_from_slice(row);
@@ -600,7 +609,17 @@ mod tests {
             let mut dw = vec![f32::NAN; s.weight_len()];
             let mut db = vec![f32::NAN; s.out_ch];
             let mut scratch = vec![f32::NAN; backward_scratch_len(&s)];
-            conv2d_backward(isa, s, &x, &w, &dy, Some(&mut dx), &mut dw, &mut db, &mut scratch);
+            conv2d_backward(
+                isa,
+                s,
+                &x,
+                &w,
+                &dy,
+                Some(&mut dx),
+                &mut dw,
+                &mut db,
+                &mut scratch,
+            );
             check("backward dx", isa, &s, &dx, &dx64, 1e-5);
             check("backward dw", isa, &s, &dw, &dw64, 1e-5);
             check("backward db", isa, &s, &db, &db64, 1e-5);
@@ -614,7 +633,14 @@ mod tests {
     /// Shapes the direct kernels handle: kernel 3 or 5, outputs 8 to 20 wide (whole vectors
     /// and an overlapping last one), any channel counts (full and partial register blocks).
     fn supported_shape() -> impl Strategy<Value = ConvShape> {
-        (1usize..4, 1usize..8, 1usize..18, prop_oneof![Just(3usize), Just(5)], 0usize..13, 1usize..11)
+        (
+            1usize..4,
+            1usize..8,
+            1usize..18,
+            prop_oneof![Just(3usize), Just(5)],
+            0usize..13,
+            1usize..11,
+        )
             .prop_map(|(batch, in_ch, out_ch, kernel, extra_w, oh)| ConvShape {
                 batch,
                 in_ch,
@@ -692,7 +718,8 @@ mod tests {
         let isas = Isa::available();
         assert_eq!(
             isas.contains(&Isa::Avx2),
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
         );
         assert_eq!(
             isas.contains(&Isa::Avx512),
