@@ -41,7 +41,15 @@ pub fn supports(s: &ConvShape) -> bool {
 pub fn backward_scratch_len(s: &ConvShape) -> usize {
     let k = s.kernel;
     let (ph, pw) = (s.height + k - 1, s.width + k - 1);
-    s.out_ch * ph * pw + s.weight_len()
+    let padded = s.out_ch * ph * pw;
+    let cols = s.patch_len() * s.out_h() * dcols_row(s);
+    padded.max(cols) + s.weight_len()
+}
+
+/// Elements of one padded row of the input gradient's unfolded matrix: `out_w` values with
+/// `k - 1` zeros on each side.
+fn dcols_row(s: &ConvShape) -> usize {
+    s.out_w() + 2 * (s.kernel - 1)
 }
 
 /// Forward convolution, as [`ops::conv2d_forward`], on `isa`.
@@ -148,8 +156,31 @@ pub fn conv2d_backward(
         "conv2d_backward: scratch of {} elements, {need} needed",
         scratch.len()
     );
-    // The input gradient is a forward convolution of the padded output gradient with the
-    // flipped kernel: dx[ci, iy, ix] = sum_{co, ky, kx} w[co, ci, k-1-ky, k-1-kx]
+    if g.ow % L == 0 {
+        // Outputs a whole number of vectors wide: the unfolded gradient W^T dy, one sample at a
+        // time, folded back by summing whole vectors (no product with a padding zero).
+        let cols = &mut scratch[..s.patch_len() * g.oh * dcols_row(&s)];
+        cols.fill(0.0);
+        let x_step = s.in_ch * s.height * s.width;
+        for (dy_n, dx_n) in dy
+            .chunks_exact(s.out_ch * oplane)
+            .zip(dx.chunks_exact_mut(x_step))
+        {
+            let a = Dx {
+                g,
+                weight: weight.as_ptr(),
+                dy: dy_n.as_ptr(),
+                cols: cols.as_mut_ptr(),
+                dx: dx_n.as_mut_ptr(),
+            };
+            // SAFETY: `dy_n` is `[out_ch, oh, ow]`, `cols` `[in_ch * k * k, oh, ow + 2k - 2]`
+            // with zero margins, `dx_n` `[in_ch, height, width]`; `isa` is available.
+            unsafe { run_dx(isa, &a) };
+        }
+        return;
+    }
+    // Otherwise the input gradient is a forward convolution of the padded output gradient with
+    // the flipped kernel: dx[ci, iy, ix] = sum_{co, ky, kx} w[co, ci, k-1-ky, k-1-kx]
     //                                     * dy_padded[co, iy + ky, ix + kx].
     let (ph, pw) = (s.height + k - 1, s.width + k - 1);
     let (padded, flipped) = scratch[..need].split_at_mut(s.out_ch * ph * pw);
@@ -278,9 +309,24 @@ struct Dw {
     dweight: *mut f32,
 }
 
+/// The input-gradient kernel's operands for one sample: `cols` is the unfolded gradient
+/// `[in_ch * k * k, oh, ow + 2k - 2]`, whose margins are zero.
+struct Dx {
+    g: Geo,
+    weight: *const f32,
+    dy: *const f32,
+    cols: *mut f32,
+    dx: *mut f32,
+}
+
 /// Instantiates the generic kernels for one instruction set in functions compiled for it.
 macro_rules! isa_kernels {
-    ($fwd:ident, $dw:ident, $v:ty $(, $feature:literal)?) => {
+    ($fwd:ident, $dw:ident, $dx:ident, $v:ty $(, $feature:literal)?) => {
+        $(#[target_feature(enable = $feature)])?
+        unsafe fn $dx(a: &Dx) {
+            // SAFETY: forwarded from `run_dx`.
+            unsafe { dx::<$v>(a) }
+        }
         $(#[target_feature(enable = $feature)])?
         unsafe fn $fwd(a: &Fwd) {
             // SAFETY: forwarded from `run_fwd`.
@@ -295,12 +341,129 @@ macro_rules! isa_kernels {
 }
 
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(fwd_avx512, dw_avx512, Avx512, "avx2,fma,avx512f,avx512vl");
+isa_kernels!(fwd_avx512, dw_avx512, dx_avx512, Avx512, "avx2,fma,avx512f,avx512vl");
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(fwd_avx2, dw_avx2, Avx2, "avx2,fma");
+isa_kernels!(fwd_avx2, dw_avx2, dx_avx2, Avx2, "avx2,fma");
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-isa_kernels!(fwd_simd128, dw_simd128, Simd128);
-isa_kernels!(fwd_portable, dw_portable, Portable);
+isa_kernels!(fwd_simd128, dw_simd128, dx_simd128, Simd128);
+isa_kernels!(fwd_portable, dw_portable, dx_portable, Portable);
+
+/// # Safety
+/// As [`run_fwd`].
+unsafe fn run_dx(isa: Isa, a: &Dx) {
+    // SAFETY (every arm): forwarded from the caller; the instruction set is available.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { dx_avx512(a) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { dx_avx2(a) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Isa::Simd128 => unsafe { dx_simd128(a) },
+        Isa::Portable => unsafe { dx_portable(a) },
+        #[allow(unreachable_patterns)]
+        other => unreachable!("{other:?} is not available (checked by the caller)"),
+    }
+}
+
+/// The input-gradient kernel: picks the kernel side and register block.
+#[inline(always)]
+unsafe fn dx<V: V8>(a: &Dx) {
+    // SAFETY (every call): forwarded from the caller.
+    unsafe {
+        match (a.g.k, V::WIDE_REGISTERS) {
+            (5, false) => dx_k::<V, 5, 2>(a),
+            (5, true) => dx_k::<V, 5, 4>(a),
+            (3, false) => dx_k::<V, 3, 3>(a),
+            (3, true) => dx_k::<V, 3, 6>(a),
+            (k, _) => unreachable!("kernel side {k} (checked by supports)"),
+        }
+    }
+}
+
+/// One sample's input gradient: first `cols[(ci, ky, kx), oy, ox] = sum_co w[co, ci, ky, kx]
+/// dy[co, oy, ox]` in register blocks of the `K` kernel columns by `RB` output rows, then
+/// `dx[ci, iy, ix] = sum_{ky, kx} cols[(ci, ky, kx), iy - ky, ix - kx]` as sums of whole
+/// vectors read from the zero-margined rows.
+#[inline(always)]
+unsafe fn dx_k<V: V8, const K: usize, const RB: usize>(a: &Dx) {
+    let g = &a.g;
+    let pw = g.ow + 2 * (K - 1);
+    let w_step = g.in_ch * K * K;
+    // SAFETY: every offset stays inside the sample's output gradient, the weights, the
+    // unfolded matrix (data at K - 1 from each row's start) and the input gradient.
+    unsafe {
+        for ci in 0..g.in_ch {
+            for ky in 0..K {
+                let row = (ci * K + ky) * K;
+                let mut oy = 0;
+                while oy < g.oh {
+                    let full = oy + RB <= g.oh;
+                    for col in (0..g.ow).step_by(L) {
+                        if full {
+                            dx_cols_block::<V, K, RB>(a, w_step, row, oy, col, pw);
+                        } else {
+                            dx_cols_block::<V, K, 1>(a, w_step, row, oy, col, pw);
+                        }
+                    }
+                    oy += if full { RB } else { 1 };
+                }
+            }
+        }
+        for ci in 0..g.in_ch {
+            for iy in 0..g.h {
+                for j in 0..g.w.div_ceil(L) {
+                    let x0 = (j * L).min(g.w - L);
+                    let mut acc = V::zero();
+                    let ky_lo = (iy + 1).saturating_sub(g.oh);
+                    for ky in ky_lo..=iy.min(K - 1) {
+                        let oy = iy - ky;
+                        for kx in 0..K {
+                            let at = (((ci * K + ky) * K + kx) * g.oh + oy) * pw + (K - 1) + x0 - kx;
+                            acc = acc.add(V::load(a.cols.add(at)));
+                        }
+                    }
+                    acc.store(a.dx.add((ci * g.h + iy) * g.w + x0));
+                }
+            }
+        }
+    }
+}
+
+/// `cols[(row + kx), oy..oy + RB, col..col + 8]` for the `K` kernel columns `kx`.
+#[inline(always)]
+unsafe fn dx_cols_block<V: V8, const K: usize, const RB: usize>(
+    a: &Dx,
+    w_step: usize,
+    row: usize,
+    oy: usize,
+    col: usize,
+    pw: usize,
+) {
+    let g = &a.g;
+    let oplane = g.oh * g.ow;
+    // SAFETY: as in `dx_k`.
+    unsafe {
+        let mut acc = [[V::zero(); RB]; K];
+        for co in 0..g.out_ch {
+            let wp = a.weight.add(co * w_step + row);
+            let mut wv = [V::zero(); K];
+            for (kx, v) in wv.iter_mut().enumerate() {
+                *v = V::splat(*wp.add(kx));
+            }
+            for r in 0..RB {
+                let d = V::load(a.dy.add(co * oplane + (oy + r) * g.ow + col));
+                for kx in 0..K {
+                    acc[kx][r] = wv[kx].mul_add(d, acc[kx][r]);
+                }
+            }
+        }
+        for (kx, rows) in acc.iter().enumerate() {
+            for (r, v) in rows.iter().enumerate() {
+                v.store(a.cols.add(((row + kx) * g.oh + oy + r) * pw + (K - 1) + col));
+            }
+        }
+    }
+}
 
 /// # Safety
 /// `a`'s pointers address the whole tensors its geometry describes; `isa` is available.

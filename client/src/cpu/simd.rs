@@ -102,6 +102,7 @@ pub(crate) trait V8: Copy {
     /// `self * b + c`, fused where the instruction set has it.
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     unsafe fn mul(self, b: Self) -> Self;
+    unsafe fn add(self, b: Self) -> Self;
     /// The sum of the eight lanes.
     unsafe fn sum(self) -> f32;
 }
@@ -143,6 +144,14 @@ impl V8 for Portable {
         let mut r = [0.0; 8];
         for i in 0..8 {
             r[i] = self.0[i] * b.0[i];
+        }
+        Portable(r)
+    }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        let mut r = [0.0; 8];
+        for i in 0..8 {
+            r[i] = self.0[i] + b.0[i];
         }
         Portable(r)
     }
@@ -193,6 +202,10 @@ mod x86 {
                 #[inline(always)]
                 unsafe fn mul(self, b: Self) -> Self {
                     $name(unsafe { _mm256_mul_ps(self.0, b.0) })
+                }
+                #[inline(always)]
+                unsafe fn add(self, b: Self) -> Self {
+                    $name(unsafe { _mm256_add_ps(self.0, b.0) })
                 }
                 #[inline(always)]
                 unsafe fn sum(self) -> f32 {
@@ -259,6 +272,10 @@ mod wasm {
         #[inline(always)]
         unsafe fn mul(self, b: Self) -> Self {
             Simd128(f32x4_mul(self.0, b.0), f32x4_mul(self.1, b.1))
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Simd128(f32x4_add(self.0, b.0), f32x4_add(self.1, b.1))
         }
         #[inline(always)]
         unsafe fn sum(self) -> f32 {
