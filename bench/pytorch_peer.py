@@ -5,7 +5,7 @@
 Trains the identical lenet5-28 in PyTorch on the CPU with ONE thread, at batch 64 with plain
 SGD, the data resident as a float tensor, and measures steady-state samples/s. Then it runs
 `easel bench train --backend cpu --json` on the same machine and prints both figures and their
-ratio as one JSON line. PyTorch is not a dependency of Easel: install it in a virtual environment
+ratio as one JSON line (with --baseline EASEL, also that binary's figure, right after). PyTorch is not a dependency of Easel: install it in a virtual environment
 (`pip install torch safetensors numpy`), never in CI.
 
 With --train EPOCHS it instead trains for that many epochs and reports the test accuracy, for
@@ -72,6 +72,8 @@ def train(epochs, batch, lr):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--easel", default=str(ROOT / "target" / "release" / "easel"))
+    ap.add_argument("--baseline", metavar="EASEL",
+                    help="another easel binary (say, main's) to measure right after, in the same run")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
@@ -85,20 +87,30 @@ def main():
         return
 
     torch_sps = bench(args.seconds, args.batch, args.lr)
-    out = subprocess.run(
-        [args.easel, "bench", "train", "--backend", "cpu", "--batch", str(args.batch),
-         "--seconds", str(args.seconds), "--json"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]
-    easel = json.loads(out)
-    print(json.dumps({
+
+    def easel_bench(binary):
+        out = subprocess.run(
+            [binary, "bench", "train", "--backend", "cpu", "--batch", str(args.batch),
+             "--seconds", str(args.seconds), "--json"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip().splitlines()[-1]
+        return json.loads(out)
+
+    easel = easel_bench(args.easel)
+    result = {
         "batch": args.batch,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "pytorch_cpu_samples_per_sec": round(torch_sps, 1),
         "easel_cpu_samples_per_sec": easel["samples_per_sec"],
+        "easel_adapter": easel["adapter"],
         "easel_over_pytorch": round(easel["samples_per_sec"] / torch_sps, 3),
-    }))
+    }
+    if args.baseline:
+        base = easel_bench(args.baseline)
+        result["baseline_cpu_samples_per_sec"] = base["samples_per_sec"]
+        result["easel_over_baseline"] = round(easel["samples_per_sec"] / base["samples_per_sec"], 3)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

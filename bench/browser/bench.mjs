@@ -2,11 +2,15 @@
 // Easel's wasm client on WebGPU (SwiftShader here) and on the CPU, and with TensorFlow.js 4.22
 // on its WebGPU, WebGL and plain-JS CPU backends, and prints the steady-state figures as JSON.
 //
+// Right before and right after the wasm CPU run it also runs the native CPU path
+// (`easel bench train --backend cpu --json`) and reports the wasm/native ratio. Standard output
+// is exactly one JSON document; progress goes to standard error.
+//
 // Environment: EASEL_BIN (the release `easel` binary), CHROMIUM (default /usr/bin/chromium),
-// BENCH_SECONDS (timed seconds per run, default 20), BENCH_BATCH (default 64).
-// Every request goes to 127.0.0.1.
+// BENCH_SECONDS (timed seconds per run, default 20), BENCH_BATCH (default 64), BENCH_ONLY=cpu
+// (only the native and wasm CPU paths, without WebGPU and TF.js). Every request goes to 127.0.0.1.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -60,6 +64,21 @@ function startRelay() {
   });
 }
 
+/** Runs the native CPU path, `easel bench train --backend cpu --json`; resolves to its JSON. */
+function benchNative() {
+  process.stderr.write('==> Easel, CPU (native)…\n');
+  const args = ['bench', 'train', '--backend', 'cpu', '--json', '--batch', String(BATCH), '--seconds', String(SECONDS)];
+  const r = spawnSync(EASEL_BIN, args, { cwd: ROOT, encoding: 'utf8' });
+  if (r.status !== 0) {
+    const why = r.error ? r.error.message : (r.stderr || '').trim().split('\n').pop();
+    process.stderr.write(`    failed: ${why}\n`);
+    return { error: `easel ${args.join(' ')} failed: ${why}` };
+  }
+  const out = JSON.parse(r.stdout.trim().split('\n').pop());
+  process.stderr.write(`    ${out.samples_per_sec.toFixed(0)} samples/s (${out.adapter})\n`);
+  return out;
+}
+
 async function main() {
   const relay = await startRelay();
   const userDir = mkdtempSync(join(tmpdir(), 'easel-bench-chromium-'));
@@ -88,10 +107,26 @@ async function main() {
       }
     };
     const common = { batch: BATCH, seconds: SECONDS };
-    results.easel = {
-      webgpu: await run('Easel, WebGPU', 'benchEasel', { ...common, backend: 'gpu', warmupSteps: 8 }, []),
-      cpu: await run('Easel, CPU (wasm)', 'benchEasel', { ...common, backend: 'cpu', warmupSteps: 16 }, []),
-    };
+    const cpuOnly = process.env.BENCH_ONLY === 'cpu';
+    results.easel = {};
+    if (!cpuOnly) {
+      results.easel.webgpu = await run('Easel, WebGPU', 'benchEasel', { ...common, backend: 'gpu', warmupSteps: 8 }, []);
+    }
+    // The native path right before and right after the wasm one, so the machine's load is alike.
+    const nativeBefore = benchNative();
+    results.easel.cpu = await run('Easel, CPU (wasm)', 'benchEasel', { ...common, backend: 'cpu', warmupSteps: 16 }, []);
+    const nativeAfter = benchNative();
+    results.easel.native_cpu = { before: nativeBefore, after: nativeAfter };
+    const native = [nativeBefore, nativeAfter].map((r) => r.samples_per_sec).filter((v) => v > 0);
+    const nativeMean = native.length ? native.reduce((a, b) => a + b) / native.length : null;
+    const wasmOverNative = results.easel.cpu.samples_per_s && nativeMean
+      ? Number((results.easel.cpu.samples_per_s / nativeMean).toFixed(3)) : null;
+    process.stderr.write(`==> wasm CPU / native CPU: ${wasmOverNative}\n`);
+    if (cpuOnly) {
+      results.ratios = { easel_wasm_cpu_over_native_cpu: wasmOverNative };
+      results.targets = { 'wasm cpu >= 0.5x native cpu': wasmOverNative >= 0.5 };
+      return;
+    }
     results.tfjs = {
       webgpu: await run('TF.js, WebGPU', 'benchTfjs', { ...common, backend: 'webgpu', warmupSteps: 2 }, [TFJS, TFJS_WEBGPU]),
       webgl: await run('TF.js, WebGL', 'benchTfjs', { ...common, backend: 'webgl', warmupSteps: 4 }, [TFJS]),
@@ -104,8 +139,10 @@ async function main() {
       easel_cpu_over_tfjs_cpu: ratio(results.easel.cpu, peer('cpu')),
       easel_webgpu_over_tfjs_webgpu: ratio(results.easel.webgpu, peer('webgpu')),
       easel_webgpu_over_tfjs_webgl: ratio(results.easel.webgpu, peer('webgl')),
+      easel_wasm_cpu_over_native_cpu: wasmOverNative,
     };
     results.targets = {
+      'wasm cpu >= 0.5x native cpu': wasmOverNative >= 0.5,
       'cpu >= 10x tfjs cpu': results.ratios.easel_cpu_over_tfjs_cpu >= 10,
       'webgpu >= 10x tfjs webgpu': results.ratios.easel_webgpu_over_tfjs_webgpu >= 10,
       'webgpu >= 2x tfjs webgl': results.ratios.easel_webgpu_over_tfjs_webgl >= 2,
@@ -114,8 +151,8 @@ async function main() {
     await browser.close();
     rmSync(userDir, { recursive: true, force: true });
     relay.stop();
+    console.log(JSON.stringify(results, null, 2));
   }
-  console.log(JSON.stringify(results, null, 2));
 }
 
 main().catch((e) => {

@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also time each layer operation of the CPU path (`--backend cpu` only), over 200
+    /// steps after the measurement: microseconds per step and share of the step, per op.
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -245,7 +249,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (dispatches, readbacks) = trainer
         .step_counters()
         .map_or((None, None), |(d, r)| (Some(d), Some(r)));
-    let out = json!({
+    let mut out = json!({
         "model": model::SPEC.name,
         "backend": trainer.backend(),
         "adapter": trainer.adapter(),
@@ -257,6 +261,18 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "dispatches_per_step": dispatches,
         "readbacks_per_step": readbacks,
     });
+    let profile = match (args.profile, args.backend) {
+        (false, _) => None,
+        (true, Backend::Cpu) => Some(profile_cpu_step(&data, &order, batch)),
+        (true, Backend::Gpu) => anyhow::bail!("--profile times the CPU path: use --backend cpu"),
+    };
+    if let Some(ops) = &profile {
+        let total: f64 = ops.iter().map(|(_, us)| us).sum();
+        out["profile"] = ops
+            .iter()
+            .map(|(op, us)| json!({"op": op, "us_per_step": us, "share": us / total}))
+            .collect();
+    }
     if args.json {
         println!("{out}");
     } else {
@@ -270,6 +286,66 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 readbacks.unwrap_or(0)
             ))
         );
+        if let Some(ops) = &profile {
+            let total: f64 = ops.iter().map(|(_, us)| us).sum();
+            for (op, us) in ops {
+                println!("  {op:<28} {us:>8.1} us/step  {:>5.1}%", 100.0 * us / total);
+            }
+        }
     }
     Ok(())
+}
+
+/// Steps timed by [`profile_cpu_step`].
+const PROFILE_STEPS: usize = 200;
+
+/// Times each layer operation of the CPU training step (`cpu::net::OPS`, then the SGD
+/// update) over [`PROFILE_STEPS`] steps of `batch` samples after a warm-up, and returns the
+/// mean microseconds per step of each. The batches are gathered before the clock starts.
+fn profile_cpu_step(data: &Mnist, order: &[u32], batch: usize) -> Vec<(&'static str, f64)> {
+    let pixels = easel_client::model::IMAGE_PIXELS;
+    let batches: Vec<(Vec<f32>, Vec<u8>)> = order
+        .chunks_exact(batch)
+        .take(16)
+        .map(|idx| {
+            let mut x = Vec::with_capacity(batch * pixels);
+            for &i in idx {
+                let i = i as usize;
+                let img = &data.train.images[i * pixels..(i + 1) * pixels];
+                x.extend(img.iter().map(|&p| model::pixel_to_input(p)));
+            }
+            (
+                x,
+                idx.iter().map(|&i| data.train.labels[i as usize]).collect(),
+            )
+        })
+        .collect();
+    let mut params = model::init_params(0);
+    let (mut grad, mut velocity) = (vec![0.0; params.len()], vec![0.0; params.len()]);
+    let mut ws = cpu::Workspace::<f32>::new(batch);
+    let mut spent = [0.0f64; cpu::net::OPS.len() + 1];
+    for step in 0..PROFILE_STEPS + 20 {
+        let (x, y) = &batches[step % batches.len()];
+        let mut at = Instant::now();
+        let mut lap = |op: usize| {
+            let now = Instant::now();
+            if step >= 20 {
+                spent[op] += (now - at).as_secs_f64();
+            }
+            at = now;
+        };
+        cpu::net::loss_and_grad_with_laps(&params, x, y, &mut ws, &mut grad, &mut lap);
+        let t = Instant::now();
+        Sgd::default().step(0.01, &mut params, &grad, &mut velocity);
+        if step >= 20 {
+            spent[cpu::net::OPS.len()] += t.elapsed().as_secs_f64();
+        }
+    }
+    cpu::net::OPS
+        .iter()
+        .copied()
+        .chain(["sgd step"])
+        .zip(spent)
+        .map(|(op, s)| (op, s * 1e6 / PROFILE_STEPS as f64))
+        .collect()
 }

@@ -66,7 +66,9 @@ pub fn vendor() -> Result<()> {
     exec(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&www),
+            .current_dir(&www)
+            // Progress, not a result: stdout stays free for commands that print JSON.
+            .stdout(std::process::Stdio::from(std::io::stderr())),
     )
     .context("installing the pages' chart library from the npm registry failed")?;
     let vendor = www.join("vendor");

@@ -1,11 +1,14 @@
 //! The CPU backend: layer operations, the lenet5-28 passes and a [`Trainer`] on one thread.
 //!
-//! [`ops`] holds the layer operations (the reference the GPU kernels are tested against),
+//! [`ops`] holds the layer operations (the reference the GPU kernels and [`direct`]'s fast
+//! `f32` convolutions are tested against; [`simd`] picks their instruction set at run time),
 //! [`net`] chains them into the model, and [`CpuTrainer`] runs SGD steps on a shard held in
 //! memory. Everything here also builds for `wasm32-unknown-unknown`.
 
+pub mod direct;
 pub mod net;
 pub mod ops;
+pub mod simd;
 
 pub use net::{Evaluation, Workspace, evaluate, forward, loss_and_grad, predict};
 pub use ops::{ConvShape, Float};
@@ -114,34 +117,14 @@ impl std::fmt::Debug for CpuTrainer {
     }
 }
 
-/// A short description of the CPU and of the SIMD its GEMMs use.
+/// A short description of the CPU and of the instruction set its convolutions run on
+/// ([`simd::Isa::best`]).
 fn cpu_description() -> String {
-    #[cfg(target_arch = "wasm32")]
-    {
-        if cfg!(target_feature = "simd128") {
-            "CPU (wasm32 simd128, 1 thread)".to_string()
-        } else {
-            "CPU (wasm32, 1 thread)".to_string()
-        }
-    }
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    {
-        // The kernel matrixmultiply picks at run time (its AVX-512 kernel is compiled out).
-        let simd = if std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("avx2")
-        {
-            "avx2+fma"
-        } else if std::arch::is_x86_feature_detected!("avx") {
-            "avx"
-        } else {
-            "sse2"
-        };
-        format!("CPU ({} {simd}, 1 thread)", std::env::consts::ARCH)
-    }
-    #[cfg(not(any(target_arch = "wasm32", target_arch = "x86", target_arch = "x86_64")))]
-    {
-        format!("CPU ({}, 1 thread)", std::env::consts::ARCH)
-    }
+    format!(
+        "CPU ({} {}, 1 thread)",
+        std::env::consts::ARCH,
+        simd::Isa::best().name()
+    )
 }
 
 impl Trainer for CpuTrainer {

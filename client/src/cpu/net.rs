@@ -6,9 +6,8 @@
 //! allocates nothing.
 
 use super::ops::{
-    ConvShape, Float, conv2d_backward_with_scratch, conv2d_forward_with_scratch, dense_backward,
-    dense_forward, maxpool2_backward, maxpool2_forward, relu_backward, relu_forward,
-    softmax_cross_entropy,
+    ConvShape, Float, dense_backward, dense_forward, maxpool2_backward, maxpool2_forward,
+    model_scratch_len, relu_backward, relu_forward, softmax_cross_entropy,
 };
 use crate::model::{CLASSES, IMAGE_PIXELS, PARAMS, pixel_to_input};
 use easel_protocol::model_spec::lenet5_28::*;
@@ -67,7 +66,7 @@ pub struct Workspace<F> {
     d_a2: Vec<F>,
     d_p1: Vec<F>,
     d_a1: Vec<F>,
-    scratch: Vec<F>, // one sample's im2col matrix, the larger of the two convolutions
+    scratch: Vec<F>, // the convolutions' scratch (model_scratch_len), the larger of the two
 }
 
 impl<F: Float> Workspace<F> {
@@ -93,9 +92,7 @@ impl<F: Float> Workspace<F> {
             d_a1: Vec::new(),
             scratch: Vec::new(),
         };
-        let scratch = conv1_shape(1)
-            .scratch_len()
-            .max(conv2_shape(1).scratch_len());
+        let scratch = model_scratch_len(&conv1_shape(1)).max(model_scratch_len(&conv2_shape(1)));
         ws.scratch = vec![F::ZERO; scratch];
         ws.reserve(max_batch);
         ws
@@ -218,6 +215,38 @@ pub fn forward<'w, F: Float>(
     batch: usize,
     ws: &'w mut Workspace<F>,
 ) -> &'w [F] {
+    forward_with_laps(params, images, batch, ws, &mut |_| {})
+}
+
+/// The layer operations of a pass, in the order they run, as [`forward_with_laps`] and
+/// [`loss_and_grad_with_laps`] name them after each one finishes.
+pub const OPS: [&str; 15] = [
+    "conv1 forward",
+    "pool1 + relu",
+    "conv2 forward",
+    "pool2 + relu",
+    "fc1 forward + relu",
+    "fc2 forward + relu",
+    "fc3 forward",
+    "softmax cross-entropy",
+    "fc3 backward + relu",
+    "fc2 backward + relu",
+    "fc1 backward + relu",
+    "pool2 backward",
+    "conv2 backward (dw, db, dx)",
+    "relu + pool1 backward",
+    "conv1 backward (dw, db)",
+];
+
+/// [`forward`], calling `lap(i)` after each layer operation, where `OPS[i]` names it; a
+/// profiler times the gaps between calls (the plain function passes a no-op).
+pub fn forward_with_laps<'w, F: Float>(
+    params: &[F],
+    images: &[F],
+    batch: usize,
+    ws: &'w mut Workspace<F>,
+    lap: &mut dyn FnMut(usize),
+) -> &'w [F] {
     assert_eq!(images.len(), batch * IMAGE_PIXELS, "images length");
     ws.reserve(batch);
     let p = Params::new(params);
@@ -236,18 +265,25 @@ pub fn forward<'w, F: Float>(
 
     // ReLU commutes with max pooling, so each conv's ReLU runs on the 4x smaller pooled output.
     // images:                                                     [batch, 1, 28, 28]
-    conv2d_forward_with_scratch(s1, images, c1w, c1b, a1, scratch); // [batch, 6, 24, 24]
+    F::conv2d_forward_model(s1, images, c1w, c1b, a1, scratch); // [batch, 6, 24, 24]
+    lap(0);
     maxpool2_forward(batch * C1, A1, A1, a1, p1, arg1); //          [batch, 6, 12, 12]
     relu_forward(p1); //                                            [batch, 6, 12, 12]
-    conv2d_forward_with_scratch(s2, p1, c2w, c2b, a2, scratch); //  [batch, 16, 8, 8]
+    lap(1);
+    F::conv2d_forward_model(s2, p1, c2w, c2b, a2, scratch); //     [batch, 16, 8, 8]
+    lap(2);
     maxpool2_forward(batch * C2, A2, A2, a2, p2, arg2); //          [batch, 16, 4, 4]
     relu_forward(p2); //                                            [batch, 16, 4, 4]
+    lap(3);
     // Flatten is free: NCHW [batch, 16, 4, 4] is channel-major    [batch, 256]
     dense_forward(batch, FLAT, H1, p2, p.f1w, p.f1b, h1); //        [batch, 120]
     relu_forward(h1); //                                            [batch, 120]
+    lap(4);
     dense_forward(batch, H1, H2, h1, p.f2w, p.f2b, h2); //          [batch, 84]
     relu_forward(h2); //                                            [batch, 84]
+    lap(5);
     dense_forward(batch, H2, CLASSES, h2, p.f3w, p.f3b, logits); // [batch, 10]
+    lap(6);
     logits
 }
 
@@ -261,8 +297,20 @@ pub fn loss_and_grad<F: Float>(
     ws: &mut Workspace<F>,
     grad: &mut [F],
 ) -> F {
+    loss_and_grad_with_laps(params, images, labels, ws, grad, &mut |_| {})
+}
+
+/// [`loss_and_grad`], calling `lap(i)` after each layer operation, where `OPS[i]` names it.
+pub fn loss_and_grad_with_laps<F: Float>(
+    params: &[F],
+    images: &[F],
+    labels: &[u8],
+    ws: &mut Workspace<F>,
+    grad: &mut [F],
+    lap: &mut dyn FnMut(usize),
+) -> F {
     let batch = labels.len();
-    forward(params, images, batch, ws);
+    forward_with_laps(params, images, batch, ws, lap);
     let p = Params::new(params);
     let g = Grads::new(grad);
     let (s1, s2) = (conv1_shape(batch), conv2_shape(batch));
@@ -286,6 +334,7 @@ pub fn loss_and_grad<F: Float>(
     // Each comment names the gradient the next line writes, and its shape.
     // d_logits                                                        [batch, 10]
     let loss = softmax_cross_entropy(batch, CLASSES, logits, labels, d_logits);
+    lap(7);
     // fc3.weight, fc3.bias; d_h2                                      [batch, 84]
     dense_backward(
         batch,
@@ -299,21 +348,28 @@ pub fn loss_and_grad<F: Float>(
         g.f3b,
     );
     relu_backward(h2, d_h2); //                                        [batch, 84]
+    lap(8);
     // fc2.weight, fc2.bias; d_h1                                      [batch, 120]
     dense_backward(batch, H1, H2, h1, p.f2w, d_h2, Some(d_h1), g.f2w, g.f2b);
     relu_backward(h1, d_h1); //                                        [batch, 120]
+    lap(9);
     // fc1.weight, fc1.bias; d_p2                                      [batch, 256]
     dense_backward(batch, FLAT, H1, p2, p.f1w, d_h1, Some(d_p2), g.f1w, g.f1b);
     relu_backward(p2, d_p2); //                                        [batch, 16, 4, 4]
+    lap(10);
     maxpool2_backward(d_p2, arg2, d_a2); //                            [batch, 16, 8, 8]
+    lap(11);
     // conv2.weight, conv2.bias; d_p1                                  [batch, 6, 12, 12]
     let (w, dw, db) = (p.c2w, g.c2w, g.c2b);
-    conv2d_backward_with_scratch(s2, p1, w, d_a2, Some(&mut *d_p1), dw, db, scratch);
+    F::conv2d_backward_model(s2, p1, w, d_a2, Some(&mut *d_p1), dw, db, scratch);
+    lap(12);
     relu_backward(p1, d_p1); //                                        [batch, 6, 12, 12]
     maxpool2_backward(d_p1, arg1, d_a1); //                            [batch, 6, 24, 24]
+    lap(13);
     // conv1.weight, conv1.bias (no input gradient)
     let (w, dw, db) = (p.c1w, g.c1w, g.c1b);
-    conv2d_backward_with_scratch(s1, images, w, d_a1, None, dw, db, scratch);
+    F::conv2d_backward_model(s1, images, w, d_a1, None, dw, db, scratch);
+    lap(14);
     loss
 }
 

@@ -77,12 +77,48 @@ pub trait Float:
         rsc: isize,
         csc: isize,
     );
+
+    /// The forward convolution the model's passes run: the direct kernels of
+    /// [`super::direct`] for `f32` (on [`super::simd::Isa::best`]), this module's im2col + GEMM
+    /// reference for `f64`. `scratch` holds at least [`model_scratch_len`] elements.
+    fn conv2d_forward_model(
+        s: ConvShape,
+        x: &[Self],
+        weight: &[Self],
+        bias: &[Self],
+        y: &mut [Self],
+        scratch: &mut [Self],
+    ) {
+        conv2d_forward_with_scratch(s, x, weight, bias, y, scratch);
+    }
+
+    /// The backward convolution the model's passes run, chosen as in
+    /// [`Float::conv2d_forward_model`].
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward_model(
+        s: ConvShape,
+        x: &[Self],
+        weight: &[Self],
+        dy: &[Self],
+        dx: Option<&mut [Self]>,
+        dweight: &mut [Self],
+        dbias: &mut [Self],
+        scratch: &mut [Self],
+    ) {
+        conv2d_backward_with_scratch(s, x, weight, dy, dx, dweight, dbias, scratch);
+    }
+}
+
+/// Scratch elements that [`Float::conv2d_forward_model`] and [`Float::conv2d_backward_model`]
+/// need for `s`, for either element type.
+pub fn model_scratch_len(s: &ConvShape) -> usize {
+    s.scratch_len().max(super::direct::backward_scratch_len(s))
 }
 
 /// `Float` for `f32` and `f64`: the same inherent methods, and matrixmultiply's GEMM of that
 /// precision.
 macro_rules! impl_float {
-    ($t:ty, $gemm:path) => {
+    ($t:ty, $gemm:path $(, { $($extra:tt)* })?) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -136,11 +172,37 @@ macro_rules! impl_float {
                 // SAFETY: forwarded from the caller's contract.
                 unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
             }
+            $($($extra)*)?
         }
     };
 }
 
-impl_float!(f32, matrixmultiply::sgemm);
+impl_float!(f32, matrixmultiply::sgemm, {
+    fn conv2d_forward_model(
+        s: ConvShape,
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        y: &mut [f32],
+        _scratch: &mut [f32],
+    ) {
+        super::direct::conv2d_forward(super::simd::Isa::best(), s, x, weight, bias, y);
+    }
+
+    fn conv2d_backward_model(
+        s: ConvShape,
+        x: &[f32],
+        weight: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        dweight: &mut [f32],
+        dbias: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let isa = super::simd::Isa::best();
+        super::direct::conv2d_backward(isa, s, x, weight, dy, dx, dweight, dbias, scratch);
+    }
+});
 impl_float!(f64, matrixmultiply::dgemm);
 
 /// A strided read-only view of an `rows x cols` matrix inside a slice.
