@@ -20,7 +20,9 @@ fn main() {
     let data = root.join("data");
 
     // Directories are scanned recursively, so a bundle written after the last build (or a
-    // page edited) makes cargo run this again and the binary carries the new files.
+    // page edited) makes cargo run this again and the binary carries the new files. The
+    // price: anything newer under www/ (`cargo xtask wasm` rewrites pkg/ and vendor/, and
+    // `npm ci` node_modules/, even when nothing changed) recompiles this package.
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed={}", www.display());
     println!("cargo::rerun-if-changed={}", data.display());
