@@ -74,13 +74,15 @@ impl Origin {
             text: text.to_string(),
             why,
         };
-        let (scheme, rest) = if let Some(r) = text.strip_prefix("https://") {
-            (Scheme::Https, r)
-        } else if let Some(r) = text.strip_prefix("http://") {
-            (Scheme::Http, r)
+        let lower = text.to_ascii_lowercase();
+        let (scheme, at) = if lower.starts_with("https://") {
+            (Scheme::Https, "https://".len())
+        } else if lower.starts_with("http://") {
+            (Scheme::Http, "http://".len())
         } else {
             return Err(err("it must start with http:// or https://"));
         };
+        let rest = &text[at..];
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
             return Err(err("an origin has no path, query or user"));

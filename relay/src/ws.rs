@@ -227,6 +227,7 @@ pub async fn serve_socket<S>(
     if let Some(j) = joined {
         j.room.leave(j.worker, j.connection);
     }
+    crate::memory::connection_ended();
 }
 
 /// Decides the answer to one incoming WebSocket message; fills `replies`.
