@@ -223,7 +223,9 @@ impl LoadOutcome {
             join_ms: Percentiles::of(logs.iter().map(|l| l.join).collect()),
             join_total_ms: self.join_total.as_secs_f64() * 1e3,
             push_to_ack_ms: Percentiles::of(
-                logs.iter().flat_map(|l| l.latencies.iter().copied()).collect(),
+                logs.iter()
+                    .flat_map(|l| l.latencies.iter().copied())
+                    .collect(),
             ),
             pushes_answered: acked + stale + refused_other,
             pushes_acked: acked,
@@ -532,7 +534,10 @@ impl RelayProcess {
         let target = loop {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
-                bail!("{} serve stopped before printing its teacher URL", bin.display());
+                bail!(
+                    "{} serve stopped before printing its teacher URL",
+                    bin.display()
+                );
             };
             let line = line?;
             if let Some(i) = line.find("http://")
