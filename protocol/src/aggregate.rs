@@ -375,7 +375,7 @@ pub fn apply_push(
     };
     // Anything unusual (a refusal, an evicted base) takes the plain steps, which give the
     // same answer and say why.
-    let Some((tau, alpha_eff, next, view_distance, worker_distance, delta_norm)) = fused else {
+    let Some((applied, next)) = fused else {
         let (tau, alpha_eff) = match validate_push(policy, current, base, delta, center.len()) {
             Decision::Accept { tau, alpha_eff } => (tau, alpha_eff),
             Decision::Refuse(reason) => return Err(reason),
@@ -397,16 +397,8 @@ pub fn apply_push(
             view_distance,
         });
     };
-    let version = current + 1;
-    ring.push(version, next);
-    Ok(Applied {
-        tau,
-        alpha_eff,
-        version,
-        delta_norm,
-        worker_distance,
-        view_distance,
-    })
+    ring.push(applied.version, next);
+    Ok(applied)
 }
 
 /// [`validate_push`], `rebase`, [`distance`] twice, [`easgd_apply`] and [`norm`] as one
@@ -421,7 +413,7 @@ fn fused_apply(
     policy: &Policy,
     current: u64,
     base: u64,
-) -> Option<(u32, f32, Arc<[f32]>, f32, f32, f32)> {
+) -> Option<(Applied, Arc<[f32]>)> {
     let tau = current.checked_sub(base)?;
     if tau > u64::from(policy.tau_max) {
         return None;
@@ -449,14 +441,15 @@ fn fused_apply(
     if !dd.is_finite() || n > policy.max_norm || policy.max_norm.is_nan() {
         return None;
     }
-    Some((
-        tau as u32,
+    let applied = Applied {
+        tau: tau as u32,
         alpha_eff,
-        next,
-        dv.sqrt() as f32,
-        dw.sqrt() as f32,
-        n,
-    ))
+        version: current + 1,
+        delta_norm: n,
+        worker_distance: dw.sqrt() as f32,
+        view_distance: dv.sqrt() as f32,
+    };
+    Some((applied, next))
 }
 
 #[cfg(test)]
