@@ -367,26 +367,89 @@ pub fn apply_push(
     delta: &[f32],
 ) -> Result<Applied, Reason> {
     let (current, center) = ring.newest();
-    let (tau, alpha_eff) = match validate_push(policy, current, base, delta, center.len()) {
-        Decision::Accept { tau, alpha_eff } => (tau, alpha_eff),
-        Decision::Refuse(reason) => return Err(reason),
+    let fused = match ring.get(base) {
+        Ok(view) if view.len() == delta.len() && center.len() == delta.len() => {
+            fused_apply(view, delta, center, policy, current, base)
+        }
+        _ => None,
     };
-    let worker = ring.rebase(base, delta)?;
-    let view = ring.get(base)?;
-    let view_distance = distance(view, center);
-    let worker_distance = distance(&worker, center);
-    let mut next = center.to_vec();
-    easgd_apply(&mut next, &worker, alpha_eff);
-    let version = current + 1;
-    ring.push(version, next.into());
-    Ok(Applied {
-        tau,
+    // Anything unusual (a refusal, an evicted base) takes the plain steps, which give the
+    // same answer and say why.
+    let Some((applied, next)) = fused else {
+        let (tau, alpha_eff) = match validate_push(policy, current, base, delta, center.len()) {
+            Decision::Accept { tau, alpha_eff } => (tau, alpha_eff),
+            Decision::Refuse(reason) => return Err(reason),
+        };
+        let worker = ring.rebase(base, delta)?;
+        let view = ring.get(base)?;
+        let view_distance = distance(view, center);
+        let worker_distance = distance(&worker, center);
+        let mut next = center.to_vec();
+        easgd_apply(&mut next, &worker, alpha_eff);
+        let version = current + 1;
+        ring.push(version, next.into());
+        return Ok(Applied {
+            tau,
+            alpha_eff,
+            version,
+            delta_norm: norm(delta),
+            worker_distance,
+            view_distance,
+        });
+    };
+    ring.push(applied.version, next);
+    Ok(applied)
+}
+
+/// [`validate_push`], `rebase`, [`distance`] twice, [`easgd_apply`] and [`norm`] as one
+/// pass over the model, writing the new center straight into its shared allocation: the
+/// same operations in the same order (so the same bits), with the four sums overlapping
+/// in the CPU and neither the worker's model nor the center copied on the way. `None`
+/// when the push is refused: the caller's plain steps then say why.
+fn fused_apply(
+    view: &[f32],
+    delta: &[f32],
+    center: &[f32],
+    policy: &Policy,
+    current: u64,
+    base: u64,
+) -> Option<(Applied, Arc<[f32]>)> {
+    let tau = current.checked_sub(base)?;
+    if tau > u64::from(policy.tau_max) {
+        return None;
+    }
+    let alpha_eff = alpha_eff(policy.alpha, policy.staleness, tau);
+    let (mut dv, mut dw, mut dd) = (0.0f64, 0.0f64, 0.0f64);
+    // An exact-size iterator collects into one allocation of the `Arc`.
+    let next: Arc<[f32]> = view
+        .iter()
+        .zip(delta)
+        .zip(center)
+        .map(|((&v, &d), &c)| {
+            let w = v + d;
+            let a = f64::from(v) - f64::from(c);
+            let b = f64::from(w) - f64::from(c);
+            dv += a * a;
+            dw += b * b;
+            dd += f64::from(d) * f64::from(d);
+            (1.0 - alpha_eff) * c + alpha_eff * w
+        })
+        .collect();
+    // A sum of squares of finite f32 values cannot overflow f64: a non-finite norm means a
+    // non-finite value, which `validate_push` refuses.
+    let n = dd.sqrt() as f32;
+    if !dd.is_finite() || n > policy.max_norm || policy.max_norm.is_nan() {
+        return None;
+    }
+    let applied = Applied {
+        tau: tau as u32,
         alpha_eff,
-        version,
-        delta_norm: norm(delta),
-        worker_distance,
-        view_distance,
-    })
+        version: current + 1,
+        delta_norm: n,
+        worker_distance: dw.sqrt() as f32,
+        view_distance: dv.sqrt() as f32,
+    };
+    Some((applied, next))
 }
 
 #[cfg(test)]
@@ -443,6 +506,27 @@ mod tests {
                 prop_assert!((0.0..=1.0).contains(&w));
                 prop_assert!(s.weight(tau.saturating_add(1)) <= w);
             }
+        }
+
+        /// The one-pass `apply_push` gives the bits of the steps it fuses: rebase,
+        /// `distance` twice, `easgd_apply`.
+        #[test]
+        fn apply_push_equals_rebase_distance_and_easgd_apply_to_the_bit(
+            (v0, v1, d) in (1usize..60).prop_flat_map(|n| (vector(n), vector(n), vector(n))),
+            alpha in 0.0f32..=1.0,
+        ) {
+            let mut ring = CenterRing::new(4, 0, v0.clone().into());
+            ring.push(1, v1.clone().into());
+            let p = Policy { alpha, staleness: Staleness::Constant, tau_max: 4, max_norm: 1e9 };
+            let worker = ring.rebase(0, &d).unwrap();
+            let mut want = v1.clone();
+            easgd_apply(&mut want, &worker, alpha);
+            let a = apply_push(&mut ring, &p, 0, &d).unwrap();
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(ring.newest().1), bits(&want));
+            prop_assert_eq!(a.view_distance.to_bits(), distance(&v0, &v1).to_bits());
+            prop_assert_eq!(a.worker_distance.to_bits(), distance(&worker, &v1).to_bits());
+            prop_assert_eq!(a.delta_norm.to_bits(), norm(&d).to_bits());
         }
 
         #[test]

@@ -318,8 +318,12 @@ pub fn encode<R: Rng + ?Sized>(codec: Codec, values: &[f32], rng: &mut R) -> Vec
     codec.write_params(&mut out);
     match codec {
         Codec::Fp32 => {
-            for &v in values {
-                out.put_f32(v);
+            // Sized once and filled in place: a push per value does not vectorize, and a
+            // room's fp32 center is encoded for every new version.
+            let start = out.len();
+            out.resize(start + 4 * values.len(), 0);
+            for (b, v) in out[start..].chunks_exact_mut(4).zip(values) {
+                b.copy_from_slice(&v.to_le_bytes());
             }
         }
         Codec::Fp16 => {

@@ -10,6 +10,7 @@ use easel_client::worker::named_codecs;
 use easel_protocol::LENET5_28;
 use easel_relay::bots::{self, BotOptions, Trust};
 use easel_relay::experiment::{self, Setup};
+use easel_relay::loadgen;
 use easel_relay::{Shutdown, ShutdownTrigger};
 use serde_json::json;
 
@@ -56,9 +57,34 @@ pub struct BotsArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchRelayArgs {
-    /// `all`, or one of fp32, fp16, qsgd8, qsgd4, qsgd2, topk1, topk1-qsgd8.
+    /// `all`, or one of fp32, fp16, qsgd8, qsgd4, qsgd2, topk1, topk1-qsgd8. With
+    /// `--clients`: the push codec (default topk1-qsgd8; `topk+qsgd8` is the same).
     #[arg(long, default_value = "all")]
     codec: String,
+    /// Load mode: this many synthetic WebSocket clients (no training) against one room of a
+    /// relay run as a child process (or `--url`); prints one JSON object.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    clients: Option<u32>,
+    /// Load mode: each client pushes once per interval (`2s`, `500ms`), from a random start.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    interval: Duration,
+    /// Load mode: seconds of pushing after the last client joined.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Load mode: the room's tau_max (at most 1,024): each push is about N - 1 versions
+    /// stale when every client pushes once per interval.
+    #[arg(long, default_value_t = easel_protocol::message::MAX_TAU)]
+    tau_max: u32,
+    /// Load mode: the `easel` binary to run as the relay (default: this one).
+    #[arg(long, value_name = "FILE", conflicts_with = "url")]
+    relay_bin: Option<PathBuf>,
+    /// Load mode: a running relay's teacher URL
+    /// (`http://127.0.0.1:PORT/teacher.html?room=CODE&admin=TOKEN`) instead of a child.
+    #[arg(long)]
+    url: Option<String>,
+    /// Load mode with `--url`: the relay's process id, to read its CPU time and memory.
+    #[arg(long, requires = "url")]
+    pid: Option<u32>,
     /// Acknowledged pushes per run.
     #[arg(long)]
     pushes: Option<u64>,
@@ -80,6 +106,22 @@ pub enum ErrorFeedbackMode {
     Auto,
     On,
     Off,
+}
+
+/// `2s`, `500ms` or a plain number of seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("`{s}` is not a duration like 2s or 500ms")),
+    }
 }
 
 fn at_least_one(s: &str) -> Result<f64, String> {
@@ -146,6 +188,9 @@ pub fn bots(args: BotsArgs) -> anyhow::Result<()> {
 }
 
 pub fn bench_relay(args: BenchRelayArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.clients {
+        return bench_load(&args, n as usize);
+    }
     let data = Arc::new(args.data.load()?);
     let all = named_codecs(LENET5_28.param_count);
     let chosen: Vec<_> = if args.codec == "all" {
@@ -232,5 +277,91 @@ pub fn bench_relay(args: BenchRelayArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// `easel bench relay --clients N`: [`loadgen`] against a child relay (or `--url`).
+fn bench_load(args: &BenchRelayArgs, clients: usize) -> anyhow::Result<()> {
+    let name = match args.codec.as_str() {
+        "all" | "topk+qsgd8" => "topk1-qsgd8",
+        other => other,
+    };
+    let codec = easel_relay::teacher::parse_codec(name).map_err(anyhow::Error::msg)?;
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        bail!("--seconds must be a positive number");
+    }
+    let fd_limit = loadgen::raise_fd_limit();
+    if fd_limit != 0 && fd_limit < clients as u64 + 64 {
+        bail!("the open-file limit is {fd_limit}; raise it (ulimit -Hn) above {clients} + 64");
+    }
+    let child = match &args.url {
+        Some(_) => None,
+        None => {
+            let bin = match &args.relay_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe().context("finding this program")?,
+            };
+            Some(loadgen::RelayProcess::spawn(&bin)?)
+        }
+    };
+    let (target, pid) = match (&child, &args.url) {
+        (Some(c), _) => (c.target.clone(), Some(c.pid())),
+        (None, Some(url)) => (loadgen::Target::from_teacher_url(url)?, args.pid),
+        (None, None) => unreachable!("a child is started without --url"),
+    };
+    target.configure(name, args.tau_max)?;
+    let mem = |pid: Option<u32>| pid.and_then(|p| loadgen::memory(p).ok());
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = mem(pid);
+    let opts = loadgen::LoadOptions {
+        clients,
+        interval: args.interval,
+        push_for: Duration::from_secs_f64(args.seconds),
+        codec,
+        seed: 1,
+        relay_pid: pid,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load-client")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let out = rt.block_on(loadgen::run(&target, &opts))?;
+    let loaded = mem(pid);
+    // Sockets closed: give the relay a moment to drop the connections, then read again.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = mem(pid);
+    let missing = loadgen::missing_from_ledger(&out.logs, &target.ledger_csv()?)?;
+    let s = out.summary();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let per_push = |d: Option<Duration>| {
+        d.filter(|_| s.pushes_answered > 0)
+            .map(|d| d.as_secs_f64() * 1e3 / s.pushes_answered as f64)
+    };
+    let report = json!({
+        "clients": clients,
+        "interval_s": args.interval.as_secs_f64(),
+        "seconds": args.seconds,
+        "codec_up": name,
+        "tau_max": args.tau_max,
+        "relay": match (&args.url, &args.relay_bin) {
+            (Some(u), _) => u.clone(),
+            (None, Some(b)) => b.display().to_string(),
+            (None, None) => "this binary".to_string(),
+        },
+        "summary": s,
+        "acked_missing_from_ledger": missing,
+        // The whole relay process, its evaluation of the center every 5 s included.
+        "relay_cpu_ms_per_push": per_push(out.relay_cpu_push),
+        "relay_cpu_join_ms": out.relay_cpu_join.map(|d| d.as_secs_f64() * 1e3),
+        "client_cpu_ms_per_push": per_push(out.own_cpu_push),
+        "relay_rss_idle_mib": idle.map(|m| mib(m.0)),
+        "relay_rss_loaded_mib": loaded.map(|m| mib(m.0)),
+        "relay_rss_peak_mib": loaded.map(|m| mib(m.1)),
+        "relay_rss_after_mib": after.map(|m| mib(m.0)),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    drop(child);
     Ok(())
 }

@@ -457,20 +457,26 @@ impl RoomSlot {
         bytes_in: usize,
         caps: u32,
     ) -> Option<(Vec<u8>, Arc<[u8]>)> {
-        let mut st = lock(&self.state);
-        let pushed = st.room.handle_push(worker, push, bytes_in, Instant::now());
-        if let Some(point) = st.room.ledger().records().last().map(PushPoint::from) {
-            st.runs.current_mut().record_push(point);
-            st.activity.pushed(worker, point.wall_ms, point.local_steps);
-        }
-        if pushed.version.is_some() {
-            let (_, full) = st.room.center_message(0);
-            self.centers.send_replace(full);
-        }
-        answer_locked(&mut st, pushed.released);
-        queue_locked(&mut st, pushed.forwards);
-        let ack = pushed.ack?;
-        let center = st.room.reply_center(worker, caps);
+        // Decoding needs no room state: done before the lock, as is encoding the Ack after.
+        let delta = room::decode_update(push);
+        let (ack, center) = {
+            let mut st = lock(&self.state);
+            let pushed = st
+                .room
+                .handle_decoded(worker, push, delta, bytes_in, Instant::now());
+            if let Some(point) = st.room.ledger().records().last().map(PushPoint::from) {
+                st.runs.current_mut().record_push(point);
+                st.activity.pushed(worker, point.wall_ms, point.local_steps);
+            }
+            if pushed.version.is_some() {
+                let (_, full) = st.room.center_message(0);
+                self.centers.send_replace(full);
+            }
+            answer_locked(&mut st, pushed.released);
+            queue_locked(&mut st, pushed.forwards);
+            let ack = pushed.ack?;
+            (ack, st.room.reply_center(worker, caps))
+        };
         Some((message::encode(&Message::Ack(ack)), center))
     }
 

@@ -24,6 +24,7 @@ pub mod experiment;
 pub mod http;
 pub mod hub;
 pub mod ledger;
+pub mod loadgen;
 pub mod memory;
 pub mod origin;
 pub mod room;

@@ -14,7 +14,7 @@ use easel_protocol::strategy::{Action, Adacomm, Aggregator, Strategy, Swarm};
 use easel_protocol::{
     Ack, Backend, Center, ClientKind, Codec, Control, ErrorMessage, Hyper, LENET5_28, Merge,
     Message, ModelInfo, ModelSpec, Outcome, Push, ResumeToken, Shard, Staleness, Welcome, codec,
-    distance, norm,
+    norm,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -159,6 +159,31 @@ struct Held {
     worker: u64,
     base: u64,
     tau: u32,
+}
+
+/// `(||view - center||, ||view + delta - center||, ||delta||)` in one pass and with no
+/// copy of the worker's model: each sum runs in `f64` in index order, exactly as
+/// [`easel_protocol::distance`] (after `CenterRing::rebase`) and [`norm`] compute them, so the ledger's
+/// figures are the same to the bit; the three independent sums overlap in the CPU.
+fn push_distances(view: &[f32], delta: &[f32], center: &[f32]) -> (f32, f32, f32) {
+    let (mut v, mut w, mut d) = (0.0f64, 0.0f64, 0.0f64);
+    for ((&x, &dx), &c) in view.iter().zip(delta).zip(center) {
+        let dv = f64::from(x) - f64::from(c);
+        let dw = f64::from(x + dx) - f64::from(c);
+        v += dv * dv;
+        w += dw * dw;
+        d += f64::from(dx) * f64::from(dx);
+    }
+    (v.sqrt() as f32, w.sqrt() as f32, d.sqrt() as f32)
+}
+
+/// A push's update decoded from its payload, or the refusal (code, reason) it earns.
+pub type Decoded = Result<Vec<f32>, (u16, String)>;
+
+/// Decodes a push's payload for lenet5-28 (every room's model). Pure and independent of
+/// any room, so it runs before the room's lock is taken.
+pub fn decode_update(push: &Push) -> Decoded {
+    codec::decode(&push.payload, LENET5_28.param_count).map_err(|e| (e.code(), e.to_string()))
 }
 
 /// What became of a push: the answers to send now.
@@ -498,6 +523,20 @@ impl Room {
         bytes_in: usize,
         now: Instant,
     ) -> Pushed {
+        let delta = decode_update(push);
+        self.handle_decoded(worker, push, delta, bytes_in, now)
+    }
+
+    /// [`Room::handle_push`] with the payload already decoded by [`decode_update`], which
+    /// needs no room state: the relay decodes before taking the room's lock.
+    pub fn handle_decoded(
+        &mut self,
+        worker: u64,
+        push: &Push,
+        delta: Decoded,
+        bytes_in: usize,
+        now: Instant,
+    ) -> Pushed {
         let caps = self.workers.get(&worker).map(|w| w.capabilities);
         let current = self.center().0;
         let base = push.base_version;
@@ -531,8 +570,10 @@ impl Room {
                 code::RESYNC,
                 "the relay restarted from a checkpoint: take the new center".to_string(),
             )),
-            Some(k) if trains(k) && self.swarm.is_some() => self.exchange(worker, push, &mut rec),
-            Some(k) if trains(k) => self.apply(worker, push, &mut rec, &mut out, now),
+            Some(k) if trains(k) && self.swarm.is_some() => {
+                self.exchange(worker, push, delta, &mut rec)
+            }
+            Some(k) if trains(k) => self.apply(worker, push, delta, &mut rec, &mut out, now),
             _ => Err((code::UNEXPECTED, "only training workers push".to_string())),
         };
         if let Some(w) = self.workers.get_mut(&worker) {
@@ -581,10 +622,10 @@ impl Room {
         &mut self,
         worker: u64,
         push: &Push,
+        delta: Decoded,
         rec: &mut Record,
     ) -> Result<bool, (u16, String)> {
-        let delta = codec::decode(&push.payload, self.spec.param_count)
-            .map_err(|e| (e.code(), e.to_string()))?;
+        let delta = delta?;
         rec.delta_norm = norm(&delta);
         let swarm = self.swarm.as_mut().expect("checked by the caller");
         let x = swarm
@@ -642,25 +683,32 @@ impl Room {
         &mut self,
         worker: u64,
         push: &Push,
+        delta: Decoded,
         rec: &mut Record,
         out: &mut Pushed,
         now: Instant,
     ) -> Result<bool, (u16, String)> {
-        let delta = codec::decode(&push.payload, self.spec.param_count)
-            .map_err(|e| (e.code(), e.to_string()))?;
+        let delta = delta?;
         let base = push.base_version;
-        // The ledger's distances, from the versions the strategy rebases on.
-        let (current, center) = self.agg.center();
-        let ring = self.agg.ring();
-        if let (Ok(view), Ok(x_i)) = (ring.get(base), ring.rebase(base, &delta)) {
-            rec.view_distance = distance(view, center);
-            rec.worker_distance = distance(&x_i, center);
-        }
-        rec.delta_norm = norm(&delta);
+        let current = self.agg.center().0;
         let tau = current.saturating_sub(base);
         let strategy = self.agg.strategy().clone();
+        // EASGD measures the ledger's distances as it applies the push: taken from it then.
+        let easgd = matches!(strategy, Strategy::Easgd { .. });
+        if !easgd {
+            self.measure(base, &delta, rec);
+        }
         self.agg.set_workers(self.active());
         let action = self.agg.on_update(worker as u32, base, &delta);
+        match (easgd, self.agg.last_easgd()) {
+            (false, _) => {}
+            (true, Some(a)) => {
+                (rec.view_distance, rec.worker_distance, rec.delta_norm) =
+                    (a.view_distance, a.worker_distance, a.delta_norm);
+            }
+            // Refused: the center did not move, so these are the distances it had.
+            (true, None) => self.measure(base, &delta, rec),
+        }
         let loss = push.loss;
         match action {
             Action::Refused(r) => Err((r.code(), r.to_string())),
@@ -706,6 +754,19 @@ impl Room {
                 }
                 Ok(true)
             }
+        }
+    }
+
+    /// The ledger's distances of a push against the current center, from the version the
+    /// strategy rebases it on.
+    fn measure(&self, base: u64, delta: &[f32], rec: &mut Record) {
+        let center = self.agg.center().1;
+        match self.agg.ring().get(base) {
+            Ok(view) if view.len() == delta.len() => {
+                let (v, w, d) = push_distances(view, delta, center);
+                (rec.view_distance, rec.worker_distance, rec.delta_norm) = (v, w, d);
+            }
+            _ => rec.delta_norm = norm(delta),
         }
     }
 
@@ -1678,6 +1739,25 @@ mod tests {
                 }
                 prop_assert_eq!(r.ledger().totals().pushes, i as u64 + 1);
             }
+        }
+
+        /// The one-pass ledger distances are the protocol's, to the bit.
+        #[test]
+        fn push_distances_equal_rebase_then_distance_and_norm(
+            v in prop::collection::vec(-10.0f32..10.0, 1..300),
+            seed in any::<u64>(),
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let d: Vec<f32> = v.iter().map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let c: Vec<f32> = v.iter().map(|_| rng.random_range(-10.0f32..10.0)).collect();
+            let x: Vec<f32> = v.iter().zip(&d).map(|(a, b)| a + b).collect();
+            let want = (
+                easel_protocol::distance(&v, &c).to_bits(),
+                easel_protocol::distance(&x, &c).to_bits(),
+                norm(&d).to_bits(),
+            );
+            let (a, b, n) = push_distances(&v, &d, &c);
+            prop_assert_eq!((a.to_bits(), b.to_bits(), n.to_bits()), want);
         }
     }
 }

@@ -341,7 +341,13 @@ macro_rules! isa_kernels {
 }
 
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(fwd_avx512, dw_avx512, dx_avx512, Avx512, "avx2,fma,avx512f,avx512vl");
+isa_kernels!(
+    fwd_avx512,
+    dw_avx512,
+    dx_avx512,
+    Avx512,
+    "avx2,fma,avx512f,avx512vl"
+);
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(fwd_avx2, dw_avx2, dx_avx2, Avx2, "avx2,fma");
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -418,7 +424,8 @@ unsafe fn dx_k<V: V8, const K: usize, const RB: usize>(a: &Dx) {
                     for ky in ky_lo..=iy.min(K - 1) {
                         let oy = iy - ky;
                         for kx in 0..K {
-                            let at = (((ci * K + ky) * K + kx) * g.oh + oy) * pw + (K - 1) + x0 - kx;
+                            let at =
+                                (((ci * K + ky) * K + kx) * g.oh + oy) * pw + (K - 1) + x0 - kx;
                             acc = acc.add(V::load(a.cols.add(at)));
                         }
                     }
@@ -459,7 +466,10 @@ unsafe fn dx_cols_block<V: V8, const K: usize, const RB: usize>(
         }
         for (kx, rows) in acc.iter().enumerate() {
             for (r, v) in rows.iter().enumerate() {
-                v.store(a.cols.add(((row + kx) * g.oh + oy + r) * pw + (K - 1) + col));
+                v.store(
+                    a.cols
+                        .add(((row + kx) * g.oh + oy + r) * pw + (K - 1) + col),
+                );
             }
         }
     }

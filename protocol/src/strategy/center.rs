@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::aggregate::{
-    CenterRing, Decision, Policy, Reason, Staleness, apply_push, distance, validate_push,
+    Applied, CenterRing, Decision, Policy, Reason, Staleness, apply_push, distance, validate_push,
 };
 use crate::message::code;
 
@@ -90,6 +90,9 @@ pub struct Aggregator {
     /// The barrier's or the buffer's updates, in arrival order.
     pending: Vec<Pending>,
     meter: Meter,
+    /// What the last update applied by EASGD measured (its distances and norm), so the
+    /// relay's ledger need not compute them again; `None` after any other update.
+    last_easgd: Option<Applied>,
 }
 
 impl Aggregator {
@@ -116,6 +119,7 @@ impl Aggregator {
             ring,
             pending: Vec::new(),
             meter: Meter::default(),
+            last_easgd: None,
         })
     }
 
@@ -130,6 +134,13 @@ impl Aggregator {
     }
 
     /// Every applied update's staleness and view distance so far.
+    /// The figures of the last update when EASGD applied it ([`apply_push`]'s `tau`,
+    /// `alpha_eff`, distances and `||delta||`); `None` when the last update was refused,
+    /// or handled by another strategy.
+    pub fn last_easgd(&self) -> Option<&Applied> {
+        self.last_easgd.as_ref()
+    }
+
     pub fn meter(&self) -> &Meter {
         &self.meter
     }
@@ -220,6 +231,7 @@ impl Aggregator {
     }
 
     fn try_update(&mut self, worker: u32, base: u64, delta: &[f32]) -> Result<Action, Refusal> {
+        self.last_easgd = None;
         match self.strategy.clone() {
             Strategy::Easgd {
                 alpha,
@@ -228,6 +240,7 @@ impl Aggregator {
             } => {
                 let policy = self.policy(alpha, staleness, tau_max);
                 let a = apply_push(&mut self.ring, &policy, base, delta)?;
+                self.last_easgd = Some(a);
                 self.meter.record(worker, a.tau, a.view_distance);
                 Ok(Action::Applied {
                     version: a.version,
