@@ -156,7 +156,7 @@ pub fn conv2d_backward(
         "conv2d_backward: scratch of {} elements, {need} needed",
         scratch.len()
     );
-    if g.ow % L == 0 {
+    if g.ow.is_multiple_of(L) {
         // Outputs a whole number of vectors wide: the unfolded gradient W^T dy, one sample at a
         // time, folded back by summing whole vectors (no product with a padding zero).
         let cols = &mut scratch[..s.patch_len() * g.oh * dcols_row(&s)];
@@ -341,7 +341,13 @@ macro_rules! isa_kernels {
 }
 
 #[cfg(target_arch = "x86_64")]
-isa_kernels!(fwd_avx512, dw_avx512, dx_avx512, Avx512, "avx2,fma,avx512f,avx512vl");
+isa_kernels!(
+    fwd_avx512,
+    dw_avx512,
+    dx_avx512,
+    Avx512,
+    "avx2,fma,avx512f,avx512vl"
+);
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(fwd_avx2, dw_avx2, dx_avx2, Avx2, "avx2,fma");
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -418,7 +424,8 @@ unsafe fn dx_k<V: V8, const K: usize, const RB: usize>(a: &Dx) {
                     for ky in ky_lo..=iy.min(K - 1) {
                         let oy = iy - ky;
                         for kx in 0..K {
-                            let at = (((ci * K + ky) * K + kx) * g.oh + oy) * pw + (K - 1) + x0 - kx;
+                            let at =
+                                (((ci * K + ky) * K + kx) * g.oh + oy) * pw + (K - 1) + x0 - kx;
                             acc = acc.add(V::load(a.cols.add(at)));
                         }
                     }
@@ -430,6 +437,8 @@ unsafe fn dx_k<V: V8, const K: usize, const RB: usize>(a: &Dx) {
 }
 
 /// `cols[(row + kx), oy..oy + RB, col..col + 8]` for the `K` kernel columns `kx`.
+// Indexing two arrays by the same lane block reads clearer than zipped iterators.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn dx_cols_block<V: V8, const K: usize, const RB: usize>(
     a: &Dx,
@@ -459,7 +468,10 @@ unsafe fn dx_cols_block<V: V8, const K: usize, const RB: usize>(
         }
         for (kx, rows) in acc.iter().enumerate() {
             for (r, v) in rows.iter().enumerate() {
-                v.store(a.cols.add(((row + kx) * g.oh + oy + r) * pw + (K - 1) + col));
+                v.store(
+                    a.cols
+                        .add(((row + kx) * g.oh + oy + r) * pw + (K - 1) + col),
+                );
             }
         }
     }
@@ -504,7 +516,7 @@ unsafe fn run_dw(isa: Isa, a: &Dw) {
 unsafe fn fwd<V: V8>(a: &Fwd) {
     // SAFETY (every call): forwarded from the caller.
     unsafe {
-        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch % 3 == 0) {
+        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch.is_multiple_of(3)) {
             (5, false, true) => fwd_all::<V, 5, 3, 4>(a),
             (5, false, false) => fwd_all::<V, 5, 2, 4>(a),
             (5, true, true) => fwd_all::<V, 5, 6, 4>(a),
@@ -557,6 +569,8 @@ unsafe fn fwd_all<V: V8, const K: usize, const CB: usize, const RB: usize>(a: &F
 }
 
 /// Outputs `co..co + CB`, rows `oy..oy + RB`, columns `col..col + 8` of one sample.
+// Indexing two arrays by the same lane block reads clearer than zipped iterators.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn fwd_block<V: V8, const K: usize, const CB: usize, const RB: usize>(
@@ -611,7 +625,7 @@ unsafe fn fwd_block<V: V8, const K: usize, const CB: usize, const RB: usize>(
 unsafe fn dw<V: V8>(a: &Dw) {
     // SAFETY (every call): forwarded from the caller.
     unsafe {
-        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch % 4 == 0) {
+        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch.is_multiple_of(4)) {
             (5, false, _) => dw_all::<V, 5, 2>(a),
             (5, true, true) => dw_all::<V, 5, 4>(a),
             (5, true, false) => dw_all::<V, 5, 3>(a),
@@ -660,6 +674,8 @@ unsafe fn dw_all<V: V8, const K: usize, const CB: usize>(a: &Dw) {
 }
 
 /// Adds to `dweight[co..co + CB, ci, ky, 0..K]` the products over samples `n0..n1`.
+// Indexing two arrays by the same lane block reads clearer than zipped iterators.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_block<V: V8, const K: usize, const CB: usize>(
@@ -688,7 +704,7 @@ unsafe fn dw_block<V: V8, const K: usize, const CB: usize>(
                     let mut d = [V::zero(); CB];
                     for (c, v) in d.iter_mut().enumerate() {
                         *v = V::load(dp.add(c * oplane + oy * g.ow + col));
-                        if j + 1 == cols && col % L != 0 {
+                        if j + 1 == cols && !col.is_multiple_of(L) {
                             *v = v.mul(last_mask);
                         }
                     }
