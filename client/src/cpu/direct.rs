@@ -156,7 +156,7 @@ pub fn conv2d_backward(
         "conv2d_backward: scratch of {} elements, {need} needed",
         scratch.len()
     );
-    if g.ow % L == 0 {
+    if g.ow.is_multiple_of(L) {
         // Outputs a whole number of vectors wide: the unfolded gradient W^T dy, one sample at a
         // time, folded back by summing whole vectors (no product with a padding zero).
         let cols = &mut scratch[..s.patch_len() * g.oh * dcols_row(&s)];
@@ -437,6 +437,8 @@ unsafe fn dx_k<V: V8, const K: usize, const RB: usize>(a: &Dx) {
 }
 
 /// `cols[(row + kx), oy..oy + RB, col..col + 8]` for the `K` kernel columns `kx`.
+// Indexing two arrays by the same lane block reads clearer than zipped iterators.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn dx_cols_block<V: V8, const K: usize, const RB: usize>(
     a: &Dx,
@@ -514,7 +516,7 @@ unsafe fn run_dw(isa: Isa, a: &Dw) {
 unsafe fn fwd<V: V8>(a: &Fwd) {
     // SAFETY (every call): forwarded from the caller.
     unsafe {
-        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch % 3 == 0) {
+        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch.is_multiple_of(3)) {
             (5, false, true) => fwd_all::<V, 5, 3, 4>(a),
             (5, false, false) => fwd_all::<V, 5, 2, 4>(a),
             (5, true, true) => fwd_all::<V, 5, 6, 4>(a),
@@ -567,6 +569,8 @@ unsafe fn fwd_all<V: V8, const K: usize, const CB: usize, const RB: usize>(a: &F
 }
 
 /// Outputs `co..co + CB`, rows `oy..oy + RB`, columns `col..col + 8` of one sample.
+// Indexing two arrays by the same lane block reads clearer than zipped iterators.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn fwd_block<V: V8, const K: usize, const CB: usize, const RB: usize>(
@@ -621,7 +625,7 @@ unsafe fn fwd_block<V: V8, const K: usize, const CB: usize, const RB: usize>(
 unsafe fn dw<V: V8>(a: &Dw) {
     // SAFETY (every call): forwarded from the caller.
     unsafe {
-        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch % 4 == 0) {
+        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch.is_multiple_of(4)) {
             (5, false, _) => dw_all::<V, 5, 2>(a),
             (5, true, true) => dw_all::<V, 5, 4>(a),
             (5, true, false) => dw_all::<V, 5, 3>(a),
@@ -670,6 +674,8 @@ unsafe fn dw_all<V: V8, const K: usize, const CB: usize>(a: &Dw) {
 }
 
 /// Adds to `dweight[co..co + CB, ci, ky, 0..K]` the products over samples `n0..n1`.
+// Indexing two arrays by the same lane block reads clearer than zipped iterators.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dw_block<V: V8, const K: usize, const CB: usize>(
@@ -698,7 +704,7 @@ unsafe fn dw_block<V: V8, const K: usize, const CB: usize>(
                     let mut d = [V::zero(); CB];
                     for (c, v) in d.iter_mut().enumerate() {
                         *v = V::load(dp.add(c * oplane + oy * g.ow + col));
-                        if j + 1 == cols && col % L != 0 {
+                        if j + 1 == cols && !col.is_multiple_of(L) {
                             *v = v.mul(last_mask);
                         }
                     }
