@@ -1262,7 +1262,7 @@ mod tests {
         fn every_message_round_trips(msg in message()) {
             let bytes = encode(&msg);
             prop_assert_eq!(&bytes[..4], b"EASL");
-            prop_assert_eq!(bytes[4], 1);
+            prop_assert_eq!(bytes[4], crate::frame::VERSION);
             prop_assert_eq!(bytes[5], msg.type_byte());
             let back = decode(&bytes, &small());
             prop_assert_eq!(back.as_ref(), Ok(&msg));
