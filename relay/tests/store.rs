@@ -250,7 +250,19 @@ async fn a_checkpointed_room_comes_back_with_its_center_runs_ledger_and_roster()
     drop((hub, slot, s));
     drop(db);
 
-    let db = Arc::new(Store::open(&path).unwrap());
+    // Opened again in this process. Other tests here spawn `easel serve` children; a child
+    // forked in the instant before it execs holds a copy of every descriptor, the lock
+    // file's among them, so the lock may take a moment to be free (a restart is a new
+    // process and never sees this).
+    let t0 = Instant::now();
+    let db = loop {
+        match Store::open(&path) {
+            Err(StoreError::Locked { .. }) if t0.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break Arc::new(other.unwrap()),
+        }
+    };
     assert_eq!(db.latest_room().unwrap(), Some(code.clone()));
     let rooms = db.rooms().unwrap();
     assert_eq!(rooms[0].runs.len(), 2);

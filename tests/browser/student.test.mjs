@@ -152,7 +152,7 @@ test('a lost GPU falls back to the CPU and training goes on', { timeout: 200_000
 async function teacher(page) {
   await page.goto(`http://127.0.0.1:${relay.port}/style.css`);
   await page.evaluate(async ({ room, token, hash }) => {
-    const header = (type) => [...new TextEncoder().encode('EASL'), 1, type];
+    const header = (type) => [...new TextEncoder().encode('EASL'), 2, type];
     const u32 = (v) => { const b = new Uint8Array(4); new DataView(b.buffer).setUint32(0, v, true); return [...b]; };
     const u64 = (v) => { const b = new Uint8Array(8); new DataView(b.buffer).setBigUint64(0, BigInt(v), true); return [...b]; };
     const code = new TextEncoder().encode(room);
