@@ -550,7 +550,7 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
     a.child.kill().unwrap(); // SIGKILL
     a.child.wait().unwrap();
     let killed_at = Instant::now();
-    let (seen, id, resume) = (w.seen, w.id, w.resume.clone());
+    let (seen, id, resume) = (w.seen, w.id, w.resume);
     drop(w);
 
     // What the last checkpoint holds.
