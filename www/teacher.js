@@ -757,7 +757,9 @@ async function refreshSaved() {
         <td><a href="${savedApi(`${base}.csv`)}">CSV</a> · <a href="${savedApi(`${base}.json`)}">JSON</a></td>`;
       tr.cells[0].textContent = room.code === ROOM ? `${room.code} (this room)` : room.code;
       tr.cells[1].textContent = `#${run.id} ${run.name}`;
-      tr.cells[3].textContent = new Date(room.updated_ms).toLocaleString();
+      const at = new Date(room.updated_ms);
+      tr.cells[3].textContent = at.toDateString() === new Date().toDateString()
+        ? at.toLocaleTimeString() : at.toLocaleString();
       rows.push(tr);
     }
   }
@@ -785,7 +787,8 @@ async function main() {
   connect();
   setInterval(refreshRuns, 5000);
   refreshSaved();
-  setInterval(refreshSaved, 30000);
+  // As often as the relay checkpoints by default, so "pushes saved" keeps up with it.
+  setInterval(refreshSaved, 5000);
 }
 
 main();
