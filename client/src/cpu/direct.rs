@@ -109,19 +109,14 @@ pub fn conv2d_backward(
     dbias: &mut [f32],
     scratch: &mut [f32],
 ) {
-    assert_eq!(x.len(), s.x_len(), "conv2d_backward: x length");
-    assert_eq!(
+    s.check_backward_lens(
+        x.len(),
         weight.len(),
-        s.weight_len(),
-        "conv2d_backward: weight length"
-    );
-    assert_eq!(dy.len(), s.y_len(), "conv2d_backward: dy length");
-    assert_eq!(
+        dy.len(),
+        dx.as_deref().map(<[f32]>::len),
         dweight.len(),
-        s.weight_len(),
-        "conv2d_backward: dweight length"
+        dbias.len(),
     );
-    assert_eq!(dbias.len(), s.out_ch, "conv2d_backward: dbias length");
     assert!(
         isa.is_available(),
         "conv2d_backward: {isa:?} is not available"
@@ -149,7 +144,6 @@ pub fn conv2d_backward(
     // SAFETY: the lengths are checked above; `isa` is available.
     unsafe { run_dw(isa, &a) };
     let Some(dx) = dx else { return };
-    assert_eq!(dx.len(), s.x_len(), "conv2d_backward: dx length");
     let need = backward_scratch_len(&s);
     assert!(
         scratch.len() >= need,

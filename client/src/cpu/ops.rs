@@ -359,6 +359,34 @@ impl ConvShape {
             self.width
         );
     }
+
+    /// Checks the lengths a backward pass is given against the shape (`dx` when it is
+    /// asked for). The one place both CPU backward passes state their preconditions.
+    ///
+    /// # Panics
+    /// On the first length that does not match, naming it.
+    pub fn check_backward_lens(
+        &self,
+        x: usize,
+        weight: usize,
+        dy: usize,
+        dx: Option<usize>,
+        dweight: usize,
+        dbias: usize,
+    ) {
+        assert_eq!(x, self.x_len(), "conv2d_backward: x length");
+        assert_eq!(weight, self.weight_len(), "conv2d_backward: weight length");
+        assert_eq!(dy, self.y_len(), "conv2d_backward: dy length");
+        if let Some(dx) = dx {
+            assert_eq!(dx, self.x_len(), "conv2d_backward: dx length");
+        }
+        assert_eq!(
+            dweight,
+            self.weight_len(),
+            "conv2d_backward: dweight length"
+        );
+        assert_eq!(dbias, self.out_ch, "conv2d_backward: dbias length");
+    }
 }
 
 /// Copies `src` into `dst` (same length) with fixed-size moves. Rows here are a few to a few
@@ -578,22 +606,14 @@ pub fn conv2d_backward_with_scratch<F: Float>(
     scratch: &mut [F],
 ) {
     s.check();
-    assert_eq!(x.len(), s.x_len(), "conv2d_backward: x length");
-    assert_eq!(
+    s.check_backward_lens(
+        x.len(),
         weight.len(),
-        s.weight_len(),
-        "conv2d_backward: weight length"
-    );
-    assert_eq!(dy.len(), s.y_len(), "conv2d_backward: dy length");
-    assert_eq!(
+        dy.len(),
+        dx.as_deref().map(<[F]>::len),
         dweight.len(),
-        s.weight_len(),
-        "conv2d_backward: dweight length"
+        dbias.len(),
     );
-    assert_eq!(dbias.len(), s.out_ch, "conv2d_backward: dbias length");
-    if let Some(dx) = dx.as_deref() {
-        assert_eq!(dx.len(), s.x_len(), "conv2d_backward: dx length");
-    }
     let (kk, p) = (s.patch_len(), s.out_h() * s.out_w());
     let cols = &mut scratch[..kk * p];
     let x_step = s.in_ch * s.height * s.width;
