@@ -464,10 +464,7 @@ impl RoomSlot {
             let pushed = st
                 .room
                 .handle_decoded(worker, push, delta, bytes_in, Instant::now());
-            if let Some(point) = st.room.ledger().records().last().map(PushPoint::from) {
-                st.runs.current_mut().record_push(point);
-                st.activity.pushed(worker, point.wall_ms, point.local_steps);
-            }
+            record_rows_locked(&mut st, pushed.recorded);
             if pushed.version.is_some() {
                 let (_, full) = st.room.center_message(0);
                 self.centers.send_replace(full);
@@ -643,6 +640,7 @@ impl RoomSlot {
                 code::RESYNC,
                 "a worker left; the round starts again: resync",
             );
+            record_rows_locked(&mut st, released.len());
             answer_locked(&mut st, released);
         }
     }
@@ -779,10 +777,24 @@ fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
             code::RESYNC,
             "the round was abandoned (a worker paused or the strategy changed): resync",
         );
+        record_rows_locked(st, released.len());
         answer_locked(st, released);
     }
     queue_locked(st, forwards);
     Ok(())
+}
+
+/// Hands the ledger's newest `rows` rows (those one push or one abandoned round just
+/// wrote) to the current run and the activity timeline.
+fn record_rows_locked(st: &mut RoomState, rows: usize) {
+    let records = st.room.ledger().records();
+    let skip = records.len().saturating_sub(rows);
+    let points: Vec<PushPoint> = records.skip(skip).map(PushPoint::from).collect();
+    for point in points {
+        st.runs.current_mut().record_push(point);
+        st.activity
+            .pushed(point.worker, point.wall_ms, point.local_steps);
+    }
 }
 
 /// Queues each worker's Ack and the newest Center (in the codec it reads) to its connection.

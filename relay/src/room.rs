@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use easel_protocol::message::{self, Join, caps, code};
-use easel_protocol::strategy::{Action, Adacomm, Aggregator, Strategy, Swarm};
+use easel_protocol::strategy::{Answer, Engine, Strategy, Update, Verdict};
 use easel_protocol::{
     Ack, Backend, Center, ClientKind, Codec, Control, ErrorMessage, Hyper, LENET5_28, Merge,
     Message, ModelInfo, ModelSpec, Outcome, Push, ResumeToken, Shard, Staleness, Welcome, codec,
-    norm,
 };
-use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{self, Ledger, Record};
@@ -153,30 +152,6 @@ pub fn trains(k: ClientKind) -> bool {
 /// What a worker is told after a `Control` from the teacher: `worker: None` means "you".
 pub type Forward = (u64, Control);
 
-/// A push held at a barrier.
-#[derive(Clone, Copy, Debug)]
-struct Held {
-    worker: u64,
-    base: u64,
-    tau: u32,
-}
-
-/// `(||view - center||, ||view + delta - center||, ||delta||)` in one pass and with no
-/// copy of the worker's model: each sum runs in `f64` in index order, exactly as
-/// [`easel_protocol::distance`] (after `CenterRing::rebase`) and [`norm`] compute them, so the ledger's
-/// figures are the same to the bit; the three independent sums overlap in the CPU.
-fn push_distances(view: &[f32], delta: &[f32], center: &[f32]) -> (f32, f32, f32) {
-    let (mut v, mut w, mut d) = (0.0f64, 0.0f64, 0.0f64);
-    for ((&x, &dx), &c) in view.iter().zip(delta).zip(center) {
-        let dv = f64::from(x) - f64::from(c);
-        let dw = f64::from(x + dx) - f64::from(c);
-        v += dv * dv;
-        w += dw * dw;
-        d += f64::from(dx) * f64::from(dx);
-    }
-    (v.sqrt() as f32, w.sqrt() as f32, d.sqrt() as f32)
-}
-
 /// A push's update decoded from its payload, or the refusal (code, reason) it earns.
 pub type Decoded = Result<Vec<f32>, (u16, String)>;
 
@@ -198,6 +173,9 @@ pub struct Pushed {
     pub released: Vec<(u64, Ack)>,
     /// Controls for connected workers (ADACOMM's new period).
     pub forwards: Vec<Forward>,
+    /// Ledger rows the push wrote: its own when answered (none while held), and those of
+    /// the held pushes its round answered; they are the ledger's newest.
+    pub recorded: usize,
 }
 
 /// How many of the latest pairwise averages a swarm room keeps for the dashboard.
@@ -229,19 +207,6 @@ pub struct SwarmView {
     pub exchanges: u64,
 }
 
-/// The strategy a room's [`Aggregator`] runs: the room's own, or under SwarmSGD (which has
-/// no center) EASGD on the same numbers, ready for when the teacher switches back.
-fn central(hyper: &Hyper) -> Strategy {
-    match hyper.merge {
-        Merge::Swarm { .. } => Hyper {
-            merge: Merge::Easgd,
-            ..*hyper
-        }
-        .strategy(),
-        _ => hyper.strategy(),
-    }
-}
-
 /// A room.
 #[derive(Debug)]
 pub struct Room {
@@ -251,19 +216,13 @@ pub struct Room {
     spec: ModelSpec,
     /// Hyper-parameters and acceptance rules; the teacher changes them with Control.
     settings: RoomSettings,
-    /// The room's strategy over the recent center versions (newest: the current center;
-    /// the others: the bases pushes are rebased on). Idle while the room runs SwarmSGD.
-    agg: Aggregator,
-    /// SwarmSGD's live state when the room runs it: every worker's model, the graph, the
-    /// mean model (which stands for the center).
-    swarm: Option<Swarm>,
+    /// The room's strategy and its state (the recent center versions, or SwarmSGD's
+    /// models; the barrier's held pushes; ADACOMM's schedule).
+    engine: Engine,
     /// SwarmSGD's latest pairwise averages.
     pairs: VecDeque<Pair>,
-    /// Pushes held at a barrier, waiting for their round to close.
-    held: Vec<Held>,
-    /// ADACOMM's period schedule, and the losses of the round in progress.
-    adacomm: Option<Adacomm>,
-    round_losses: Vec<f32>,
+    /// The ledger rows of the pushes held at a barrier, written when they are answered.
+    held_records: Vec<Record>,
     /// When the room was made: ADACOMM's clock starts there.
     started: Instant,
     /// When each version still in the ring was published, for the ledger's `age_ms`.
@@ -276,8 +235,9 @@ pub struct Room {
     next_id: u64,
     /// Training workers ever admitted, for shard assignment.
     trainers: u32,
-    /// For lossy center codecs.
-    rng: StdRng,
+    /// For lossy center codecs and SwarmSGD's choices (the simulator's generator, so that
+    /// the two can be compared draw for draw).
+    rng: ChaCha8Rng,
     /// Encoded `Center` messages of the newest version, by codec.
     center_cache: Vec<(Codec, u64, Arc<[u8]>)>,
     /// Pushes computed from a version below this are refused with RESYNC: after a restart
@@ -298,34 +258,16 @@ impl Room {
             // ADACOMM's period starts at k0, as when the teacher switches to it.
             settings.hyper.local_steps = k0;
         }
-        let center: Arc<[f32]> = center.into();
-        let swarm = match strategy {
-            Strategy::Swarm { topology, .. } => {
-                Some(Swarm::new(topology, 0, center.clone(), settings.max_norm))
-            }
-            _ => None,
-        };
-        let mut agg = Aggregator::new(
-            central(&settings.hyper),
-            u32::MAX,
-            0,
-            center,
-            settings.max_norm,
-        )
-        .expect("the room's settings pass Hyper::validate");
-        agg.set_workers(1);
+        let engine = room_engine(strategy, 0, center.into(), settings.max_norm);
         Room {
             code,
             spec: LENET5_28,
             ledger: Ledger::new(settings.ledger_capacity),
-            rng: StdRng::seed_from_u64(settings.init_seed ^ 0x5eed),
-            adacomm: Adacomm::of(&strategy),
+            rng: ChaCha8Rng::seed_from_u64(settings.init_seed ^ 0x5eed),
             settings,
-            agg,
-            swarm,
+            engine,
             pairs: VecDeque::new(),
-            held: Vec::new(),
-            round_losses: Vec::new(),
+            held_records: Vec::new(),
             started: now,
             published: VecDeque::from([(0, now)]),
             workers: BTreeMap::new(),
@@ -355,16 +297,13 @@ impl Room {
     /// The newest version and its center; under SwarmSGD, the swarm's version and the
     /// mean of its workers' models (connected or not; the removed are forgotten).
     pub fn center(&self) -> (u64, Arc<[f32]>) {
-        if let Some(s) = &self.swarm {
-            return (s.version(), s.mean().clone());
-        }
-        let (v, c) = self.agg.center();
+        let (v, c) = self.engine.center();
         (v, c.clone())
     }
 
     /// The graph and the latest pairwise averages, when the room runs SwarmSGD.
     pub fn swarm_view(&self) -> Option<SwarmView> {
-        let s = self.swarm.as_ref()?;
+        let s = self.engine.swarm()?;
         Some(SwarmView {
             topology: s.topology().to_string(),
             graph: s.graph().map_or("none".into(), |t| t.to_string()),
@@ -466,11 +405,12 @@ impl Room {
         let shard_index = w.shard_index.unwrap_or(0);
         let resume_token = w.resume_token;
         let down = self.down_codec(join.capabilities);
-        let (version, center) = match &mut self.swarm {
-            Some(s) if trains(join.kind) => {
+        let (version, center) = match self.engine.swarm() {
+            Some(_) if trains(join.kind) => {
                 // A newcomer starts from the mean model; a resumed worker gets its own back.
-                s.join(id as u32, None, &mut self.rng);
-                s.reply(id as u32, down, &mut self.rng)
+                self.engine.join(id as u32, None, &mut self.rng);
+                self.engine
+                    .reply(id as u32, down, &mut self.rng)
                     .expect("just joined")
             }
             _ => {
@@ -500,9 +440,7 @@ impl Room {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.connected = false;
         }
-        if let Some(s) = &mut self.swarm {
-            s.leave(worker as u32, &mut self.rng);
-        }
+        self.engine.leave(worker as u32, &mut self.rng);
     }
 
     /// Notes that the relay heard from `worker`.
@@ -537,7 +475,7 @@ impl Room {
         bytes_in: usize,
         now: Instant,
     ) -> Pushed {
-        let caps = self.workers.get(&worker).map(|w| w.capabilities);
+        let caps = self.workers.get(&worker).map_or(0, |w| w.capabilities);
         let current = self.center().0;
         let base = push.base_version;
         let mut rec = Record {
@@ -565,99 +503,138 @@ impl Room {
             reason: String::new(),
         };
         let mut out = Pushed::default();
-        let outcome = match self.workers.get(&worker).map(|w| w.kind) {
+        let verdict = match self.workers.get(&worker).map(|w| w.kind) {
             _ if base < self.resync_below => Err((
                 code::RESYNC,
                 "the relay restarted from a checkpoint: take the new center".to_string(),
             )),
-            Some(k) if trains(k) && self.swarm.is_some() => {
-                self.exchange(worker, push, delta, &mut rec)
-            }
-            Some(k) if trains(k) => self.apply(worker, push, delta, &mut rec, &mut out, now),
+            Some(k) if trains(k) => match delta {
+                Err(refused) => Err(refused),
+                Ok(delta) => {
+                    self.engine.set_workers(self.active());
+                    let update = Update {
+                        worker: worker as u32,
+                        base,
+                        delta: &delta,
+                        loss: push.loss,
+                    };
+                    let at = now.saturating_duration_since(self.started).as_micros() as u64;
+                    let o = self.engine.on_update(update, at, &mut self.rng);
+                    self.absorb(o, &mut rec, &mut out, now)
+                }
+            },
             _ => Err((code::UNEXPECTED, "only training workers push".to_string())),
         };
         if let Some(w) = self.workers.get_mut(&worker) {
             w.last_seen = now;
         }
-        let ack = match outcome {
-            Ok(false) => None,
-            Ok(true) => Some(Ack {
-                base_version: base,
-                outcome: Outcome::Accepted {
-                    tau: rec.tau as u32,
-                    alpha_eff: rec.alpha_eff,
-                    version: rec.version.unwrap_or(current),
-                },
-            }),
+        out.version = rec.version;
+        let ack = match verdict {
+            // Held at the barrier: its ledger row is written when the round answers it.
+            Ok(None) => {
+                self.held_records.push(rec);
+                return out;
+            }
+            Ok(Some(a)) => {
+                rec.alpha_eff = a.weight;
+                accepted(&a)
+            }
             Err((c, why)) => {
                 rec.code = c;
                 rec.reason = why.clone();
-                Some(Ack {
+                Ack {
                     base_version: base,
                     outcome: Outcome::Refused {
                         code: c,
                         message: why,
                     },
-                })
+                }
             }
         };
-        if let Some(ack) = &ack {
-            let ack_len = message::encode(&Message::Ack(ack.clone())).len();
-            // The Center that follows (the room's, or under swarm the worker's own model)
-            // has the same length; measured without encoding it.
-            let down = self.down_codec(caps.unwrap_or(0));
-            let center_len = message::center_len(codec::encoded_len(down, self.spec.param_count));
-            rec.bytes_out = (ack_len + center_len) as u64;
-        }
-        out.version = rec.version;
-        out.ack = ack;
+        rec.bytes_out = self.answer_len(&ack, caps);
         self.ledger.record(rec);
+        out.recorded += 1;
+        out.ack = Some(ack);
         out
     }
 
-    /// SwarmSGD: the push is averaged with a random neighbour's model
-    /// ([`Swarm::on_update`]); the pusher gets its new model back
-    /// ([`Room::reply_center`]). Always answered at once.
-    fn exchange(
+    /// Copies what the engine said about a push into its ledger row and the room's state,
+    /// and answers the held pushes its round closed (their rows are written now, with the
+    /// weight the round gave them). Returns the pusher's answer: `Ok(None)` while held.
+    fn absorb(
         &mut self,
-        worker: u64,
-        push: &Push,
-        delta: Decoded,
+        o: easel_protocol::strategy::Outcome,
         rec: &mut Record,
-    ) -> Result<bool, (u16, String)> {
-        let delta = delta?;
-        rec.delta_norm = norm(&delta);
-        let swarm = self.swarm.as_mut().expect("checked by the caller");
-        let x = swarm
-            .on_update(worker as u32, push.base_version, &delta, &mut self.rng)
-            .map_err(|r| (r.code(), r.to_string()))?;
-        rec.tau = u64::from(x.tau);
-        rec.alpha_eff = if x.peer.is_some() { 0.5 } else { 1.0 };
-        rec.view_distance = x.view_distance;
-        rec.worker_distance = x.distance_to_mean;
-        rec.version = Some(x.version);
-        rec.peer = x.peer.map(u64::from);
+        out: &mut Pushed,
+        now: Instant,
+    ) -> Result<Option<Answer>, (u16, String)> {
+        rec.tau = o.tau;
+        (rec.view_distance, rec.worker_distance, rec.delta_norm) =
+            (o.view_distance, o.worker_distance, o.delta_norm);
+        rec.version = o.version;
+        rec.peer = o.peer.map(u64::from);
+        if let Some(version) = o.version {
+            self.center_cache.clear();
+            if let Some(agg) = self.engine.central() {
+                self.published.push_back((version, now));
+                while self.published.len() > agg.ring().len() {
+                    self.published.pop_front();
+                }
+            }
+        }
         if let Some(b) = rec.peer {
             if self.pairs.len() == RECENT_PAIRS {
                 self.pairs.pop_front();
             }
             self.pairs.push_back(Pair {
                 wall_ms: rec.wall_ms,
-                a: worker,
+                a: rec.worker,
                 b,
             });
         }
-        self.center_cache.clear();
-        Ok(true)
+        for a in &o.released {
+            let worker = u64::from(a.worker);
+            let ack = accepted(a);
+            if let Some(i) = self.held_records.iter().position(|r| r.worker == worker) {
+                let mut held = self.held_records.remove(i);
+                held.alpha_eff = a.weight;
+                held.version = Some(a.version);
+                let caps = self.workers.get(&worker).map_or(0, |w| w.capabilities);
+                held.bytes_out = self.answer_len(&ack, caps);
+                self.ledger.record(held);
+                out.recorded += 1;
+            }
+            out.released.push((worker, ack));
+        }
+        if let Some(k) = o.period
+            && k != self.settings.hyper.local_steps
+        {
+            self.settings.hyper.local_steps = k;
+            let h = self.settings.hyper;
+            out.forwards = self.connected_trainers(Control::Settings(h));
+        }
+        match o.verdict {
+            Verdict::Answered(a) => Ok(Some(a)),
+            Verdict::Held => Ok(None),
+            Verdict::Refused(r) => Err((r.code(), r.to_string())),
+        }
+    }
+
+    /// Bytes sent to answer a push: its Ack and the Center that follows (the room's, or
+    /// under swarm the worker's own model, of the same length), measured without encoding
+    /// the Center.
+    fn answer_len(&self, ack: &Ack, caps: u32) -> u64 {
+        let ack_len = message::encode(&Message::Ack(ack.clone())).len();
+        let down = self.down_codec(caps);
+        let center_len = message::center_len(codec::encoded_len(down, self.spec.param_count));
+        (ack_len + center_len) as u64
     }
 
     /// The Center that answers `worker`'s push (or its held push) in the codec it reads:
     /// the room's center, or under SwarmSGD the worker's own model after its exchange.
     pub fn reply_center(&mut self, worker: u64, caps: u32) -> Arc<[u8]> {
         let down = self.down_codec(caps);
-        if let Some(s) = &mut self.swarm
-            && let Some((version, payload)) = s.reply(worker as u32, down, &mut self.rng)
-        {
+        if let Some((version, payload)) = self.engine.reply(worker as u32, down, &mut self.rng) {
             return message::encode(&Message::Center(Center {
                 version,
                 base: None,
@@ -677,134 +654,6 @@ impl Room {
             .count();
         n.max(1) as u32
     }
-
-    /// Runs the push through the strategy; `Ok(true)`: answer now, `Ok(false)`: held.
-    fn apply(
-        &mut self,
-        worker: u64,
-        push: &Push,
-        delta: Decoded,
-        rec: &mut Record,
-        out: &mut Pushed,
-        now: Instant,
-    ) -> Result<bool, (u16, String)> {
-        let delta = delta?;
-        let base = push.base_version;
-        let current = self.agg.center().0;
-        let tau = current.saturating_sub(base);
-        let strategy = self.agg.strategy().clone();
-        // EASGD measures the ledger's distances as it applies the push: taken from it then.
-        let easgd = matches!(strategy, Strategy::Easgd { .. });
-        if !easgd {
-            self.measure(base, &delta, rec);
-        }
-        self.agg.set_workers(self.active());
-        let action = self.agg.on_update(worker as u32, base, &delta);
-        match (easgd, self.agg.last_easgd()) {
-            (false, _) => {}
-            (true, Some(a)) => {
-                (rec.view_distance, rec.worker_distance, rec.delta_norm) =
-                    (a.view_distance, a.worker_distance, a.delta_norm);
-            }
-            // Refused: the center did not move, so these are the distances it had.
-            (true, None) => self.measure(base, &delta, rec),
-        }
-        let loss = push.loss;
-        match action {
-            Action::Refused(r) => Err((r.code(), r.to_string())),
-            Action::Buffered { .. } => {
-                rec.alpha_eff = weight(&strategy, tau, 1);
-                Ok(true)
-            }
-            Action::Held { pending } => {
-                rec.alpha_eff = weight(&strategy, tau, self.barrier_m(&strategy, pending));
-                self.held.push(Held {
-                    worker,
-                    base,
-                    tau: tau as u32,
-                });
-                self.round_losses.push(loss);
-                Ok(false)
-            }
-            Action::Applied {
-                version, updates, ..
-            } => {
-                rec.alpha_eff = weight(&strategy, tau, updates);
-                rec.version = Some(version);
-                self.published.push_back((version, now));
-                while self.published.len() > self.agg.ring().len() {
-                    self.published.pop_front();
-                }
-                self.center_cache.clear();
-                if strategy.is_synchronous() {
-                    self.round_losses.push(loss);
-                    let w = 1.0 / updates as f32;
-                    for h in std::mem::take(&mut self.held) {
-                        let ack = Ack {
-                            base_version: h.base,
-                            outcome: Outcome::Accepted {
-                                tau: h.tau,
-                                alpha_eff: w,
-                                version,
-                            },
-                        };
-                        out.released.push((h.worker, ack));
-                    }
-                    self.round_closed(now, out);
-                }
-                Ok(true)
-            }
-        }
-    }
-
-    /// The ledger's distances of a push against the current center, from the version the
-    /// strategy rebases it on.
-    fn measure(&self, base: u64, delta: &[f32], rec: &mut Record) {
-        let center = self.agg.center().1;
-        match self.agg.ring().get(base) {
-            Ok(view) if view.len() == delta.len() => {
-                let (v, w, d) = push_distances(view, delta, center);
-                (rec.view_distance, rec.worker_distance, rec.delta_norm) = (v, w, d);
-            }
-            _ => rec.delta_norm = norm(delta),
-        }
-    }
-
-    /// The updates a barrier round will average (a held push's weight is `1 / m`).
-    fn barrier_m(&self, strategy: &Strategy, pending: u32) -> u32 {
-        match strategy {
-            Strategy::Fedavg {
-                m_of_n: Some(m), ..
-            } => *m,
-            _ => self.active().max(pending),
-        }
-    }
-
-    /// A barrier round closed: ADACOMM sets its next period from the round's mean loss and
-    /// tells every worker when it changed.
-    fn round_closed(&mut self, now: Instant, out: &mut Pushed) {
-        let losses = std::mem::take(&mut self.round_losses);
-        let Some(a) = &mut self.adacomm else {
-            return;
-        };
-        let finite: Vec<f64> = losses
-            .iter()
-            .filter(|l| l.is_finite())
-            .map(|&l| f64::from(l))
-            .collect();
-        if finite.is_empty() {
-            return;
-        }
-        let mean = finite.iter().sum::<f64>() / finite.len() as f64;
-        let at = now.saturating_duration_since(self.started).as_micros() as u64;
-        let k = a.on_round(at, mean);
-        if k != self.settings.hyper.local_steps {
-            self.settings.hyper.local_steps = k;
-            let h = self.settings.hyper;
-            out.forwards = self.connected_trainers(Control::Settings(h));
-        }
-    }
-
     fn connected_trainers(&self, c: Control) -> Vec<Forward> {
         self.workers
             .values()
@@ -815,29 +664,31 @@ impl Room {
 
     /// Answers every push held at the barrier with a refusal (`code`, `why`): the round
     /// is abandoned (a worker left or paused, the strategy changed, the room was reset) and
-    /// its workers resynchronise with the current center.
+    /// its workers resynchronise with the current center. Their ledger rows say so.
     pub fn release_held(&mut self, code: u16, why: &str) -> Vec<(u64, Ack)> {
-        self.round_losses.clear();
-        if !self.held.is_empty() {
-            let (v, c) = self.agg.center();
-            let c = c.clone();
-            self.agg.reset(v, c);
+        let held = self.engine.release_held();
+        let mut acks = Vec::with_capacity(held.len());
+        for h in held {
+            let worker = u64::from(h.worker);
+            let ack = Ack {
+                base_version: h.base,
+                outcome: Outcome::Refused {
+                    code,
+                    message: why.to_string(),
+                },
+            };
+            if let Some(i) = self.held_records.iter().position(|r| r.worker == worker) {
+                let mut rec = self.held_records.remove(i);
+                rec.code = code;
+                rec.reason = why.to_string();
+                let caps = self.workers.get(&worker).map_or(0, |w| w.capabilities);
+                rec.bytes_out = self.answer_len(&ack, caps);
+                self.ledger.record(rec);
+            }
+            acks.push((worker, ack));
         }
-        std::mem::take(&mut self.held)
-            .into_iter()
-            .map(|h| {
-                let ack = Ack {
-                    base_version: h.base,
-                    outcome: Outcome::Refused {
-                        code,
-                        message: why.to_string(),
-                    },
-                };
-                (h.worker, ack)
-            })
-            .collect()
+        acks
     }
-
     /// The encoded `Center` message of the newest version for a client with capability
     /// bits `caps`: the room's center codec when the client announced it, fp32 otherwise.
     /// Always the whole center (no difference). Cached per version and codec.
@@ -932,8 +783,6 @@ impl Room {
                     // ones with [`Room::release_held`]); ADACOMM starts from `k0`.
                     self.switch(&strategy)
                         .map_err(|e| error(code::MALFORMED, e.to_string()))?;
-                    self.adacomm = Adacomm::of(&strategy);
-                    self.round_losses.clear();
                     if let Strategy::Adacomm { k0, .. } = strategy {
                         hyper.local_steps = k0;
                     }
@@ -949,41 +798,28 @@ impl Room {
         Ok(out)
     }
 
-    /// Changes the room's strategy. Into SwarmSGD, every connected worker's model starts as
-    /// the center it holds (the current version), so its next push is accepted; out of it,
-    /// the mean model becomes the next center version, and every push is refused once
-    /// (resync) so that every worker starts from it.
+    /// Changes the room's strategy ([`Engine::switch`]): into SwarmSGD every connected
+    /// worker starts from the center it holds; out of it the mean model becomes the next
+    /// center version, published now.
     fn switch(
         &mut self,
         strategy: &Strategy,
     ) -> Result<(), easel_protocol::strategy::StrategyError> {
-        match (strategy, &mut self.swarm) {
-            (Strategy::Swarm { topology, .. }, Some(s)) => s.set_topology(*topology, &mut self.rng),
-            (Strategy::Swarm { topology, .. }, None) => {
-                let (version, center) = self.center();
-                self.agg.reset(version, center.clone());
-                let mut s = Swarm::new(*topology, version, center.clone(), self.settings.max_norm);
-                for w in self
-                    .workers
-                    .values()
-                    .filter(|w| trains(w.kind) && w.connected)
-                {
-                    s.join(w.id as u32, Some(&center), &mut self.rng);
-                }
-                self.swarm = Some(s);
-                self.pairs.clear();
-            }
-            (_, Some(s)) => {
-                let (version, mean) = (s.version() + 1, s.mean().clone());
-                self.agg.set_strategy(strategy.clone())?;
-                self.agg.reset(version, mean);
-                self.published = VecDeque::from([(version, Instant::now())]);
-                self.swarm = None;
-                self.pairs.clear();
-            }
-            (_, None) => {
-                self.agg.set_strategy(strategy.clone())?;
-            }
+        let was_swarm = self.engine.swarm().is_some();
+        let members: Vec<u32> = self
+            .workers
+            .values()
+            .filter(|w| trains(w.kind) && w.connected)
+            .map(|w| w.id as u32)
+            .collect();
+        let made = self
+            .engine
+            .switch(strategy.clone(), members, &mut self.rng)?;
+        if let Some(version) = made {
+            self.published = VecDeque::from([(version, Instant::now())]);
+        }
+        if was_swarm != self.engine.swarm().is_some() {
+            self.pairs.clear();
         }
         Ok(())
     }
@@ -991,13 +827,12 @@ impl Room {
     /// Removes a training worker: it is paused, marked removed (its resume is refused) and
     /// disconnected. Returns whether it was connected (its connection must be closed).
     pub fn remove(&mut self, worker: u64) -> Result<bool, ErrorMessage> {
-        if let Some(s) = &mut self.swarm
-            && self
-                .workers
-                .get(&worker)
-                .is_some_and(|w| trains(w.kind) && !w.removed)
+        if self
+            .workers
+            .get(&worker)
+            .is_some_and(|w| trains(w.kind) && !w.removed)
         {
-            s.remove(worker as u32, &mut self.rng);
+            self.engine.remove(worker as u32, &mut self.rng);
         }
         match self.workers.get_mut(&worker) {
             Some(w) if trains(w.kind) && !w.removed => {
@@ -1028,18 +863,13 @@ impl Room {
     /// If `center` does not have lenet5-28's parameter count.
     pub fn reset(&mut self, center: Vec<f32>, now: Instant) -> u64 {
         assert_eq!(center.len(), self.spec.param_count, "center length");
-        let version = self.agg.center().0 + 1;
-        if let Some(s) = &mut self.swarm {
-            s.reset(&center);
-            self.pairs.clear();
-        }
-        self.agg.reset(version, center.into());
-        self.held.clear();
-        self.round_losses.clear();
+        let version = self.engine.reset(center.into());
+        self.pairs.clear();
+        self.held_records.clear();
         self.published = VecDeque::from([(version, now)]);
         self.ledger = Ledger::new(self.settings.ledger_capacity);
         self.center_cache.clear();
-        self.center().0
+        version
     }
 
     /// Sets how the training digits are split (`iid`, `dirichlet:ALPHA`, `classes:K`), for
@@ -1156,16 +986,8 @@ impl Room {
         let mut room = Room::new(snap.code, snap.settings, center, now);
         // ADACOMM's period as it was, not k0 again.
         room.settings.hyper = hyper;
-        let center = room.agg.center().1.clone();
-        room.agg.reset(version, center.clone());
-        if let Strategy::Swarm { topology, .. } = hyper.strategy() {
-            room.swarm = Some(Swarm::new(
-                topology,
-                version,
-                center,
-                room.settings.max_norm,
-            ));
-        }
+        let center = room.engine.center().1.clone();
+        room.engine = room_engine(hyper.strategy(), version, center, room.settings.max_norm);
         room.published = VecDeque::from([(version, now)]);
         room.workers = snap
             .workers
@@ -1204,19 +1026,27 @@ impl Room {
     }
 }
 
-/// The weight a push's update gets under `strategy` when it is one of `m` averaged
-/// together (the ledger's `alpha_eff`): EASGD's `alpha s(tau)`, async SGD's `s(tau)`,
-/// bounded staleness's 1, FedBuff's `s(tau) / m`, a barrier's `1 / m`.
-fn weight(strategy: &Strategy, tau: u64, m: u32) -> f32 {
-    let m = m.max(1) as f32;
-    match *strategy {
-        Strategy::Easgd {
-            alpha, staleness, ..
-        } => easel_protocol::alpha_eff(alpha, staleness, tau),
-        Strategy::AsyncSgd { staleness, .. } => staleness.weight(tau),
-        Strategy::Bounded { .. } | Strategy::Swarm { .. } => 1.0,
-        Strategy::Fedbuff { staleness, m, .. } => staleness.weight(tau) / m.max(1) as f32,
-        Strategy::Fedavg { .. } | Strategy::Adacomm { .. } => 1.0 / m,
+/// A room's engine: its parameters checked as any room size allows (the barrier's `n`
+/// follows the connected workers, [`Engine::set_workers`]).
+///
+/// # Panics
+/// If the strategy's parameters are invalid (the settings pass `Hyper::validate` first).
+fn room_engine(strategy: Strategy, version: u64, center: Arc<[f32]>, max_norm: f32) -> Engine {
+    let mut engine = Engine::new(strategy, u32::MAX, version, center, max_norm)
+        .expect("the room's settings pass Hyper::validate");
+    engine.set_workers(1);
+    engine
+}
+
+/// Answers an accepted push with the engine's figures.
+fn accepted(a: &Answer) -> Ack {
+    Ack {
+        base_version: a.base,
+        outcome: Outcome::Accepted {
+            tau: a.tau,
+            alpha_eff: a.weight,
+            version: a.version,
+        },
     }
 }
 
@@ -1268,7 +1098,7 @@ mod tests {
     }
 
     fn push(base: u64, delta: &[f32]) -> Push {
-        let mut rng = StdRng::seed_from_u64(0);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
         Push {
             base_version: base,
             local_steps: 1,
@@ -1741,23 +1571,5 @@ mod tests {
             }
         }
 
-        /// The one-pass ledger distances are the protocol's, to the bit.
-        #[test]
-        fn push_distances_equal_rebase_then_distance_and_norm(
-            v in prop::collection::vec(-10.0f32..10.0, 1..300),
-            seed in any::<u64>(),
-        ) {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let d: Vec<f32> = v.iter().map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let c: Vec<f32> = v.iter().map(|_| rng.random_range(-10.0f32..10.0)).collect();
-            let x: Vec<f32> = v.iter().zip(&d).map(|(a, b)| a + b).collect();
-            let want = (
-                easel_protocol::distance(&v, &c).to_bits(),
-                easel_protocol::distance(&x, &c).to_bits(),
-                norm(&d).to_bits(),
-            );
-            let (a, b, n) = push_distances(&v, &d, &c);
-            prop_assert_eq!((a.to_bits(), b.to_bits(), n.to_bits()), want);
-        }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`swarm`]: SwarmSGD's topologies, the seeded choice of a neighbour and the pairwise
 //!   average (optionally quantized), and [`Swarm`], the live swarm the relay routes (each
 //!   push averaged with one neighbour's model); there is no central model in its update path.
+//! - [`engine`]: [`Engine`], every strategy behind one door: the relay's room and the
+//!   simulator both hand it each update and get back everything they answer and record.
 //! - [`meter`]: the elastic-consistency meter: for every applied update, its staleness `tau`
 //!   and the distance between the worker's view and the model the update is applied to,
 //!   with per-worker and per-run max, mean and p95 (the empirical `B`).
@@ -21,13 +23,15 @@
 //! not elastic averaging (delta application, barriers, buffers, gossip).
 
 pub mod center;
+pub mod engine;
 pub mod meter;
 pub mod swarm;
 pub mod worker;
 
 pub use center::{Action, Aggregator, Refusal, apply_delta};
+pub use engine::{Answer, Engine, Held, Outcome, Update, Verdict, push_distances, update_weight};
 pub use meter::{Meter, Summary};
-pub use swarm::{Exchange, Graph, Swarm, Topology, average_pair, quantized_average};
+pub use swarm::{Exchange, Graph, PAIR_WEIGHT, Swarm, Topology, average_pair, quantized_average};
 pub use worker::{Adacomm, Merged, Reply, after_reply};
 
 use serde::{Deserialize, Serialize};

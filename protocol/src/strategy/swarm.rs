@@ -221,6 +221,9 @@ pub fn quantized_average<R: Rng + ?Sized>(
     Ok(pa.len() + pb.len())
 }
 
+/// The weight of each of the two models in a pairwise average ([`average_pair`]).
+pub const PAIR_WEIGHT: f32 = 0.5;
+
 /// What became of an update in a live swarm ([`Swarm::on_update`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exchange {
@@ -236,6 +239,18 @@ pub struct Exchange {
     pub view_distance: f32,
     /// `||x_i - mean||` after the update: the worker's drift from the mean model.
     pub distance_to_mean: f32,
+}
+
+impl Exchange {
+    /// The weight the pusher's model got: [`PAIR_WEIGHT`] in an average, 1 when it had no
+    /// neighbour (its model is taken as it is).
+    pub fn weight(&self) -> f32 {
+        if self.peer.is_some() {
+            PAIR_WEIGHT
+        } else {
+            1.0
+        }
+    }
 }
 
 /// `sum += k * x`, coordinate by coordinate.

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod experiments;
+pub mod relay;
 pub mod svg;
 
 use std::cmp::Reverse;
@@ -31,15 +32,14 @@ use easel_client::schedule::epoch_order;
 use easel_client::{CpuTrainer, Sgd, Trainer, cpu, model};
 use easel_protocol::codec::{self, Codec, ErrorFeedback};
 use easel_protocol::message::{self, Message, Push};
-use easel_protocol::strategy::{
-    Action, Adacomm, Aggregator, Meter, Reply, Strategy, Summary, Swarm, after_reply,
-};
+use easel_protocol::strategy::{Reply, Strategy, Summary, after_reply};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal};
 use serde::Serialize;
 
 pub use config::{ConfigError, SimConfig, SpeedDist};
+pub use relay::{Delivery, SimRelay};
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,12 @@ enum Event {
     /// Worker `w` finished its round's local steps.
     RoundDone { w: u32 },
     /// Worker `w`'s push reaches the center.
-    Arrive { w: u32, base: u64, payload: Vec<u8> },
+    Arrive {
+        w: u32,
+        base: u64,
+        payload: Vec<u8>,
+        loss: f32,
+    },
     /// The center's answer reaches worker `w`.
     Answer {
         w: u32,
@@ -163,20 +168,26 @@ struct Sim<'a> {
     events: BTreeMap<u64, Event>,
     trainer: CpuTrainer,
     workers: Vec<SimWorker>,
-    center: Option<Aggregator>,
-    /// SwarmSGD as the relay runs it, with the codec of its exchanges (the strategy's
-    /// `quantize` both ways, else the configured push and center codecs).
-    swarm: Option<Swarm>,
-    adacomm: Option<Adacomm>,
-    rng: ChaCha8Rng,
+    /// The relay's side: the engine the live room drives, answering with the codec of the
+    /// models sent back (SwarmSGD's `quantize` when it has one, else the configured one).
+    relay: SimRelay,
     batch: Vec<u32>,
     curve: Vec<EvalPoint>,
     bytes_up: u64,
     bytes_down: u64,
     steps: u64,
-    applied: u64,
-    refused: u64,
     end: u64,
+}
+
+/// The codecs of pushes and of the models sent back: Swarm's `quantize` both ways when it
+/// has one, else the configured ones.
+fn codecs(cfg: &SimConfig) -> (Codec, Codec) {
+    match cfg.strategy {
+        Strategy::Swarm {
+            quantize: Some(q), ..
+        } => (q, q),
+        _ => (cfg.train.codec_up, cfg.train.codec_down),
+    }
 }
 
 /// Microseconds of a virtual duration in seconds.
@@ -253,25 +264,17 @@ impl<'a> Sim<'a> {
                 }
             })
             .collect::<Vec<_>>();
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F55_1111);
-        let (center_agg, swarm) = match &cfg.strategy {
-            Strategy::Swarm { topology, .. } => {
-                topology
-                    .validate(n)
-                    .map_err(|e| SimError::Config(e.to_string()))?;
-                let mut swarm = Swarm::new(*topology, 0, center, cfg.train.max_norm);
-                for w in 0..n {
-                    swarm.join(w, None, &mut rng);
-                }
-                (None, Some(swarm))
-            }
-            s => {
-                let agg = Aggregator::new(s.clone(), n, 0, center, cfg.train.max_norm)
-                    .map_err(|e| SimError::Config(e.to_string()))?;
-                (Some(agg), None)
-            }
-        };
-        let adacomm = Adacomm::of(&cfg.strategy);
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED_0F55_1111);
+        let (_, down) = codecs(cfg);
+        let relay = SimRelay::new(
+            cfg.strategy.clone(),
+            n,
+            center,
+            cfg.train.max_norm,
+            down,
+            rng,
+        )
+        .map_err(|e| SimError::Config(e.to_string()))?;
         Ok(Sim {
             cfg,
             data,
@@ -281,17 +284,12 @@ impl<'a> Sim<'a> {
             events: BTreeMap::new(),
             trainer,
             workers,
-            center: center_agg,
-            swarm,
-            adacomm,
-            rng,
+            relay,
             batch: Vec::with_capacity(cfg.train.batch as usize),
             curve: Vec::new(),
             bytes_up: 0,
             bytes_down: 0,
             steps: 0,
-            applied: 0,
-            refused: 0,
             end: micros(cfg.duration_s),
         })
     }
@@ -324,7 +322,12 @@ impl<'a> Sim<'a> {
                 .expect("every scheduled event is stored");
             match event {
                 Event::RoundDone { w } => self.round_done(w),
-                Event::Arrive { w, base, payload } => self.arrive(w, base, &payload),
+                Event::Arrive {
+                    w,
+                    base,
+                    payload,
+                    loss,
+                } => self.arrive(w, base, &payload, loss),
                 Event::Answer {
                     w,
                     version,
@@ -346,8 +349,8 @@ impl<'a> Sim<'a> {
 
     /// Local steps in a round of worker `w`.
     fn local_steps(&self) -> u32 {
-        match &self.adacomm {
-            Some(a) => a.period(),
+        match self.relay.engine().period() {
+            Some(k) => k,
             None => self.cfg.strategy.local_steps(self.cfg.train.local_steps),
         }
     }
@@ -406,20 +409,9 @@ impl<'a> Sim<'a> {
         loss
     }
 
-    /// The codecs of pushes and of the models sent back: Swarm's `quantize` both ways when
-    /// it has one, else the configured ones.
-    fn codecs(&self) -> (Codec, Codec) {
-        match self.cfg.strategy {
-            Strategy::Swarm {
-                quantize: Some(q), ..
-            } => (q, q),
-            _ => (self.cfg.train.codec_up, self.cfg.train.codec_down),
-        }
-    }
-
     fn round_done(&mut self, w: u32) {
         let loss = self.train(w);
-        let (up, _) = self.codecs();
+        let (up, _) = codecs(self.cfg);
         let train = &self.cfg.train;
         let worker = &mut self.workers[w as usize];
         let delta: Vec<f32> = worker
@@ -444,59 +436,21 @@ impl<'a> Sim<'a> {
         .len();
         self.bytes_up += bytes as u64;
         let at = self.now + self.transfer_us(bytes);
-        self.schedule(at, Event::Arrive { w, base, payload });
+        self.schedule(
+            at,
+            Event::Arrive {
+                w,
+                base,
+                payload,
+                loss,
+            },
+        );
     }
 
-    fn arrive(&mut self, w: u32, base: u64, payload: &[u8]) {
-        if self.swarm.is_some() {
-            return self.exchange(w, base, payload);
-        }
-        let agg = self.center.as_mut().expect("a central run");
-        let action = match codec::decode(payload, model::PARAMS) {
-            Ok(delta) => agg.on_update(w, base, &delta),
-            // Workers only send what the real codecs encode; a failure is a refusal.
-            Err(_) => Action::Refused(easel_protocol::strategy::Refusal::Invalid(
-                easel_protocol::Reason::WrongLength {
-                    expected: model::PARAMS,
-                    found: 0,
-                },
-            )),
-        };
-        let (reply, to) = match action {
-            Action::Applied { reply, updates, .. } => {
-                self.applied += u64::from(updates);
-                if let Some(a) = self.adacomm.as_mut() {
-                    let losses: Vec<f64> = reply
-                        .iter()
-                        .map(|&r| f64::from(self.workers[r as usize].last_loss))
-                        .collect();
-                    a.on_round(self.now, losses.iter().sum::<f64>() / losses.len() as f64);
-                }
-                (Reply::Accepted, reply)
-            }
-            Action::Buffered { reply, .. } => (Reply::Accepted, reply),
-            Action::Held { .. } => return,
-            Action::Refused(_) => {
-                self.refused += 1;
-                (Reply::Refused, vec![w])
-            }
-        };
-        let (version, center) = {
-            let (v, c) = self.center.as_ref().expect("a central run").center();
-            (v, c.clone())
-        };
-        let down = self.cfg.train.codec_down;
-        for r in to {
-            // The center as the worker decodes it: shared as it is for fp32, which is exact.
-            let (bytes, received) = if down == Codec::Fp32 {
-                (codec::encoded_len(down, center.len()), center.clone())
-            } else {
-                let payload = codec::encode(down, &center, &mut self.rng);
-                let decoded = codec::decode(&payload, center.len())
-                    .expect("the codecs decode what they encode");
-                (payload.len(), decoded.into())
-            };
-            self.send_answer(r, version, bytes, received, reply);
+    /// Worker `w`'s push reaches the relay: every answer it makes is sent.
+    fn arrive(&mut self, w: u32, base: u64, payload: &[u8], loss: f32) {
+        for d in self.relay.arrive(w, base, payload, loss, self.now) {
+            self.send_answer(d.worker, d.version, d.payload_len, d.center, d.reply);
         }
     }
 
@@ -524,32 +478,6 @@ impl<'a> Sim<'a> {
         );
     }
 
-    /// Swarm: the relay averages `w`'s push with a neighbour's copy and sends `w` its model.
-    fn exchange(&mut self, w: u32, base: u64, payload: &[u8]) {
-        let (_, down) = self.codecs();
-        let swarm = self.swarm.as_mut().expect("a swarm run");
-        let reply = match codec::decode(payload, model::PARAMS)
-            .ok()
-            .map(|delta| swarm.on_update(w, base, &delta, &mut self.rng))
-        {
-            Some(Ok(_)) => {
-                self.applied += 1;
-                Reply::Accepted
-            }
-            _ => {
-                self.refused += 1;
-                Reply::Refused
-            }
-        };
-        let (version, payload) = swarm
-            .reply(w, down, &mut self.rng)
-            .expect("every simulated worker is a member");
-        let received: Arc<[f32]> = codec::decode(&payload, model::PARAMS)
-            .expect("the codecs decode what they encode")
-            .into();
-        self.send_answer(w, version, payload.len(), received, reply);
-    }
-
     fn answer(&mut self, w: u32, version: u64, center: Arc<[f32]>, reply: Reply) {
         let worker = &mut self.workers[w as usize];
         let merged = after_reply(
@@ -571,11 +499,7 @@ impl<'a> Sim<'a> {
     }
 
     fn evaluate(&mut self) {
-        let params: Vec<f32> = match (&self.center, &self.swarm) {
-            (Some(agg), _) => agg.center().1.to_vec(),
-            (None, Some(swarm)) => swarm.mean().to_vec(),
-            (None, None) => unreachable!("a run is central or a swarm"),
-        };
+        let params = self.relay.engine().center().1.clone();
         let test = &self.data.test;
         let n = self.cfg.eval_samples.unwrap_or(test.len()).min(test.len());
         let e = cpu::evaluate(
@@ -595,11 +519,7 @@ impl<'a> Sim<'a> {
     }
 
     fn result(self) -> SimResult {
-        let meter = match (&self.center, &self.swarm) {
-            (Some(agg), _) => agg.meter().clone(),
-            (None, Some(swarm)) => swarm.meter().clone(),
-            (None, None) => Meter::default(),
-        };
+        let meter = self.relay.engine().meter().clone();
         let summary = meter.summary();
         let per: BTreeMap<u32, Summary> = meter.per_worker().into_iter().collect();
         let target = self.cfg.target_accuracy;
@@ -619,13 +539,9 @@ impl<'a> Sim<'a> {
             bytes_down: self.bytes_down,
             rounds: self.workers.iter().map(|w| w.rounds).sum(),
             steps: self.steps,
-            applied: self.applied,
-            refused: self.refused,
-            version: match (&self.center, &self.swarm) {
-                (Some(agg), _) => agg.center().0,
-                (None, Some(swarm)) => swarm.version(),
-                (None, None) => 0,
-            },
+            applied: self.relay.applied,
+            refused: self.relay.refused,
+            version: self.relay.engine().version(),
             staleness: Staleness {
                 histogram: meter.histogram().to_vec(),
                 mean: summary.tau_mean,
