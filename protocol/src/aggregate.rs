@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::message::code;
+use crate::codes::code;
 
 /// How much a stale push still counts: `s(tau)`, in `[0, 1]` and non-increasing in `tau`.
 /// In configuration files (serde) a table tagged by `kind`: `{ kind = "hinge", a = 1, b = 4 }`.
@@ -156,7 +156,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The error code for this reason ([`crate::message::code`]).
+    /// The error code for this reason ([`crate::codes::code`]).
     pub fn code(&self) -> u16 {
         match self {
             Reason::WrongLength { .. } => code::WRONG_LENGTH,

@@ -247,13 +247,13 @@ impl From<Short> for CodecError {
 }
 
 impl CodecError {
-    /// The error code (see [`crate::message::code`]) a relay answers a push with when its
-    /// payload fails to decode: [`crate::message::code::WRONG_LENGTH`] for a length
-    /// mismatch, [`crate::message::code::MALFORMED`] for everything else.
+    /// The error code (see [`crate::codes::code`]) a relay answers a push with when its
+    /// payload fails to decode: [`crate::codes::code::WRONG_LENGTH`] for a length
+    /// mismatch, [`crate::codes::code::MALFORMED`] for everything else.
     pub fn code(&self) -> u16 {
         match self {
-            CodecError::LengthMismatch { .. } => crate::message::code::WRONG_LENGTH,
-            _ => crate::message::code::MALFORMED,
+            CodecError::LengthMismatch { .. } => crate::codes::code::WRONG_LENGTH,
+            _ => crate::codes::code::MALFORMED,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! limit, the magic and the version and hands over the type byte; the message layer reads
 //! the body. Encoding writes [`Frame::header`] and then the body.
 
-use crate::message::{Limits, ProtocolError};
+use crate::codec::{self, CodecError};
+use crate::codes::{close, code};
+use crate::wire::Short;
 
 /// The first four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"EASL";
@@ -61,6 +63,133 @@ impl<'a> Frame<'a> {
         out.push(VERSION);
         out.push(ty);
         out
+    }
+}
+
+/// Caps on sizes, checked by [`crate::message::decode`] before anything is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most bytes of a whole message (configure the WebSocket layer with the same).
+    pub max_message: usize,
+    /// The most bytes of one payload (a compressed vector).
+    pub max_payload: usize,
+    /// The most bytes of a free-text string (error and refusal messages).
+    pub max_string: usize,
+    /// The most indices in a [`crate::message::Shard::Indices`].
+    pub max_shard: usize,
+}
+
+impl Limits {
+    /// Limits for a model of `params` values: a payload up to the largest any valid codec
+    /// makes ([`codec::max_encoded_len`]), strings up to 1,024 bytes, shards up to 65,536
+    /// indices, and a message up to one payload, one shard and 4,096 bytes more.
+    pub fn for_params(params: usize) -> Limits {
+        let max_payload = codec::max_encoded_len(params);
+        let max_shard = 65_536;
+        Limits {
+            max_message: max_payload + 4 * max_shard + 4096,
+            max_payload,
+            max_string: 1024,
+            max_shard,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// [`Limits::for_params`] for lenet5-28: payloads up to 399,848 bytes, messages up to
+    /// 666,088.
+    fn default() -> Limits {
+        Limits::for_params(crate::LENET5_28.param_count)
+    }
+}
+
+/// Why bytes are not a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The message is longer than [`Limits::max_message`].
+    #[error("message of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    /// The message does not start with `EASL`.
+    #[error("bad magic (not an Easel message)")]
+    BadMagic,
+    /// A protocol version other than this crate's ([`VERSION`]).
+    #[error(
+        "unsupported protocol version {0}; this side speaks version {v} (reload the page or \
+         update the client)",
+        v = VERSION
+    )]
+    UnsupportedVersion(u8),
+    /// A message type byte that names no message.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// The message ends inside a field: the field at offset `at` needs `needed` bytes.
+    #[error("truncated: {needed} bytes needed at offset {at}")]
+    Truncated { needed: usize, at: usize },
+    /// A length field above its limit.
+    #[error("{what} of {len} bytes exceeds the limit of {max}")]
+    FieldTooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// A string that is not UTF-8; its bytes start at `at`.
+    #[error("string at offset {at} is not UTF-8")]
+    BadUtf8 { at: usize },
+    /// Bytes after the end of the message's body.
+    #[error("{extra} bytes after the end of the message")]
+    TrailingBytes { extra: usize },
+    /// A field whose value is out of its range.
+    #[error("invalid {what}")]
+    InvalidValue { what: &'static str },
+}
+
+impl ProtocolError {
+    /// The [`code`] an [`crate::message::ErrorMessage`] answering this error carries.
+    pub fn code(&self) -> u16 {
+        match self {
+            ProtocolError::TooLarge { .. } => code::OVERSIZED,
+            ProtocolError::BadMagic => code::BAD_MAGIC,
+            ProtocolError::UnsupportedVersion(_) => code::UNSUPPORTED_VERSION,
+            _ => code::MALFORMED,
+        }
+    }
+
+    /// The WebSocket close code the relay ends the connection with after this error, if it
+    /// does: 1009 (message too big) for [`ProtocolError::TooLarge`], 1002 (protocol error)
+    /// for a bad magic or version. Other errors are answered and the connection stays.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            ProtocolError::TooLarge { .. } => Some(close::TOO_BIG),
+            ProtocolError::BadMagic | ProtocolError::UnsupportedVersion(_) => {
+                Some(close::PROTOCOL_ERROR)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<Short> for ProtocolError {
+    fn from(s: Short) -> Self {
+        ProtocolError::Truncated {
+            needed: s.needed,
+            at: s.at,
+        }
+    }
+}
+
+impl From<CodecError> for ProtocolError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Truncated { needed, at } => ProtocolError::Truncated { needed, at },
+            CodecError::UnknownCodec(_) => ProtocolError::InvalidValue { what: "codec id" },
+            CodecError::UnsupportedBits(_) => ProtocolError::InvalidValue {
+                what: "QSGD bit width",
+            },
+            CodecError::ZeroBucket => ProtocolError::InvalidValue {
+                what: "QSGD bucket size",
+            },
+            _ => ProtocolError::InvalidValue { what: "codec" },
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //!   single flat `f32` vector, and its layout hash.
 //! - [`codec`]: how a vector is compressed into a payload and decoded back (fp32, fp16,
 //!   QSGD, top-k, top-k + QSGD, error feedback).
+//! - [`codes`]: the error and close codes, the bottom module.
 //! - [`frame`] and [`message`]: the binary WebSocket messages, bytes <-> frame <-> message.
 //! - [`aggregate`]: asynchronous elastic averaging with staleness accounting, pure.
 //! - [`strategy`]: the strategy family (EASGD, FedAvg, async SGD, bounded staleness,
@@ -13,6 +14,7 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod codes;
 pub mod frame;
 pub mod message;
 pub mod model_spec;

@@ -12,10 +12,10 @@
 //! the limits is the sender's business, and the receiver's `decode` refuses what does not.
 
 use crate::aggregate::Staleness;
-use crate::codec::{self, Codec, CodecError};
+use crate::codec::Codec;
 use crate::frame::Frame;
 use crate::model_spec::ModelSpec;
-use crate::wire::{Put, Reader, Short};
+use crate::wire::{Put, Reader};
 
 /// The message type bytes (offset 5 of every message).
 pub mod ty {
@@ -28,172 +28,14 @@ pub mod ty {
     pub const ERROR: u8 = 7;
 }
 
-/// The error codes of [`ErrorMessage`] and of a refused push ([`Outcome::Refused`]).
-pub mod code {
-    /// The message does not start with `EASL`. The relay closes the connection.
-    pub const BAD_MAGIC: u16 = 1;
-    /// The protocol version is not [`crate::frame::VERSION`] (2). The relay closes the
-    /// connection.
-    pub const UNSUPPORTED_VERSION: u16 = 2;
-    /// No room has the code given in `Join`.
-    pub const UNKNOWN_ROOM: u16 = 3;
-    /// The model layout hash in `Join` is not the room's.
-    pub const WRONG_MODEL: u16 = 4;
-    /// A payload holds the wrong number of values.
-    pub const WRONG_LENGTH: u16 = 5;
-    /// A pushed update holds a NaN or an infinity.
-    pub const NON_FINITE: u16 = 6;
-    /// A pushed update's norm is above the room's limit.
-    pub const NORM_TOO_LARGE: u16 = 7;
-    /// A push's staleness is above `tau_max`; the worker must resync.
-    pub const TOO_STALE: u16 = 8;
-    /// A message above the size limit. The relay closes the connection (WebSocket 1009).
-    pub const OVERSIZED: u16 = 9;
-    /// The push's base version is no longer (or not yet) known; the worker must resync.
-    pub const RESYNC: u16 = 10;
-    /// A message that does not decode: unknown type, truncated, bad UTF-8, a value out of
-    /// range, trailing bytes, or a payload that does not decode.
-    pub const MALFORMED: u16 = 11;
-    /// A well-formed message that is not valid at this point of the session (a push before
-    /// `Welcome`, a `Welcome` sent to the relay...).
-    pub const UNEXPECTED: u16 = 12;
-    /// A control message from a connection that is not the room's teacher; a `Join`
-    /// resuming a worker the teacher removed.
-    pub const FORBIDDEN: u16 = 13;
-    /// A `Join` resumes a worker with a resume token that is not that worker's. Join again
-    /// without resuming (as a new worker).
-    pub const BAD_RESUME_TOKEN: u16 = 14;
-}
+pub use crate::codes::code;
 
 /// The most bytes of a room code.
 pub const MAX_ROOM: usize = 16;
 /// The most bytes of a model name and of a partition scheme's text.
 pub const MAX_NAME: usize = 64;
 
-/// Caps on sizes, checked by [`decode`] before anything is allocated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// The most bytes of a whole message (configure the WebSocket layer with the same).
-    pub max_message: usize,
-    /// The most bytes of one payload (a compressed vector).
-    pub max_payload: usize,
-    /// The most bytes of a free-text string (error and refusal messages).
-    pub max_string: usize,
-    /// The most indices in a [`Shard::Indices`].
-    pub max_shard: usize,
-}
-
-impl Limits {
-    /// Limits for a model of `params` values: a payload up to the largest any valid codec
-    /// makes ([`codec::max_encoded_len`]), strings up to 1,024 bytes, shards up to 65,536
-    /// indices, and a message up to one payload, one shard and 4,096 bytes more.
-    pub fn for_params(params: usize) -> Limits {
-        let max_payload = codec::max_encoded_len(params);
-        let max_shard = 65_536;
-        Limits {
-            max_message: max_payload + 4 * max_shard + 4096,
-            max_payload,
-            max_string: 1024,
-            max_shard,
-        }
-    }
-}
-
-impl Default for Limits {
-    /// [`Limits::for_params`] for lenet5-28: payloads up to 399,848 bytes, messages up to
-    /// 666,088.
-    fn default() -> Limits {
-        Limits::for_params(crate::LENET5_28.param_count)
-    }
-}
-
-/// Why bytes are not a message.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    /// The message is longer than [`Limits::max_message`].
-    #[error("message of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: usize, max: usize },
-    /// The message does not start with `EASL`.
-    #[error("bad magic (not an Easel message)")]
-    BadMagic,
-    /// A protocol version other than this crate's ([`crate::frame::VERSION`]).
-    #[error(
-        "unsupported protocol version {0}; this side speaks version {v} (reload the page or \
-         update the client)",
-        v = crate::frame::VERSION
-    )]
-    UnsupportedVersion(u8),
-    /// A message type byte that names no message.
-    #[error("unknown message type {0}")]
-    UnknownType(u8),
-    /// The message ends inside a field: the field at offset `at` needs `needed` bytes.
-    #[error("truncated: {needed} bytes needed at offset {at}")]
-    Truncated { needed: usize, at: usize },
-    /// A length field above its limit.
-    #[error("{what} of {len} bytes exceeds the limit of {max}")]
-    FieldTooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
-    /// A string that is not UTF-8; its bytes start at `at`.
-    #[error("string at offset {at} is not UTF-8")]
-    BadUtf8 { at: usize },
-    /// Bytes after the end of the message's body.
-    #[error("{extra} bytes after the end of the message")]
-    TrailingBytes { extra: usize },
-    /// A field whose value is out of its range.
-    #[error("invalid {what}")]
-    InvalidValue { what: &'static str },
-}
-
-impl ProtocolError {
-    /// The [`code`] an [`ErrorMessage`] answering this error carries.
-    pub fn code(&self) -> u16 {
-        match self {
-            ProtocolError::TooLarge { .. } => code::OVERSIZED,
-            ProtocolError::BadMagic => code::BAD_MAGIC,
-            ProtocolError::UnsupportedVersion(_) => code::UNSUPPORTED_VERSION,
-            _ => code::MALFORMED,
-        }
-    }
-
-    /// The WebSocket close code the relay ends the connection with after this error, if it
-    /// does: 1009 (message too big) for [`ProtocolError::TooLarge`], 1002 (protocol error)
-    /// for a bad magic or version. Other errors are answered and the connection stays.
-    pub fn close_code(&self) -> Option<u16> {
-        match self {
-            ProtocolError::TooLarge { .. } => Some(1009),
-            ProtocolError::BadMagic | ProtocolError::UnsupportedVersion(_) => Some(1002),
-            _ => None,
-        }
-    }
-}
-
-impl From<Short> for ProtocolError {
-    fn from(s: Short) -> Self {
-        ProtocolError::Truncated {
-            needed: s.needed,
-            at: s.at,
-        }
-    }
-}
-
-impl From<CodecError> for ProtocolError {
-    fn from(e: CodecError) -> Self {
-        match e {
-            CodecError::Truncated { needed, at } => ProtocolError::Truncated { needed, at },
-            CodecError::UnknownCodec(_) => ProtocolError::InvalidValue { what: "codec id" },
-            CodecError::UnsupportedBits(_) => ProtocolError::InvalidValue {
-                what: "QSGD bit width",
-            },
-            CodecError::ZeroBucket => ProtocolError::InvalidValue {
-                what: "QSGD bucket size",
-            },
-            _ => ProtocolError::InvalidValue { what: "codec" },
-        }
-    }
-}
+pub use crate::frame::{Limits, ProtocolError};
 
 /// What kind of participant joins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1609,7 +1451,7 @@ mod tests {
     #[test]
     fn default_limits_fit_the_largest_lenet_message_and_stay_far_below_tungstenite() {
         let l = Limits::default();
-        assert_eq!(l.max_payload, codec::max_encoded_len(LENET5_28.param_count));
+        assert_eq!(l.max_payload, crate::codec::max_encoded_len(LENET5_28.param_count));
         assert_eq!((l.max_payload, l.max_message), (399_848, 666_088));
         assert!(l.max_message < 1 << 20);
         let welcome = Message::Welcome(Welcome {

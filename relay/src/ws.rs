@@ -24,21 +24,7 @@ use crate::Shutdown;
 use crate::hub::{Hub, Order, Pending, RoomSlot};
 use crate::room::{error, trains};
 
-/// WebSocket close codes the relay uses (RFC 6455).
-pub mod close {
-    /// The relay is shutting down, or a peer stopped answering.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Bad magic or unsupported version.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// A message above the size cap.
-    pub const TOO_BIG: u16 = 1009;
-    /// The teacher removed this device; its resume is refused.
-    pub const REMOVED: u16 = 4000;
-    /// The room's partition changed: join again (resuming is fine) to get the new shard.
-    pub const REJOIN: u16 = 4001;
-    /// Another connection resumed this worker (with its token): this one is over.
-    pub const SUPERSEDED: u16 = 4002;
-}
+pub use easel_protocol::codes::close;
 
 /// Timing of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

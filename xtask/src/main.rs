@@ -5,10 +5,12 @@
 //! - `cargo xtask test` installs what the tests need and runs every test.
 //! - `cargo xtask demo [ARGS...]` prepares everything and starts `easel serve ARGS...`.
 //! - `cargo xtask dist [--windows]` writes the release archives a teacher downloads.
+//! - `cargo xtask modules [SRC..]` checks that a crate's modules use each other acyclically.
 
 mod bench_browser;
 mod data;
 mod dist;
+mod modgraph;
 mod test;
 mod wasm;
 
@@ -25,6 +27,8 @@ tasks:
   wasm           build the browser client into www/pkg (installs wasm-bindgen-cli if needed)
   test           install the system packages the tests need, then run every test
   bench-browser  Easel's wasm client against TensorFlow.js in headless Chromium (JSON figures)
+  modules [SRC..] check that the modules of each crate source directory (default: those
+                 `test` checks) use each other without a cycle
   demo [ARGS..]  data, wasm, then `easel serve ARGS..`
   dist [--windows]
                  data, wasm, then the release archive dist/easel-VERSION-x86_64-linux.tar.gz
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         }
         "demo" => demo(rest),
         "dist" => dist::run(rest),
+        "modules" => modgraph::run(rest),
         "data" | "wasm" | "test" | "bench-browser" if !rest.is_empty() => Err(anyhow::anyhow!(
             "`cargo xtask {task}` takes no arguments, got {rest:?}\n\n{USAGE}"
         )),

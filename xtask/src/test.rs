@@ -21,6 +21,13 @@ pub fn run() -> Result<()> {
     wasm::run()?;
 
     let mut failed = Vec::new();
+    for src in crate::modgraph::ACYCLIC {
+        eprintln!("==> module graph of {src} has no cycle");
+        if let Err(e) = crate::modgraph::check(&crate::root().join(src)) {
+            eprintln!("xtask: {e:#}");
+            failed.push("module cycles");
+        }
+    }
     if let Err(e) = exec(cargo().args(["test", "--workspace", "--release", "--no-fail-fast"])) {
         eprintln!("xtask: {e:#}");
         failed.push("cargo test");

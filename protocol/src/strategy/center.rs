@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::aggregate::{
     Applied, CenterRing, Decision, Policy, Reason, Staleness, apply_push, distance, validate_push,
 };
-use crate::message::code;
+use crate::codes::code;
 
 use super::meter::Meter;
 use super::{Strategy, StrategyError};
@@ -49,7 +49,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The error code sent to the worker ([`crate::message::code`]).
+    /// The error code sent to the worker ([`crate::codes::code`]).
     pub fn code(&self) -> u16 {
         match self {
             Refusal::Invalid(r) => r.code(),

@@ -776,16 +776,16 @@ mod tests {
         let before: Vec<Vec<f32>> = (1..=2).map(|i| swarm.model(i).unwrap().to_vec()).collect();
         let bad: [(u32, u64, Vec<f32>, u16); 5] = [
             // Worker 1 got version 1 back: version 0 is gone.
-            (1, 0, vec![0.0; 3], crate::message::code::RESYNC),
-            (2, 7, vec![0.0; 3], crate::message::code::RESYNC),
-            (2, 0, vec![0.0; 2], crate::message::code::WRONG_LENGTH),
+            (1, 0, vec![0.0; 3], crate::codes::code::RESYNC),
+            (2, 7, vec![0.0; 3], crate::codes::code::RESYNC),
+            (2, 0, vec![0.0; 2], crate::codes::code::WRONG_LENGTH),
             (
                 2,
                 0,
                 vec![0.0, f32::NAN, 0.0],
-                crate::message::code::NON_FINITE,
+                crate::codes::code::NON_FINITE,
             ),
-            (9, 0, vec![0.0; 3], crate::message::code::RESYNC),
+            (9, 0, vec![0.0; 3], crate::codes::code::RESYNC),
         ];
         for (w, base, delta, code) in bad {
             let e = swarm.on_update(w, base, &delta, &mut rng).unwrap_err();
@@ -850,6 +850,6 @@ mod tests {
         assert_eq!(swarm.version(), 1);
         assert_eq!(&swarm.mean()[..], &[0.5; 600][..]);
         let stale = swarm.on_update(2, 0, &[0.0; 600], &mut rng).unwrap_err();
-        assert_eq!(stale.code(), crate::message::code::RESYNC);
+        assert_eq!(stale.code(), crate::codes::code::RESYNC);
     }
 }
