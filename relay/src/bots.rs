@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::Shutdown;
-use crate::ws::close;
+use easel_protocol::codes::close;
 
 /// How long a bot waits for any one answer from the relay before giving up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);

@@ -19,11 +19,12 @@ use warp::{Filter, Reply};
 
 use crate::Shutdown;
 use crate::activity::{Activity, Counter, DeviceState, Span, bytes_per_s, device_state};
-use crate::hub::{EvalPoint, Hub, RoomSlot};
+use crate::hub::{Hub, RoomSlot};
 use crate::room::{Room, SwarmView, kind_name, trains, wall_ms};
-use crate::runs::{PushPoint, Runs};
+use crate::runs::{EvalPoint, PushPoint, Runs};
 use crate::teacher::{SettingsView, codec_names};
-use crate::ws::{WsConfig, close};
+use crate::ws::WsConfig;
+use easel_protocol::codes::close;
 
 /// How often a dashboard gets an update.
 pub const UPDATE_EVERY: Duration = Duration::from_millis(500);
@@ -243,11 +244,11 @@ pub fn route(hub: Hub, cfg: WsConfig, shutdown: Shutdown) -> BoxedFilter<(Respon
                     .cloned()
                     .or_else(|| auth.and_then(|a| a.strip_prefix("Bearer ").map(str::to_string)));
                 if !hub.is_admin(token.as_deref()) {
-                    return crate::http::unauthorized();
+                    return crate::reply::unauthorized();
                 }
                 let code = q.get("room").map(|c| crate::room::normalize_code(c));
                 let Some((code, slot)) = code.and_then(|c| hub.room(&c).map(|s| (c, s))) else {
-                    return crate::http::status_json(
+                    return crate::reply::status_json(
                         StatusCode::NOT_FOUND,
                         "no such room: pass ?room=CODE with the code `easel serve` printed",
                     );

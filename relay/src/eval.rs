@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::Shutdown;
-use crate::hub::{EvalPoint, Hub};
+use crate::hub::Hub;
 use crate::room::wall_ms;
+use crate::runs::EvalPoint;
 
 /// Scores a parameter vector: `(accuracy in [0, 1], mean loss)`. Runs on a blocking thread.
 pub type Evaluator = Arc<dyn Fn(&[f32]) -> (f64, f64) + Send + Sync>;

@@ -18,8 +18,8 @@ use warp::Filter;
 
 use crate::bots::{self, BotOptions, BotReport};
 use crate::eval::Evaluator;
-use crate::hub::EvalPoint;
 use crate::room::{Partition, RoomSettings};
+use crate::runs::EvalPoint;
 use crate::{Config, Shutdown};
 
 /// The settings of one run.
@@ -146,7 +146,7 @@ pub async fn run(
         let e = cpu::evaluate(params, &test.test.images, &test.test.labels);
         (e.accuracy, e.loss)
     });
-    let token = crate::http::new_token();
+    let token = crate::room::new_token();
     let config = Config {
         https: None,
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),

@@ -34,7 +34,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use easel_protocol::Limits;
-use rand::RngExt;
 use tokio::task::JoinHandle;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -44,7 +43,9 @@ use warp::{Filter, Rejection, Reply};
 use crate::eval::{self, Evaluator};
 use crate::hub::Hub;
 use crate::origin::{self, Origin, OriginPolicy, Scheme};
+use crate::reply::{status_json, unauthorized};
 use crate::room::RoomSettings;
+use crate::room::new_token;
 use crate::teacher::TeacherControl;
 use crate::ws::{self, WsConfig};
 use crate::{Shutdown, tls};
@@ -177,14 +178,6 @@ fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
     } else {
         addr
     }
-}
-
-/// A fresh admin token: 32 lowercase hex digits.
-pub fn new_token() -> String {
-    let mut rng = rand::rng();
-    (0..32)
-        .map(|_| char::from_digit(rng.random_range(0..16u32), 16).unwrap_or('0'))
-        .collect()
 }
 
 /// Starts the relay: binds the listeners, serves `/ws`, the API and `static_files`, and
@@ -607,25 +600,8 @@ fn forbidden() -> Response {
     status_json(StatusCode::FORBIDDEN, "the admin token is missing or wrong")
 }
 
-/// 401: the teacher's routes without the admin token.
-pub(crate) fn unauthorized() -> Response {
-    status_json(
-        StatusCode::UNAUTHORIZED,
-        "the admin token is missing or wrong: open the teacher URL that `easel serve` printed \
-         (it ends with &admin=TOKEN)",
-    )
-}
-
 fn bad_request(why: &str) -> Response {
     status_json(StatusCode::BAD_REQUEST, why)
-}
-
-pub(crate) fn status_json(status: StatusCode, error: &str) -> Response {
-    warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "error": error })),
-        status,
-    )
-    .into_response()
 }
 
 /// The admin token of a request: `?admin=TOKEN`, else `Authorization: Bearer TOKEN`.

@@ -11,14 +11,13 @@ use std::time::Instant;
 
 use easel_protocol::message::{self, Join, code};
 use easel_protocol::{Control, ErrorMessage, Limits, Message, Push};
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::activity::Activity;
 use crate::room::{self, Room, RoomSettings, wall_ms};
 use crate::runs::{PushPoint, Runs};
 use crate::teacher::{MAX_DELAY_MS, SettingsView, TeacherControl};
-use crate::ws::close;
+use easel_protocol::codes::close;
 
 /// Orders a connection may have queued: answers to held pushes and closes. A worker has one
 /// push in flight, so it is owed at most one answer, and a close ends the connection, so
@@ -114,14 +113,7 @@ impl Mailbox {
     }
 }
 
-/// One evaluation of a room's center on the test digits.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct EvalPoint {
-    pub wall_ms: u64,
-    pub version: u64,
-    pub accuracy: f64,
-    pub loss: f64,
-}
+pub use crate::runs::EvalPoint;
 
 /// A handle on the relay's rooms; cheap to clone.
 #[derive(Clone, Debug)]

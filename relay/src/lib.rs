@@ -27,6 +27,7 @@ pub mod ledger;
 pub mod loadgen;
 pub mod memory;
 pub mod origin;
+pub mod reply;
 pub mod room;
 pub mod runs;
 pub mod sim;

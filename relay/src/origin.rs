@@ -199,7 +199,7 @@ pub fn guard(policy: Arc<OriginPolicy>, listener: Scheme) -> BoxedFilter<(Respon
                     "refused a request from the page at {origin:?} (start easel serve with \
                      --allow-origin {origin} to allow it)"
                 );
-                Ok(crate::http::status_json(
+                Ok(crate::reply::status_json(
                     StatusCode::FORBIDDEN,
                     &format!(
                         "the page at {origin} may not use this relay: only its own pages may \

@@ -36,6 +36,14 @@ pub fn new_code() -> String {
 }
 
 /// A room code as typed: trimmed and uppercased.
+/// A fresh admin token: 32 lowercase hex digits.
+pub fn new_token() -> String {
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from_digit(rng.random_range(0..16u32), 16).unwrap_or('0'))
+        .collect()
+}
+
 pub fn normalize_code(code: &str) -> String {
     code.trim().to_ascii_uppercase()
 }

@@ -8,8 +8,16 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::hub::EvalPoint;
 use crate::ledger::Record;
+
+/// One evaluation of a room's center on the test digits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct EvalPoint {
+    pub wall_ms: u64,
+    pub version: u64,
+    pub accuracy: f64,
+    pub loss: f64,
+}
 
 /// Runs a room keeps; starting one more forgets the oldest.
 pub const KEEP_RUNS: usize = 20;

@@ -41,10 +41,10 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::Shutdown;
-use crate::hub::{EvalPoint, Hub};
+use crate::hub::Hub;
 use crate::ledger::{Ledger, Record, Totals, WorkerStats};
 use crate::room::{Partition, Room, RoomSettings, RoomSnapshot, WorkerRecord};
-use crate::runs::{MAX_EVALS, MAX_PUSHES, PushPoint, Run, Runs, Series};
+use crate::runs::{EvalPoint, MAX_EVALS, MAX_PUSHES, PushPoint, Run, Runs, Series};
 
 /// The schema this relay writes; `PRAGMA user_version` of its databases.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -202,7 +202,7 @@ pub fn admin_token(db: &Path) -> Result<String, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    let token = crate::http::new_token();
+    let token = crate::room::new_token();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
