@@ -1451,7 +1451,10 @@ mod tests {
     #[test]
     fn default_limits_fit_the_largest_lenet_message_and_stay_far_below_tungstenite() {
         let l = Limits::default();
-        assert_eq!(l.max_payload, crate::codec::max_encoded_len(LENET5_28.param_count));
+        assert_eq!(
+            l.max_payload,
+            crate::codec::max_encoded_len(LENET5_28.param_count)
+        );
         assert_eq!((l.max_payload, l.max_message), (399_848, 666_088));
         assert!(l.max_message < 1 << 20);
         let welcome = Message::Welcome(Welcome {
