@@ -1,7 +1,8 @@
 //! Asynchronous elastic averaging with staleness accounting, as pure functions.
 //!
 //! The relay, the native bots and the simulator all merge models with this module; there is
-//! no second copy of these rules anywhere. The rules (see `shared/SEEDS.md`):
+//! no second copy of these rules anywhere. The rules (asynchronous EASGD, Zhang, Choromanska
+//! and LeCun, NeurIPS 2015; staleness functions as in FedAsync, Xie et al. 2019):
 //!
 //! - A worker trains `K` local steps from the center version `v` it last received, then
 //!   sends `x_i - center(v)`, compressed. The relay rebuilds `x_i = center(v) + delta` from
