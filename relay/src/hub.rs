@@ -42,6 +42,8 @@ pub enum Order {
 /// Pause/Resume replaces the unsent older one in place. A connection that does not read
 /// holds at most three, none is ever dropped, and the last of each kind it writes is the
 /// room's latest (a worker that reads again after twelve settings changes gets the twelfth).
+/// The teacher's backend choice for a tab (a `UseBackend`, not a Control) is coalesced the
+/// same way beside them.
 #[derive(Debug, Default)]
 pub struct Pending {
     latest: Mutex<Latest>,

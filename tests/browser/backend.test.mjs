@@ -2,14 +2,17 @@
 // SwiftShader, a software adapter: a tab in `auto` times real training steps on WebGPU and
 // on the CPU, trains on the faster (here the CPU) and its page and the teacher's dashboard
 // say why with both figures; `?backend=gpu` still forces the GPU; the teacher's backend
-// choice on the dashboard is obeyed, and the tab keeps its model across the switch.
+// choice on the dashboard is obeyed, and the tab keeps its model across the switch; a tab
+// whose device becomes slow at everything (its browser stopped most of the time) times both
+// backends again.
 // Helpers and environment: relay.mjs. Every request goes to 127.0.0.1.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import {
-  ARTIFACTS, checkPrerequisites, cleanup, launch, screenshot, startServer, waitInPage,
+  ARTIFACTS, browserPids, checkPrerequisites, cleanup, launch, screenshot, startServer, throttle,
+  waitInPage,
 } from './relay.mjs';
 
 let relay;
@@ -90,6 +93,12 @@ test('auto on a software WebGPU adapter trains on the CPU, and the page and the 
   const after = await state(autoTab);
   console.log(`auto tab's own speed since: ${after.samples_per_sec.toFixed(0)} digits/s in rounds of ${after.local_steps} steps`);
   await screenshot(autoTab, 'backend-student-auto-cpu.png');
+  // On a phone the sentence wraps within the screen.
+  await autoTab.setViewportSize({ width: 390, height: 844 });
+  const right = await autoTab.locator('#why').evaluate((el) => el.getBoundingClientRect().right);
+  assert.ok(right <= 390, `the reason runs to x = ${right} on a 390 px screen`);
+  await screenshot(autoTab, 'backend-student-auto-cpu-phone.png');
+  await autoTab.setViewportSize({ width: 1000, height: 900 });
 
   const ctx = browser.context;
   dashboard = await ctx.newPage();
@@ -185,4 +194,40 @@ test('the teacher switches a tab to the GPU and back from the dashboard; it keep
   assert.match(nobody.body.error, /no device 999999/);
   row = await dashboardRow(id, () => true, 'the row');
   assert.equal(row.backend_choice, 'cpu');
+});
+
+test('when its rounds fall below half the timed speed, a tab in auto times both backends again', { timeout: 240_000 }, async () => {
+  const slow = await launch(relay.port);
+  const tab = slow.page;
+  await tab.goto(`http://127.0.0.1:${relay.port}/?room=${relay.room}`);
+  await waitInPage(slow, () => window.easel?.state().device?.timings === 1, null, 90_000,
+    'the first timing', tab);
+  const first = (await state(tab)).device;
+  // Its whole browser is stopped 75% of the time (CDP's CPU throttling does not reach a Web
+  // Worker): every round takes about four times as long.
+  const pids = browserPids(slow.userDataDir);
+  assert.ok(pids.length >= 2, `the browser's processes: ${pids}`);
+  const slowDown = throttle(pids, 150, 50);
+  const since = Date.now();
+  try {
+    await waitInPage(slow, () => window.easel.state().device?.timings >= 2, null, 150_000,
+      'a second timing', tab);
+  } finally {
+    await slowDown.stop();
+  }
+  const second = (await state(tab)).device;
+  console.log(`first timing: ${first.why}\nsecond timing, slowed down: ${second.why}`);
+  assert.equal(second.chosen_by, 'measured');
+  assert.equal(second.timings, 2);
+  // Not before 30 s after the first timing: a busy device must not spend its time timing.
+  const waited = (Date.now() - since) / 1000;
+  assert.ok(waited >= 25, `timed again ${waited.toFixed(1)} s after the first timing`);
+  console.log(`timed again ${waited.toFixed(1)} s after the first timing, while slowed down`);
+  assert.ok(second.why.startsWith(`GPU ${grouped(second.gpu_samples_per_s)} digits/s, CPU ${grouped(second.cpu_samples_per_s)} digits/s: training on the `),
+    second.why);
+  // The dashboard gets the new figures.
+  const id = (await state(tab)).worker_id;
+  await waitInPage(browser, ([i, why]) => window.easelDashboard.devices
+    .find((d) => d.id === i)?.backend_report?.why === why, [id, second.why], 30_000,
+  'the new figures on the dashboard', dashboard);
 });
