@@ -76,7 +76,8 @@ function startStudent() {
         setState('starting', m.text);
         break;
       case 'device':
-        device = { backend: m.backend, adapter: m.adapter, fallback_reason: m.fallbackReason };
+        device = { backend: m.backend, adapter: m.adapter, fallback_reason: m.fallbackReason,
+          backend_report: m.report };
         showDevice();
         break;
       case 'welcome':
@@ -147,8 +148,15 @@ function startStudent() {
   function showDevice() {
     $('backend').textContent = device.backend === 'gpu' ? 'GPU (WebGPU)' : 'CPU (WebAssembly, 1 thread)';
     $('adapter').textContent = device.adapter;
+    const report = device.backend_report;
     let why = null;
-    if (device.fallback_reason) {
+    if (report) {
+      // The decision in words, with the speeds measured here (the same sentence the
+      // teacher's dashboard shows for this device).
+      why = report.why;
+    } else if (backend === 'auto' && !device.fallback_reason) {
+      why = 'Timing a few training steps on the GPU and on the CPU, to train on the faster…';
+    } else if (device.fallback_reason) {
       why = device.backend === 'cpu' ? `Training on the CPU. ${device.fallback_reason}` : device.fallback_reason;
     } else if (device.backend === 'cpu' && backend === 'cpu') {
       why = 'Training on the CPU because the address asks for it (?backend=cpu).';

@@ -345,7 +345,7 @@ function renderDevices() {
     if (!tr) tr = deviceRow(d, body);
     const cell = (k) => tr.querySelector(`[data-k="${k}"]`);
     cell('name').textContent = d.name;
-    cell('backend').textContent = `${d.kind} · ${d.backend}`;
+    showBackend(tr, d);
     const st = cell('state');
     st.textContent = STATE_LABEL[d.state] || d.state;
     st.className = `t-state t-state-${d.state}`;
@@ -364,17 +364,37 @@ function renderDevices() {
     for (const el of tr.querySelectorAll('button, input')) el.disabled = gone;
     tr.querySelector('[data-act=pause]').textContent = d.state === 'paused' ? 'Resume' : 'Pause';
   }
-  for (const tr of [...body.rows]) if (!seen.has(tr.dataset.id)) tr.remove();
+  for (const tr of [...body.rows]) if (!seen.has(tr.dataset.id ?? tr.dataset.for)) tr.remove();
   $('no-devices').hidden = state.devices.length > 0;
   const live = state.devices.filter((d) => d.state !== 'removed' && d.state !== 'disconnected').length;
   $('dev-count').textContent = `${live} connected of ${state.devices.length}`;
+}
+
+const BACKEND_NAME = { gpu: 'GPU', cpu: 'CPU' };
+
+/** The backend cell (kind, backend and who chose it) and, for a browser tab, its second
+ * row: the tab's reason with both measured speeds and the teacher's choice. */
+function showBackend(tr, d) {
+  const r = d.backend_report;
+  const by = r && { measured: 'auto', only_cpu: 'no GPU', page: 'by address', teacher: 'by you' }[r.chosen_by];
+  const name = document.createElement('strong');
+  name.textContent = BACKEND_NAME[d.backend] ?? d.backend;
+  const how = document.createElement('small');
+  how.textContent = by ?? d.kind;
+  tr.querySelector('[data-k=backend]').replaceChildren(name, how);
+  if (!tr.sub) return;
+  tr.sub.querySelector('[data-k=backend-why]').textContent = r ? r.why
+    : 'The tab has not said yet which backend is faster here.';
+  const select = tr.sub.querySelector('select');
+  if (document.activeElement !== select) select.value = d.backend_choice ?? '';
+  select.disabled = d.state === 'removed' || d.state === 'disconnected';
 }
 
 function deviceRow(d, body) {
   const tr = document.createElement('tr');
   tr.dataset.id = String(d.id);
   tr.innerHTML = `
-    <td data-k="name" class="t-name"></td><td data-k="backend"></td><td><span data-k="state"></span></td>
+    <td data-k="name" class="t-name"></td><td data-k="backend" class="t-backend"></td><td><span data-k="state"></span></td>
     <td data-k="steps" class="t-num"></td><td data-k="pushes" class="t-num"></td><td data-k="tau" class="t-num"></td>
     <td data-k="distance" class="t-num"></td><td data-k="seen" class="t-num"></td>
     <td class="t-delay"><input type="range" min="0" max="10000" step="100" aria-label="artificial delay of ${d.name} in ms">
@@ -401,7 +421,29 @@ function deviceRow(d, body) {
     await control({ type: 'remove', device: d.id }).then(() => toast(`${d.name} removed`)).catch(() => {});
   });
   body.appendChild(tr);
+  if (d.kind === 'browser') tr.sub = backendRow(d, body);
   return tr;
+}
+
+/** A browser tab's second row: why it trains on its backend, with both measured speeds
+ * (the sentence its page shows), and the teacher's auto | gpu | cpu choice. */
+function backendRow(d, body) {
+  const sub = document.createElement('tr');
+  sub.className = 't-sub';
+  sub.dataset.for = String(d.id);
+  sub.innerHTML = `<td></td><td colspan="9" class="t-backend-why"><span data-k="backend-why"></span>
+    <label class="t-choice">backend <select data-k="backend-choice" aria-label="backend of ${d.name}">
+      <option value="" disabled>the tab's own</option><option value="auto">auto (the faster)</option>
+      <option value="gpu">GPU</option><option value="cpu">CPU</option></select></label></td>`;
+  const choice = sub.querySelector('select');
+  choice.addEventListener('change', async () => {
+    try {
+      await control({ type: 'backend', device: d.id, backend: choice.value });
+      toast(`${d.name}: backend ${choice.value}, from its next round`);
+    } catch { /* toast shown */ }
+  });
+  body.appendChild(sub);
+  return sub;
 }
 
 // ---- SwarmSGD topology --------------------------------------------------------------------

@@ -5,7 +5,7 @@
 // Messages in:  {type: 'start', config: {room, backend, seed, resume: {id, token} | null}}, {type: 'predict',
 //               gray, width, height}, {type: 'drop'} (close the socket, for tests),
 //               {type: 'lose-gpu'} (destroy the GPU device, for tests).
-// Messages out: {type: 'status', text}, {type: 'device', backend, adapter, fallbackReason},
+// Messages out: {type: 'status', text}, {type: 'device', backend, adapter, fallbackReason, report},
 //               {type: 'state', state, seconds?, delayMs?}, {type: 'welcome', workerId, token, resumed},
 //               {type: 'stats', stats, stepsPerSec, samplesPerSec}, {type: 'loss', seconds, loss},
 //               {type: 'prediction', input, own, center} or {type: 'prediction', error},
@@ -88,7 +88,14 @@ async function start(cfg) {
 /** Tells the page where training runs (never called while a round holds the session). */
 function postDevice() {
   const s = session.stats();
-  post({ type: 'device', backend: s.backend, adapter: s.adapter, fallbackReason: s.fallback_reason });
+  post({ type: 'device', backend: s.backend, adapter: s.adapter, fallbackReason: s.fallback_reason,
+    report: s.device });
+}
+
+/** Tells the relay the backend's last decision (a Device message), when it has not heard it. */
+function sendDevice(sock) {
+  const bytes = session.device_message();
+  if (bytes && sock.readyState === WebSocket.OPEN) sock.send(bytes);
 }
 
 function wsUrl() {
@@ -164,6 +171,7 @@ function handle(sock, bytes) {
       attempt = 0;
       post({ type: 'welcome', workerId: ev.worker_id, token: ev.resume_token, resumed: ev.resumed });
       postDevice();
+      sendDevice(sock);
       break;
     case 'error':
       if (ev.code === BAD_RESUME_TOKEN) {
@@ -213,9 +221,13 @@ async function runRound(sock) {
   const before = session.stats();
   const t0 = performance.now();
   const push = await serial(() => session.round());
-  const seconds = (performance.now() - t0) / 1000;
   const after = session.stats();
-  if (after.backend !== before.backend) postDevice();
+  // A round that began by timing both backends trained only its own steps: the timing's
+  // time is left out of the speed (its steps were not the round's).
+  const timed = (after.device?.timings ?? 0) !== (before.device?.timings ?? 0);
+  const seconds = (performance.now() - t0 - (timed ? after.device.timing_ms : 0)) / 1000;
+  if (after.backend !== before.backend || after.device?.why !== before.device?.why) postDevice();
+  if (ws === sock) sendDevice(sock);
   recent.push([after.steps - before.steps, after.samples - before.samples, seconds]);
   if (after.last_loss !== null) {
     post({ type: 'loss', seconds: (performance.now() - started) / 1000, loss: after.last_loss });

@@ -13,6 +13,12 @@
 //!
 //! Both run on WebGPU when the browser offers it and on the CPU otherwise; when a GPU was
 //! wanted but could not be had, `fallback_reason` says why in words a student understands.
+//! A `WebSession` in `auto` does not take the GPU on trust: before its first round it times
+//! a few real steps of the room's batch on both backends and trains on the faster (a
+//! software adapter such as SwiftShader is far slower than the CPU path), and times them
+//! again when its rounds fall below half the speed it chose by; the teacher's `UseBackend`
+//! (or `?backend=`) forces one. The page's `stats().device` and the relay's Device message
+//! say which and why, with both figures.
 //! [`compare_gpu_with_cpu`] is a test helper: it trains the same steps on both backends and
 //! reports how far apart the parameters end up.
 //!
@@ -25,7 +31,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use easel_protocol::message::{self, Message};
-use easel_protocol::{Backend, ClientKind, Control, Limits, Outcome, Resume, ResumeToken};
+use easel_protocol::{
+    Backend, BackendChoice, ChosenBy, ClientKind, Control, DeviceReport, Limits, Outcome, Resume,
+    ResumeToken,
+};
 use js_sys::{Array, Float32Array, Object, Promise, Reflect, Uint8Array};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -266,7 +275,8 @@ fn describe_adapter(adapter: &JsValue) -> String {
             }
             seen
         });
-    let software = get(&info, "isFallbackAdapter").as_bool() == Some(true);
+    let software = get(&info, "isFallbackAdapter").as_bool() == Some(true)
+        || words.iter().any(|w| is_software_name(w));
     let kind = if software {
         "WebGPU, software"
     } else {
@@ -279,12 +289,37 @@ fn describe_adapter(adapter: &JsValue) -> String {
     }
 }
 
+/// Whether an adapter's name is that of a software GPU: the CPU emulating one (SwiftShader,
+/// llvmpipe, lavapipe, a "software" or "basic render" adapter).
+fn is_software_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "software",
+        "swiftshader",
+        "llvmpipe",
+        "lavapipe",
+        "basic render",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
 /// Which backend a page asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Preference {
     Gpu,
     Cpu,
     Auto,
+}
+
+impl From<Preference> for BackendChoice {
+    fn from(p: Preference) -> BackendChoice {
+        match p {
+            Preference::Gpu => BackendChoice::Gpu,
+            Preference::Cpu => BackendChoice::Cpu,
+            Preference::Auto => BackendChoice::Auto,
+        }
+    }
 }
 
 impl Preference {
@@ -704,9 +739,27 @@ struct SessionState {
     joined: bool,
     /// The GPU new trainers are built on; `None` on the CPU, and after the GPU was lost.
     gpu: Option<Gpu>,
+    /// The WebGPU adapter's description while `gpu` is open.
+    gpu_name: String,
+    /// Whether opening WebGPU was tried since the last time it could have changed (the
+    /// teacher asked for the GPU again): a failed try is not repeated every round.
+    gpu_tried: bool,
     backend: &'static str,
     adapter: String,
     fallback_reason: Option<String>,
+    /// The backend the page's address asks for (`?backend=`, `auto` by default).
+    page_choice: BackendChoice,
+    /// The backend the teacher asked for, which overrides the page's while it is set.
+    teacher_choice: Option<BackendChoice>,
+    /// The backend must be decided (timed, or switched) before the next round: at the first
+    /// round, after the teacher's choice, and when the speed fell (see [`Probe`]).
+    decision_due: bool,
+    /// The last decision, which the page shows and the relay is told of.
+    decision: Option<Decision>,
+    /// The last decision was not yet sent to the relay ([`WebSession::device_message`]).
+    report_due: bool,
+    /// The speeds of the last timing, and how recent rounds compare with them.
+    probe: Probe,
     /// The training split the relay's shards index.
     train: Split,
     /// The seed of the epoch orders and QSGD rounding (mixed with the worker id).
@@ -720,6 +773,111 @@ struct SessionState {
     /// Bytes of the Join and Welcome messages, which the worker's own counters miss.
     handshake_up: u64,
     handshake_down: u64,
+}
+
+/// How long each backend is timed, not counting its warm-up step, in milliseconds.
+const PROBE_BUDGET_MS: f64 = 500.0;
+/// The most steps a timing takes on one backend (a fast device ends here, well inside the
+/// budget).
+const PROBE_MAX_STEPS: usize = 48;
+/// A round slower than this share of the speed the chosen backend was timed at counts as
+/// slow; [`SLOW_ROUNDS`] slow rounds in a row time both backends again.
+const SLOW_SHARE: f64 = 0.5;
+const SLOW_ROUNDS: u32 = 3;
+/// The least time between two timings, in milliseconds (a busy machine must not spend its
+/// time timing).
+const PROBE_EVERY_MS: f64 = 30_000.0;
+
+/// The last timing of both backends, and the rounds since.
+#[derive(Clone, Copy, Debug, Default)]
+struct Probe {
+    /// Samples per second measured on each, 0 when not measured.
+    gpu: f64,
+    cpu: f64,
+    /// When it was taken (`performance.now()`, ms); `None` before the first.
+    at_ms: Option<f64>,
+    /// How long it took, both backends with their warm-up steps and the trainer built
+    /// for it, in milliseconds.
+    took_ms: f64,
+    /// Timings so far (the page leaves each one's time out of its training speed).
+    count: u32,
+    /// Rounds in a row slower than [`SLOW_SHARE`] of the chosen backend's speed.
+    slow_rounds: u32,
+}
+
+/// The backend a tab trains on and why: what the page shows and the relay is told.
+#[derive(Clone, Debug)]
+struct Decision {
+    backend: Backend,
+    chosen_by: ChosenBy,
+    gpu_samples_per_s: f64,
+    cpu_samples_per_s: f64,
+    software_gpu: bool,
+    adapter: String,
+    why: String,
+}
+
+/// The milliseconds of `performance.now()` (of the page or the Web Worker), or of the
+/// wall clock where there is no `performance`.
+fn now_ms() -> f64 {
+    let perf = get(&js_sys::global(), "performance");
+    get(&perf, "now")
+        .dyn_into::<js_sys::Function>()
+        .ok()
+        .and_then(|now| now.call0(&perf).ok())
+        .and_then(|t| t.as_f64())
+        .unwrap_or_else(js_sys::Date::now)
+}
+
+/// A speed for people: `9,600` (whole samples, thousands grouped).
+fn grouped(x: f64) -> String {
+    let n = x.round().max(0.0) as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// "GPU 480 digits/s, CPU 9,600 digits/s" for the figures that were measured.
+fn figures(gpu: f64, cpu: f64) -> Option<String> {
+    let parts: Vec<String> = [("GPU", gpu), ("CPU", cpu)]
+        .iter()
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(name, v)| format!("{name} {} digits/s", grouped(*v)))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The sentence for a measured choice: both figures, the winner, and by how much; a
+/// software adapter is named as such.
+fn measured_why(gpu: f64, cpu: f64, software: bool, adapter: &str) -> String {
+    let on_gpu = gpu > cpu;
+    let (fast, slow) = if on_gpu { (gpu, cpu) } else { (cpu, gpu) };
+    let ratio = fast / slow;
+    let ratio = if ratio >= 10.0 {
+        format!("{ratio:.0}x")
+    } else {
+        format!("{ratio:.1}x")
+    };
+    let mut why = format!(
+        "GPU {} digits/s, CPU {} digits/s: training on the {}, {ratio} faster on this device.",
+        grouped(gpu),
+        grouped(cpu),
+        if on_gpu { "GPU" } else { "CPU" },
+    );
+    if software {
+        // The adapter's name without describe_adapter's "(WebGPU, software)".
+        let name = adapter.split(" (WebGPU").next().unwrap_or(adapter);
+        why.push_str(&format!(
+            " This GPU is a software adapter ({name}): the CPU imitating a GPU."
+        ));
+    }
+    why
 }
 
 /// What a received message meant, for the page (`kind` tells which).
@@ -757,6 +915,9 @@ enum SessionEvent {
         message: String,
         joined: bool,
     },
+    /// The teacher chose this tab's backend (`auto`, `gpu` or `cpu`); it applies from the
+    /// next round.
+    Backend { choice: &'static str },
 }
 
 /// What the student page shows, as `WebSession::stats` returns it.
@@ -790,6 +951,38 @@ struct SessionStats {
     /// The room's strategy name (`easgd`, `fedavg`, ..., `swarm`): the page words its
     /// numbers after it (under SwarmSGD there is no center).
     strategy: Option<&'static str>,
+    /// Which backend trains and why, with the measured speeds; `null` until decided.
+    device: Option<DeviceView>,
+}
+
+/// The page's view of a [`Decision`].
+#[derive(Serialize)]
+struct DeviceView {
+    backend: &'static str,
+    /// `measured`, `only_cpu`, `page` or `teacher`.
+    chosen_by: &'static str,
+    gpu_samples_per_s: Option<f64>,
+    cpu_samples_per_s: Option<f64>,
+    software_gpu: bool,
+    why: String,
+    /// How long the last timing of both backends took, in milliseconds; `null` before one.
+    timing_ms: Option<f64>,
+    /// Timings so far.
+    timings: u32,
+    /// The teacher's choice (`auto`, `gpu`, `cpu`), `null` when the teacher made none.
+    teacher_choice: Option<&'static str>,
+    /// The page's own (`?backend=`).
+    page_choice: &'static str,
+}
+
+/// A `chosen_by`'s name.
+fn chosen_by_name(c: ChosenBy) -> &'static str {
+    match c {
+        ChosenBy::Measured => "measured",
+        ChosenBy::OnlyCpu => "only_cpu",
+        ChosenBy::Page => "page",
+        ChosenBy::Teacher => "teacher",
+    }
 }
 
 /// A JavaScript value from a serde value; `None` becomes `null`.
@@ -797,6 +990,20 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
     value
         .serialize(&serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true))
         .map_err(js_err)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncated(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// How the CPU backend describes itself before a trainer exists.
+fn cpu_adapter() -> String {
+    "this browser's CPU (WebAssembly, 1 thread)".to_string()
 }
 
 /// A finite number, or `None`.
@@ -818,9 +1025,10 @@ pub struct WebSession {
 
 #[wasm_bindgen]
 impl WebSession {
-    /// Checks the bytes of `/data/mnist.bin` and opens the backend: `"gpu"` and `"auto"`
-    /// take WebGPU when the page can have it and fall back to the CPU (saying why)
-    /// otherwise; `"cpu"` takes the CPU.
+    /// Checks the bytes of `/data/mnist.bin` and opens WebGPU unless `backend` is `"cpu"`.
+    /// `"gpu"` trains on it when the page can have it, on the CPU (saying why) otherwise;
+    /// `"auto"` times both before the first round and trains on the faster; `"cpu"` trains
+    /// on the CPU. Another name is an error.
     pub async fn create(
         data: Uint8Array,
         backend: String,
@@ -832,19 +1040,25 @@ impl WebSession {
         let (gpu, fallback_reason) = open_preferred(preference).await;
         let (backend, adapter) = match &gpu {
             Some((_, name)) => ("gpu", name.clone()),
-            None => (
-                "cpu",
-                "this browser's CPU (WebAssembly, 1 thread)".to_string(),
-            ),
+            None => ("cpu", cpu_adapter()),
         };
+        let gpu_name = gpu.as_ref().map(|(_, n)| n.clone()).unwrap_or_default();
         Ok(WebSession {
             state: Rc::new(RefCell::new(SessionState {
                 worker: None,
                 joined: false,
+                gpu_tried: preference != Preference::Cpu,
                 gpu: gpu.map(|(g, _)| g),
+                gpu_name,
                 backend,
                 adapter,
                 fallback_reason,
+                page_choice: preference.into(),
+                teacher_choice: None,
+                decision_due: true,
+                decision: None,
+                report_due: false,
+                probe: Probe::default(),
                 train,
                 seed: u64::from(seed),
                 requested: None,
@@ -916,7 +1130,18 @@ impl WebSession {
                     shard: start.indices.len(),
                 };
                 welcome_worker(&mut s, start)?;
+                s.report_due = s.decision.is_some();
                 event
+            }
+            Message::UseBackend(choice) => {
+                s.teacher_choice = Some(choice);
+                s.decision_due = true;
+                if choice == BackendChoice::Gpu && s.gpu.is_none() {
+                    s.gpu_tried = false;
+                }
+                SessionEvent::Backend {
+                    choice: choice.name(),
+                }
             }
             Message::Error(e) if !s.joined => {
                 s.handshake_down += bytes.len() as u64;
@@ -1013,7 +1238,47 @@ impl WebSession {
             batch: w.map_or(0, |w| w.hyper().batch),
             local_steps: w.map_or(0, |w| w.hyper().local_steps),
             strategy: w.map(|w| w.hyper().strategy().name()),
+            device: s.decision.as_ref().map(|d| DeviceView {
+                backend: if d.backend == Backend::Gpu {
+                    "gpu"
+                } else {
+                    "cpu"
+                },
+                chosen_by: chosen_by_name(d.chosen_by),
+                gpu_samples_per_s: (d.gpu_samples_per_s > 0.0).then_some(d.gpu_samples_per_s),
+                cpu_samples_per_s: (d.cpu_samples_per_s > 0.0).then_some(d.cpu_samples_per_s),
+                software_gpu: d.software_gpu,
+                why: d.why.clone(),
+                timing_ms: s.probe.at_ms.map(|_| s.probe.took_ms),
+                timings: s.probe.count,
+                teacher_choice: s.teacher_choice.map(BackendChoice::name),
+                page_choice: s.page_choice.name(),
+            }),
         })
+    }
+
+    /// The bytes of the `Device` message that tells the relay the backend's last decision
+    /// (PROTOCOL.md, Device), once per decision and after each Welcome; `undefined` when
+    /// the relay already has it.
+    pub fn device_message(&self) -> Option<Uint8Array> {
+        let mut s = self.state.borrow_mut();
+        if !s.report_due || !s.joined {
+            return None;
+        }
+        let d = s.decision.as_ref()?;
+        let limit = Limits::default().max_string;
+        let bytes = message::encode(&Message::Device(DeviceReport {
+            backend: d.backend,
+            chosen_by: d.chosen_by,
+            gpu_samples_per_s: d.gpu_samples_per_s as f32,
+            cpu_samples_per_s: d.cpu_samples_per_s as f32,
+            software_gpu: d.software_gpu,
+            adapter: truncated(&d.adapter, limit),
+            why: truncated(&d.why, limit),
+        }));
+        s.report_due = false;
+        s.handshake_up += bytes.len() as u64;
+        Some(Uint8Array::from(bytes.as_slice()))
     }
 
     /// Class probabilities (10 numbers that sum to 1) of this tab's own model, as of its
@@ -1065,8 +1330,13 @@ impl WebSession {
 /// The trainer for a `Start`: on the session's GPU when it has one (else the CPU), with the
 /// reason for the backend noted for the page.
 fn start_engine(s: &mut SessionState, start: &Start) -> Engine {
+    // Once decided, the backend stays the decided one on a new shard.
+    let on_gpu = s
+        .decision
+        .as_ref()
+        .is_none_or(|d| d.backend == Backend::Gpu);
     let (engine, reason) = Engine::build(
-        s.gpu.as_ref(),
+        s.gpu.as_ref().filter(|_| on_gpu),
         &start.shard.images,
         &start.shard.labels,
         &start.center,
@@ -1110,13 +1380,27 @@ fn note_engine(s: &mut SessionState, engine: &Engine, reason: Option<String>) {
     }
 }
 
-/// One round on `w`'s trainer; on the GPU with the parameters read asynchronously. A lost
-/// GPU (found before the round, or by a failed read) is replaced by a CPU trainer built from
-/// the worker's model on its shard, and the round runs there.
+/// One round on `w`'s trainer, after deciding the backend when that is due; on the GPU
+/// with the parameters read asynchronously. A lost GPU (found before the round, or by a
+/// failed read) is replaced by a CPU trainer built from the worker's model on its shard,
+/// and the round runs there. The round's speed is compared with the timing the backend was
+/// chosen by ([`note_round`]).
 async fn run_round(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>) -> Vec<u8> {
     if let Some(lost) = w.trainer_mut().lost() {
         fall_back_to_cpu(state, w, &lost);
     }
+    let due = state.borrow().decision_due;
+    if due {
+        decide(state, w).await;
+    }
+    let samples = w.stats().samples;
+    let t0 = now_ms();
+    let push = train_round(state, w).await;
+    note_round(state, w.stats().samples - samples, now_ms() - t0);
+    push
+}
+
+async fn train_round(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>) -> Vec<u8> {
     if let Engine::Gpu(_) = w.trainer_mut() {
         w.train_steps();
         let read = async {
@@ -1134,28 +1418,359 @@ async fn run_round(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>) ->
     w.local_round()
 }
 
+/// Decides the backend from the teacher's choice, else the page's: `auto` times both
+/// ([`measure`]), `gpu` and `cpu` take that one (the CPU when no GPU can be had). The
+/// worker keeps its model: a new trainer starts from it.
+async fn decide(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>) {
+    let (choice, by) = {
+        let s = state.borrow();
+        match s.teacher_choice {
+            Some(c) => (c, ChosenBy::Teacher),
+            None => (s.page_choice, ChosenBy::Page),
+        }
+    };
+    if choice != BackendChoice::Cpu {
+        ensure_gpu(state).await;
+    }
+    let decision = match choice {
+        BackendChoice::Auto => measure(state, w).await,
+        BackendChoice::Gpu => force(state, w, Backend::Gpu, by),
+        BackendChoice::Cpu => force(state, w, Backend::Cpu, by),
+    };
+    let mut s = state.borrow_mut();
+    s.backend = if decision.backend == Backend::Gpu {
+        "gpu"
+    } else {
+        "cpu"
+    };
+    s.adapter = if decision.backend == Backend::Gpu {
+        s.gpu_name.clone()
+    } else {
+        w.trainer_mut().adapter()
+    };
+    s.decision_due = false;
+    s.report_due = true;
+    s.decision = Some(decision);
+}
+
+/// Opens WebGPU if the session has no GPU and has not tried since it could have changed;
+/// a failure is kept as the fallback reason.
+async fn ensure_gpu(state: &Rc<RefCell<SessionState>>) {
+    {
+        let mut s = state.borrow_mut();
+        if s.gpu.is_some() || s.gpu_tried {
+            return;
+        }
+        s.gpu_tried = true;
+    }
+    let opened = open_gpu().await;
+    let mut s = state.borrow_mut();
+    match opened {
+        Ok((gpu, name)) => {
+            s.gpu = Some(gpu);
+            s.gpu_name = name;
+            s.fallback_reason = None;
+        }
+        Err(reason) => {
+            warn(&reason);
+            s.fallback_reason = Some(reason);
+        }
+    }
+}
+
+/// A CPU trainer on `w`'s shard, from its model.
+fn cpu_engine(shard: &Split, w: &Worker<Engine>) -> Engine {
+    Engine::Cpu(Box::new(CpuTrainer::new(
+        &shard.images,
+        &shard.labels,
+        w.params(),
+        worker_sgd(w),
+        w.batch_capacity(),
+    )))
+}
+
+/// A GPU trainer on `w`'s shard, from its model, or why the GPU cannot hold it.
+fn gpu_engine(gpu: &Gpu, shard: &Split, w: &Worker<Engine>) -> Result<Engine, String> {
+    GpuTrainer::new(
+        gpu,
+        &shard.images,
+        &shard.labels,
+        w.params(),
+        worker_sgd(w),
+        w.batch_capacity(),
+    )
+    .map(|t| Engine::Gpu(Box::new(t)))
+    .map_err(|e| format!("The GPU cannot hold this model's data: {e}."))
+}
+
+/// The optimizer of the room's settings (momentum; no weight decay).
+fn worker_sgd(w: &Worker<Engine>) -> Sgd {
+    Sgd {
+        momentum: w.hyper().momentum,
+        weight_decay: 0.0,
+    }
+}
+
+fn engine_backend(e: &Engine) -> Backend {
+    match e {
+        Engine::Cpu(_) => Backend::Cpu,
+        Engine::Gpu(_) => Backend::Gpu,
+    }
+}
+
+/// Makes `engine` the worker's trainer, or, when it is `None`, starts the current one
+/// again from the worker's model (a timing trained it).
+fn install(w: &mut Worker<Engine>, engine: Option<Engine>) {
+    match engine {
+        Some(e) => w.replace_trainer(Box::new(e)),
+        None => {
+            let x = w.params().to_vec();
+            w.trainer_mut().set_params(&x, true);
+        }
+    }
+}
+
+/// Trains on `backend` as the page or the teacher (`by`) asked; the CPU, saying why, when
+/// that is the GPU and none can be had. The current trainer stays when it is already on it.
+fn force(
+    state: &Rc<RefCell<SessionState>>,
+    w: &mut Worker<Engine>,
+    backend: Backend,
+    by: ChosenBy,
+) -> Decision {
+    let mut s = state.borrow_mut();
+    let who = match (by, backend) {
+        (ChosenBy::Teacher, _) => "the teacher chose it".to_string(),
+        (_, Backend::Gpu) => "the address asks for it (?backend=gpu)".to_string(),
+        (_, Backend::Cpu) => "the address asks for it (?backend=cpu)".to_string(),
+    };
+    let mut failed = None;
+    if engine_backend(w.trainer_mut()) != backend {
+        let shard = s.train.subset(w.shard_indices());
+        let engine = match (backend, s.gpu.as_ref()) {
+            (Backend::Cpu, _) => Ok(cpu_engine(&shard, w)),
+            (Backend::Gpu, Some(gpu)) => gpu_engine(gpu, &shard, w),
+            (Backend::Gpu, None) => Err(s
+                .fallback_reason
+                .clone()
+                .unwrap_or_else(|| "no WebGPU could be opened.".to_string())),
+        };
+        match engine {
+            Ok(e) => install(w, Some(e)),
+            Err(reason) => failed = Some(reason),
+        }
+    }
+    let measured = figures(s.probe.gpu, s.probe.cpu)
+        .map(|f| format!(" Last timing here: {f}."))
+        .unwrap_or_default();
+    let why = match &failed {
+        None => format!(
+            "Training on the {} because {who}.{measured}",
+            if backend == Backend::Gpu {
+                "GPU"
+            } else {
+                "CPU"
+            }
+        ),
+        Some(reason) => {
+            warn(reason);
+            s.fallback_reason = Some(reason.clone());
+            format!("The GPU was asked for ({who}), but: {reason} Training on the CPU.")
+        }
+    };
+    Decision {
+        backend: engine_backend(w.trainer_mut()),
+        chosen_by: by,
+        gpu_samples_per_s: s.probe.gpu,
+        cpu_samples_per_s: s.probe.cpu,
+        software_gpu: is_software_name(&s.gpu_name),
+        adapter: s.gpu_name.clone(),
+        why,
+    }
+}
+
+/// `auto`: times a few real steps of the room's batch on the CPU and on the GPU (when there
+/// is one; the current trainer is timed in place, the other one built), and trains on the
+/// faster. Each timing excludes a warm-up step and lasts about [`PROBE_BUDGET_MS`] (at least
+/// one step, at most [`PROBE_MAX_STEPS`]); on the GPU it includes waiting for the steps to
+/// finish, as a round does.
+async fn measure(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>) -> Decision {
+    let (shard, gpu_name, no_gpu) = {
+        let s = state.borrow();
+        let no_gpu = s.gpu.is_none().then(|| {
+            s.fallback_reason
+                .clone()
+                .unwrap_or_else(|| "no WebGPU could be opened.".to_string())
+        });
+        (
+            s.train.subset(w.shard_indices()),
+            s.gpu_name.clone(),
+            no_gpu,
+        )
+    };
+    let software = is_software_name(&gpu_name);
+    let t0 = now_ms();
+    let batch = (w.hyper().batch as usize).clamp(1, w.batch_capacity());
+    let lr = w.hyper().lr;
+    let order = epoch_order(shard.len(), 0x7153_u64, 0);
+    if let Some(reason) = no_gpu {
+        if engine_backend(w.trainer_mut()) != Backend::Cpu {
+            install(w, Some(cpu_engine(&shard, w)));
+        }
+        let s = state.borrow();
+        return Decision {
+            backend: Backend::Cpu,
+            chosen_by: ChosenBy::OnlyCpu,
+            gpu_samples_per_s: 0.0,
+            cpu_samples_per_s: s.probe.cpu,
+            software_gpu: false,
+            adapter: String::new(),
+            why: format!("Training on the CPU, the only backend here: {reason}"),
+        };
+    }
+    // The current trainer is timed in place; the other backend's is built for the timing.
+    let current = engine_backend(w.trainer_mut());
+    let mut other = match current {
+        Backend::Gpu => Ok(cpu_engine(&shard, w)),
+        Backend::Cpu => {
+            let s = state.borrow();
+            match s.gpu.as_ref() {
+                Some(gpu) => gpu_engine(gpu, &shard, w),
+                None => Err("no WebGPU could be opened.".to_string()),
+            }
+        }
+    };
+    let mut speeds = [0.0f64; 2]; // [gpu, cpu]
+    let mut gpu_failure = None;
+    let slot = |b: Backend| usize::from(b == Backend::Cpu);
+    let timed = time_engine(w.trainer_mut(), &order, batch, lr).await;
+    match timed {
+        Ok(v) => speeds[slot(current)] = v,
+        Err(lost) => gpu_failure = Some(format!("The GPU was lost while being timed ({lost}).")),
+    }
+    match &mut other {
+        Ok(e) => match time_engine(e, &order, batch, lr).await {
+            Ok(v) => speeds[slot(engine_backend(e))] = v,
+            Err(lost) => {
+                gpu_failure = Some(format!("The GPU was lost while being timed ({lost})."))
+            }
+        },
+        Err(reason) => gpu_failure = Some(reason.clone()),
+    }
+    let [gpu, cpu] = speeds;
+    let winner = if gpu_failure.is_none() && gpu > cpu {
+        Backend::Gpu
+    } else {
+        Backend::Cpu
+    };
+    install(w, (winner != current).then(|| other.ok()).flatten());
+    let mut s = state.borrow_mut();
+    let now = now_ms();
+    s.probe = Probe {
+        gpu,
+        cpu,
+        at_ms: Some(now),
+        took_ms: now - t0,
+        count: s.probe.count + 1,
+        slow_rounds: 0,
+    };
+    let why = match gpu_failure {
+        None => measured_why(gpu, cpu, software, &gpu_name),
+        Some(reason) => {
+            warn(&reason);
+            s.fallback_reason = Some(reason.clone());
+            s.gpu = None;
+            format!("Training on the CPU ({} digits/s): {reason}", grouped(cpu))
+        }
+    };
+    Decision {
+        backend: winner,
+        chosen_by: ChosenBy::Measured,
+        gpu_samples_per_s: gpu,
+        cpu_samples_per_s: cpu,
+        software_gpu: software,
+        adapter: gpu_name,
+        why,
+    }
+}
+
+/// Samples per second of real steps on `engine` in batches of `batch` from `order`: one
+/// warm-up step (first uses of buffers and kernels) that does not count, then chunks of
+/// steps doubling in size while they fit in [`PROBE_BUDGET_MS`], each chunk waited for.
+async fn time_engine(
+    engine: &mut Engine,
+    order: &[u32],
+    batch: usize,
+    lr: f32,
+) -> Result<f64, GpuLost> {
+    let mut batches = order.chunks(batch.max(1)).cycle();
+    let mut next = move || batches.next().unwrap_or(&[]);
+    engine.trainer().step(next(), lr);
+    engine.settle().await?;
+    let t0 = now_ms();
+    let (mut steps, mut samples, mut chunk) = (0usize, 0usize, 1usize);
+    loop {
+        for _ in 0..chunk {
+            let b = next();
+            engine.trainer().step(b, lr);
+            samples += b.len();
+        }
+        steps += chunk;
+        engine.settle().await?;
+        let elapsed = (now_ms() - t0).max(1e-3);
+        let fits = ((PROBE_BUDGET_MS - elapsed) / (elapsed / steps as f64)).floor();
+        if fits < 1.0 || steps >= PROBE_MAX_STEPS {
+            return Ok(samples as f64 * 1000.0 / elapsed);
+        }
+        chunk = (chunk * 2).min(fits as usize).min(PROBE_MAX_STEPS - steps);
+    }
+}
+
+/// Compares a round's speed (`samples` in `ms`) with the timing an `auto` choice was made
+/// by: after [`SLOW_ROUNDS`] rounds in a row below [`SLOW_SHARE`] of it, and at least
+/// [`PROBE_EVERY_MS`] after the last timing, the next round times both backends again.
+fn note_round(state: &Rc<RefCell<SessionState>>, samples: u64, ms: f64) {
+    let mut s = state.borrow_mut();
+    let Some((backend, ChosenBy::Measured)) = s.decision.as_ref().map(|d| (d.backend, d.chosen_by))
+    else {
+        return;
+    };
+    if samples == 0 || ms <= 0.0 {
+        return;
+    }
+    let timed = if backend == Backend::Gpu {
+        s.probe.gpu
+    } else {
+        s.probe.cpu
+    };
+    let speed = samples as f64 * 1000.0 / ms;
+    if speed < SLOW_SHARE * timed {
+        s.probe.slow_rounds += 1;
+    } else {
+        s.probe.slow_rounds = 0;
+    }
+    let since = s.probe.at_ms.map_or(f64::INFINITY, |t| now_ms() - t);
+    if s.probe.slow_rounds >= SLOW_ROUNDS && since >= PROBE_EVERY_MS {
+        s.decision_due = true;
+    }
+}
+
 /// Replaces a lost GPU trainer by a CPU one on the same shard, from the worker's model.
 fn fall_back_to_cpu(state: &Rc<RefCell<SessionState>>, w: &mut Worker<Engine>, lost: &GpuLost) {
     let mut s = state.borrow_mut();
     let shard = s.train.subset(w.shard_indices());
-    let sgd = Sgd {
-        momentum: w.hyper().momentum,
-        weight_decay: 0.0,
-    };
-    let cpu = CpuTrainer::new(
-        &shard.images,
-        &shard.labels,
-        w.params(),
-        sgd,
-        w.batch_capacity(),
-    );
-    w.replace_trainer(Box::new(Engine::Cpu(Box::new(cpu))));
+    w.replace_trainer(Box::new(cpu_engine(&shard, w)));
     let reason = format!("The GPU was lost ({lost}). Training goes on on the CPU.");
     warn(&reason);
-    s.fallback_reason = Some(reason);
+    s.fallback_reason = Some(reason.clone());
     s.gpu = None;
     s.backend = "cpu";
     s.adapter = w.trainer_mut().adapter();
+    if let Some(d) = s.decision.as_mut() {
+        d.backend = Backend::Cpu;
+        d.why = reason;
+        s.report_due = true;
+    }
 }
 
 /// The page's view of a worker event.

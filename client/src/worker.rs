@@ -554,6 +554,10 @@ impl<T: Trainer + ?Sized> Worker<T> {
             Message::Join(_) => Err(WorkerError::Unexpected("Join")),
             Message::Welcome(_) => Err(WorkerError::Unexpected("Welcome")),
             Message::Push(_) => Err(WorkerError::Unexpected("Push")),
+            Message::Device(_) => Err(WorkerError::Unexpected("Device")),
+            // The teacher's backend is the browser's business (web.rs handles it before the
+            // worker sees it); the relay sends it to browser tabs only.
+            Message::UseBackend(_) => Err(WorkerError::Unexpected("UseBackend")),
         }
     }
 

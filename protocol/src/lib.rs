@@ -27,7 +27,8 @@ pub use aggregate::{
 };
 pub use codec::{Codec, CodecError, ErrorFeedback, encoded_len};
 pub use message::{
-    Ack, Backend, Center, ClientKind, Control, ErrorMessage, Hyper, Limits, Merge, Message,
-    ModelInfo, Outcome, ProtocolError, Push, Resume, ResumeToken, Shard, Welcome,
+    Ack, Backend, BackendChoice, Center, ChosenBy, ClientKind, Control, DeviceReport, ErrorMessage,
+    Hyper, Limits, Merge, Message, ModelInfo, Outcome, ProtocolError, Push, Resume, ResumeToken,
+    Shard, Welcome,
 };
 pub use model_spec::{LENET5_28, LayerKind, LayerSpec, ModelSpec, TensorSpec};

@@ -26,6 +26,8 @@ pub mod ty {
     pub const ACK: u8 = 5;
     pub const CONTROL: u8 = 6;
     pub const ERROR: u8 = 7;
+    pub const DEVICE: u8 = 8;
+    pub const USE_BACKEND: u8 = 9;
 }
 
 pub use crate::codes::code;
@@ -57,6 +59,73 @@ pub enum ClientKind {
 pub enum Backend {
     Cpu = 0,
     Gpu = 1,
+}
+
+/// The backend a browser tab is asked to train on: by the teacher ([`Message::UseBackend`])
+/// or by the page's address (`?backend=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    /// Time a few steps on each backend and train on the faster.
+    Auto = 0,
+    Gpu = 1,
+    Cpu = 2,
+}
+
+impl BackendChoice {
+    /// `auto`, `gpu` or `cpu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Gpu => "gpu",
+            BackendChoice::Cpu => "cpu",
+        }
+    }
+
+    /// Reads `auto`, `gpu` or `cpu` (any case); `None` for anything else.
+    pub fn parse(text: &str) -> Option<BackendChoice> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(BackendChoice::Auto),
+            "gpu" => Some(BackendChoice::Gpu),
+            "cpu" => Some(BackendChoice::Cpu),
+            _ => None,
+        }
+    }
+}
+
+/// What decided the backend a [`DeviceReport`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChosenBy {
+    /// `auto`: both backends were timed and the faster trains.
+    Measured = 0,
+    /// `auto`, but only the CPU can train here (no usable WebGPU; `why` says why).
+    OnlyCpu = 1,
+    /// The page's address asked for it (`?backend=gpu` or `cpu`).
+    Page = 2,
+    /// The teacher asked for it ([`Message::UseBackend`]).
+    Teacher = 3,
+}
+
+/// A browser tab tells the relay which backend it trains on and why, with the speeds it
+/// measured (PROTOCOL.md, Device). Sent after each Welcome and whenever the backend or the
+/// figures change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceReport {
+    /// The backend that trains now.
+    pub backend: Backend,
+    pub chosen_by: ChosenBy,
+    /// Training samples per second measured on WebGPU, 0 when not measured.
+    pub gpu_samples_per_s: f32,
+    /// Training samples per second measured on the CPU, 0 when not measured.
+    pub cpu_samples_per_s: f32,
+    /// The WebGPU adapter is a fallback or software one (SwiftShader, llvmpipe): the CPU
+    /// emulating a GPU.
+    pub software_gpu: bool,
+    /// The WebGPU adapter's description; empty when the tab has none. At most
+    /// [`Limits::max_string`] bytes.
+    pub adapter: String,
+    /// The decision in words, as the student page shows it ("GPU 480 digits/s, CPU 9,600
+    /// digits/s: training on the CPU ..."). At most [`Limits::max_string`] bytes.
+    pub why: String,
 }
 
 /// Bits of [`Join::capabilities`]. Fp32 is always supported; unknown bits are ignored.
@@ -428,6 +497,10 @@ pub enum Message {
     Ack(Ack),
     Control(Control),
     Error(ErrorMessage),
+    /// A browser tab's backend and measured speeds (tab -> relay).
+    Device(DeviceReport),
+    /// The teacher's backend for one tab (relay -> tab).
+    UseBackend(BackendChoice),
 }
 
 impl Message {
@@ -441,6 +514,8 @@ impl Message {
             Message::Ack(_) => ty::ACK,
             Message::Control(_) => ty::CONTROL,
             Message::Error(_) => ty::ERROR,
+            Message::Device(_) => ty::DEVICE,
+            Message::UseBackend(_) => ty::USE_BACKEND,
         }
     }
 }
@@ -562,6 +637,16 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             out.put_u16(e.code);
             put_str(&mut out, &e.message);
         }
+        Message::Device(d) => {
+            out.put_u8(d.backend as u8);
+            out.put_u8(d.chosen_by as u8);
+            out.put_f32(d.gpu_samples_per_s);
+            out.put_f32(d.cpu_samples_per_s);
+            out.put_u8(u8::from(d.software_gpu));
+            put_str(&mut out, &d.adapter);
+            put_str(&mut out, &d.why);
+        }
+        Message::UseBackend(c) => out.put_u8(*c as u8),
     }
     out
 }
@@ -687,11 +772,50 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, ProtocolError> {
             code: r.u16()?,
             message: read_str(&mut r, limits.max_string, "message")?,
         }),
+        ty::DEVICE => Message::Device(DeviceReport {
+            backend: match r.u8()? {
+                0 => Backend::Cpu,
+                1 => Backend::Gpu,
+                _ => return Err(invalid("backend")),
+            },
+            chosen_by: match r.u8()? {
+                0 => ChosenBy::Measured,
+                1 => ChosenBy::OnlyCpu,
+                2 => ChosenBy::Page,
+                3 => ChosenBy::Teacher,
+                _ => return Err(invalid("chosen by")),
+            },
+            gpu_samples_per_s: read_speed(&mut r)?,
+            cpu_samples_per_s: read_speed(&mut r)?,
+            software_gpu: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(invalid("software flag")),
+            },
+            adapter: read_str(&mut r, limits.max_string, "adapter")?,
+            why: read_str(&mut r, limits.max_string, "why")?,
+        }),
+        ty::USE_BACKEND => Message::UseBackend(match r.u8()? {
+            0 => BackendChoice::Auto,
+            1 => BackendChoice::Gpu,
+            2 => BackendChoice::Cpu,
+            _ => return Err(invalid("backend choice")),
+        }),
         other => return Err(ProtocolError::UnknownType(other)),
     };
     match r.remaining() {
         0 => Ok(msg),
         extra => Err(ProtocolError::TrailingBytes { extra }),
+    }
+}
+
+/// A measured speed in samples per second: finite and `>= 0` (0: not measured).
+fn read_speed(r: &mut Reader) -> Result<f32, ProtocolError> {
+    let v = r.f32()?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(invalid("samples per second"))
     }
 }
 
@@ -1096,7 +1220,46 @@ mod tests {
         .prop_map(Message::Control);
         let error = (any::<u16>(), text(64))
             .prop_map(|(code, message)| Message::Error(ErrorMessage { code, message }));
-        prop_oneof![join, welcome, push, center, ack, control, error]
+        let device = (
+            any::<bool>(),
+            0u8..4,
+            (0.0f32..1e6, 0.0f32..1e6),
+            any::<bool>(),
+            (text(64), text(200)),
+        )
+            .prop_map(|(gpu, by, (g, c), software_gpu, (adapter, why))| {
+                Message::Device(DeviceReport {
+                    backend: if gpu { Backend::Gpu } else { Backend::Cpu },
+                    chosen_by: [
+                        ChosenBy::Measured,
+                        ChosenBy::OnlyCpu,
+                        ChosenBy::Page,
+                        ChosenBy::Teacher,
+                    ][by as usize],
+                    gpu_samples_per_s: g,
+                    cpu_samples_per_s: c,
+                    software_gpu,
+                    adapter,
+                    why,
+                })
+            });
+        let use_backend = prop_oneof![
+            Just(BackendChoice::Auto),
+            Just(BackendChoice::Gpu),
+            Just(BackendChoice::Cpu)
+        ]
+        .prop_map(Message::UseBackend);
+        prop_oneof![
+            join,
+            welcome,
+            push,
+            center,
+            ack,
+            control,
+            error,
+            device,
+            use_backend
+        ]
     }
 
     proptest! {
@@ -1122,7 +1285,7 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_on_arbitrary_bytes(tail in prop::collection::vec(any::<u8>(), 0..300), t in 0u8..9) {
+        fn decode_never_panics_on_arbitrary_bytes(tail in prop::collection::vec(any::<u8>(), 0..300), t in 0u8..11) {
             let _ = decode(&tail, &small());
             let mut bytes = b"EASL\x02".to_vec();
             bytes.push(t);
@@ -1275,6 +1438,63 @@ mod tests {
                 what: "center base version"
             })
         );
+    }
+
+    #[test]
+    fn a_device_report_has_the_protocol_md_layout_and_refuses_bad_speeds() {
+        let report = DeviceReport {
+            backend: Backend::Cpu,
+            chosen_by: ChosenBy::Measured,
+            gpu_samples_per_s: 480.0,
+            cpu_samples_per_s: 9_600.0,
+            software_gpu: true,
+            adapter: "google swiftshader".into(),
+            why: "GPU 480 digits/s, CPU 9,600 digits/s: training on the CPU".into(),
+        };
+        let bytes = encode(&Message::Device(report.clone()));
+        // Backend at 6, chosen-by at 7, the two speeds at 8 and 12, the flag at 16, then the
+        // adapter's length at 17: 25 bytes plus the two texts.
+        assert_eq!(bytes.len(), 25 + report.adapter.len() + report.why.len());
+        assert_eq!(
+            (bytes[5], bytes[6], bytes[7], bytes[16]),
+            (ty::DEVICE, 0, 0, 1)
+        );
+        assert_eq!(bytes[8..12], 480.0f32.to_le_bytes());
+        assert_eq!(bytes[12..16], 9_600.0f32.to_le_bytes());
+        assert_eq!(bytes[17..21], (report.adapter.len() as u32).to_le_bytes());
+        assert_eq!(
+            decode(&bytes, &small()),
+            Ok(Message::Device(report.clone()))
+        );
+        for bad in [f32::NAN, f32::INFINITY, -1.0] {
+            let mut b = bytes.clone();
+            b[8..12].copy_from_slice(&bad.to_le_bytes());
+            assert_eq!(
+                decode(&b, &small()),
+                Err(ProtocolError::InvalidValue {
+                    what: "samples per second"
+                }),
+                "{bad}"
+            );
+        }
+        let mut b = bytes.clone();
+        b[7] = 4;
+        assert_eq!(
+            decode(&b, &small()),
+            Err(ProtocolError::InvalidValue { what: "chosen by" })
+        );
+        let choice = encode(&Message::UseBackend(BackendChoice::Cpu));
+        assert_eq!(choice[5..], [ty::USE_BACKEND, 2]);
+        let mut b = choice.clone();
+        b[6] = 3;
+        assert_eq!(
+            decode(&b, &small()),
+            Err(ProtocolError::InvalidValue {
+                what: "backend choice"
+            })
+        );
+        assert_eq!(BackendChoice::parse(" GPU "), Some(BackendChoice::Gpu));
+        assert_eq!(BackendChoice::parse("tpu"), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use warp::{Filter, Reply};
 
 use crate::Shutdown;
 use crate::activity::{Activity, Counter, DeviceState, Span, bytes_per_s, device_state};
+use crate::backends::{BackendView, Backends};
 use crate::hub::{Hub, RoomSlot};
 use crate::room::{Room, SwarmView, kind_name, trains, wall_ms};
 use crate::runs::{EvalPoint, PushPoint, Runs};
@@ -39,7 +40,13 @@ pub struct DeviceRow {
     pub id: u64,
     pub name: String,
     pub kind: &'static str,
+    /// The backend it trains on: its last `Device` report's, else its Join's.
     pub backend: &'static str,
+    /// Which backend trains and why, with the speeds it measured; `None` before a tab's
+    /// first report (and always for bots).
+    pub backend_report: Option<BackendView>,
+    /// The backend the teacher chose for it (`auto`, `gpu`, `cpu`), `None` when none.
+    pub backend_choice: Option<&'static str>,
     /// Local SGD steps per second over its last pushes.
     pub steps_per_s: Option<f64>,
     pub pushes: u64,
@@ -56,7 +63,12 @@ pub struct DeviceRow {
 }
 
 /// The device table: every training device that ever joined, by id.
-pub fn device_rows(room: &Room, activity: &Activity, now: Instant) -> Vec<DeviceRow> {
+pub fn device_rows(
+    room: &Room,
+    activity: &Activity,
+    backends: &Backends,
+    now: Instant,
+) -> Vec<DeviceRow> {
     let stats = room.ledger().workers();
     room.workers()
         .values()
@@ -67,10 +79,12 @@ pub fn device_rows(room: &Room, activity: &Activity, now: Instant) -> Vec<Device
                 id: w.id,
                 name: w.name.clone(),
                 kind: kind_name(w.kind),
-                backend: match w.backend {
+                backend: match backends.backend(w.id).unwrap_or(w.backend) {
                     easel_protocol::Backend::Cpu => "cpu",
                     easel_protocol::Backend::Gpu => "gpu",
                 },
+                backend_report: backends.view(w.id),
+                backend_choice: backends.chosen(w.id).map(|c| c.name()),
                 steps_per_s: activity.steps_per_s(w.id),
                 pushes: s.map_or(0, |s| s.pushes),
                 accepted: s.map_or(0, |s| s.accepted),
@@ -113,7 +127,13 @@ struct Gathered {
 
 /// Copies what is new since `cur` (everything of the current run when its run differs)
 /// and moves `cur` on. Returns whether the run changed (then a snapshot is due).
-fn gather(room: &Room, runs: &Runs, activity: &Activity, cur: &mut Cursor) -> (bool, Gathered) {
+fn gather(
+    room: &Room,
+    runs: &Runs,
+    activity: &Activity,
+    backends: &Backends,
+    cur: &mut Cursor,
+) -> (bool, Gathered) {
     let run = runs.current();
     let now = wall_ms();
     let fresh = cur.run != run.id;
@@ -140,7 +160,7 @@ fn gather(room: &Room, runs: &Runs, activity: &Activity, cur: &mut Cursor) -> (b
     let g = Gathered {
         version: room.center().0,
         settings: SettingsView::of(room.settings()),
-        devices: device_rows(room, activity, Instant::now()),
+        devices: device_rows(room, activity, backends, Instant::now()),
         evals: run.evals.since(cur.evals),
         pushes: run.pushes.since(cur.pushes),
         spans,
@@ -170,7 +190,7 @@ fn snapshot(hub: &Hub, slot: &RoomSlot, code: &str, g: Gathered) -> serde_json::
         .cloned();
     let qr_svg = qr_url.as_deref().and_then(|u| qr_svg(u).ok());
     let runs = slot.runs_json();
-    let run = slot.with_view(|_, runs, _| {
+    let run = slot.with_view(|_, runs, _, _| {
         let r = runs.current();
         serde_json::json!({
             "id": r.id, "name": r.name, "started_ms": r.started_ms, "settings": r.settings,
@@ -308,7 +328,9 @@ async fn serve(
             }
             _ = tick.tick() => {
                 let prev = cur.counter;
-                let (fresh, g) = slot.with_view(|room, runs, activity| gather(room, runs, activity, &mut cur));
+                let (fresh, g) = slot.with_view(|room, runs, activity, backends| {
+                    gather(room, runs, activity, backends, &mut cur)
+                });
                 cur.counter = g.counter;
                 let msg = if fresh {
                     snapshot(&hub, &slot, &code, g)
@@ -365,20 +387,20 @@ mod tests {
         slot.push(s.worker_id, &p, 10, 0);
         slot.center_sent(s.worker_id);
         let mut cur = Cursor::default();
-        let (fresh, g) = slot.with_view(|r, runs, a| gather(r, runs, a, &mut cur));
+        let (fresh, g) = slot.with_view(|r, runs, a, b| gather(r, runs, a, b, &mut cur));
         assert!(fresh);
         assert_eq!((g.pushes.len(), g.devices.len()), (1, 1));
         assert_eq!(g.devices[0].state, DeviceState::Training);
         assert!(g.spans.iter().all(|sp| sp.worker == s.worker_id));
-        let (fresh, g) = slot.with_view(|r, runs, a| gather(r, runs, a, &mut cur));
+        let (fresh, g) = slot.with_view(|r, runs, a, b| gather(r, runs, a, b, &mut cur));
         assert!(!fresh && g.pushes.is_empty());
         let p = push(1);
         slot.push(s.worker_id, &p, 10, 0);
-        let (_, g) = slot.with_view(|r, runs, a| gather(r, runs, a, &mut cur));
+        let (_, g) = slot.with_view(|r, runs, a, b| gather(r, runs, a, b, &mut cur));
         assert_eq!(g.pushes.len(), 1);
         assert_eq!(g.histogram, vec![(0, 2)]);
         slot.start_run("second", false);
-        let (fresh, g) = slot.with_view(|r, runs, a| gather(r, runs, a, &mut cur));
+        let (fresh, g) = slot.with_view(|r, runs, a, b| gather(r, runs, a, b, &mut cur));
         assert!(fresh && g.pushes.is_empty());
         let json = snapshot(&hub, &slot, "ABCDE", g);
         assert_eq!(json["type"], "snapshot");

@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use easel_protocol::message::{self, Join, code};
-use easel_protocol::{Control, ErrorMessage, Limits, Message, Push};
+use easel_protocol::{BackendChoice, Control, DeviceReport, ErrorMessage, Limits, Message, Push};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::activity::Activity;
+use crate::backends::Backends;
 use crate::room::{self, Room, RoomSettings, wall_ms};
 use crate::runs::{PushPoint, Runs};
 use crate::teacher::{MAX_DELAY_MS, SettingsView, TeacherControl};
@@ -40,6 +41,8 @@ pub enum Order {
 /// Pause/Resume replaces the unsent older one in place. A connection that does not read
 /// holds at most three, none is ever dropped, and the last of each kind it writes is the
 /// room's latest (a worker that reads again after twelve settings changes gets the twelfth).
+/// The teacher's backend choice for a tab (a `UseBackend`, not a Control) is coalesced the
+/// same way beside them.
 #[derive(Debug, Default)]
 pub struct Pending {
     latest: Mutex<Latest>,
@@ -54,6 +57,8 @@ struct Latest {
     delay: Option<Control>,
     /// Pause or Resume: the newest wins.
     pause: Option<Control>,
+    /// The teacher's backend for this tab (sent as `UseBackend`, not a Control).
+    backend: Option<BackendChoice>,
 }
 
 impl Pending {
@@ -69,6 +74,17 @@ impl Pending {
             *slot = Some(c);
         }
         self.notify.notify_one();
+    }
+
+    /// Replaces the unsent backend choice with `c`.
+    pub fn put_backend(&self, c: BackendChoice) {
+        lock(&self.latest).backend = Some(c);
+        self.notify.notify_one();
+    }
+
+    /// Takes the unsent backend choice, if any.
+    pub fn take_backend(&self) -> Option<BackendChoice> {
+        lock(&self.latest).backend.take()
     }
 
     /// Resolves after a [`Pending::put`] (possibly one already taken).
@@ -169,6 +185,8 @@ struct RoomState {
     runs: Runs,
     /// Every device's inferred timeline and rates.
     activity: Activity,
+    /// Each tab's reported backend and measured speeds, and the teacher's choices.
+    backends: Backends,
     /// Resets so far (the saved ledger starts again at each).
     resets: u64,
     /// What the last checkpoint wrote ([`crate::store`]).
@@ -301,6 +319,7 @@ fn insert_room(
                 eval_floor: 0,
                 runs,
                 activity: Activity::default(),
+                backends: Backends::default(),
                 resets: 0,
                 saved: crate::store::Cursor::default(),
             }),
@@ -340,6 +359,7 @@ impl Hub {
                 eval_floor,
                 runs: r.runs,
                 activity: Activity::default(),
+                backends: Backends::default(),
                 resets: r.resets,
                 saved: r.cursor,
             }),
@@ -417,12 +437,15 @@ impl RoomSlot {
         if room::trains(join.kind) {
             st.activity.joined(welcome.worker_id, wall_ms());
         }
-        let restore = st
+        let mut restore = st
             .room
             .workers()
             .get(&welcome.worker_id)
             .map(restore_controls)
             .unwrap_or_default();
+        if let Some(c) = st.backends.chosen(welcome.worker_id) {
+            restore.push(message::encode(&Message::UseBackend(c)));
+        }
         Ok(Session {
             worker_id: welcome.worker_id,
             resume_token: welcome.resume_token,
@@ -473,6 +496,11 @@ impl RoomSlot {
     pub fn control(&self, c: &Control) -> Result<(), ErrorMessage> {
         let mut st = lock(&self.state);
         control_locked(&mut st, c)
+    }
+
+    /// Keeps a tab's report of its backend and measured speeds, for the dashboard.
+    pub fn device_report(&self, worker: u64, report: DeviceReport) {
+        lock(&self.state).backends.report(worker, report);
     }
 
     /// The center answering `worker`'s push was written to its socket: its timeline gets
@@ -541,6 +569,23 @@ impl RoomSlot {
                     );
                 }
             }
+            TeacherControl::Backend { device, backend } => {
+                let choice = crate::teacher::parse_backend_choice(backend)?;
+                match st.room.workers().get(device) {
+                    Some(w) if w.kind == easel_protocol::ClientKind::Browser => {}
+                    Some(w) => {
+                        return Err(format!(
+                            "{} is not a browser tab: only tabs can switch backend",
+                            w.name
+                        ));
+                    }
+                    None => return Err(format!("no device {device} in this room")),
+                }
+                st.backends.choose(*device, choice);
+                if let Some((_, mailbox)) = st.controls.get(device) {
+                    mailbox.controls.put_backend(choice);
+                }
+            }
             TeacherControl::Reset { .. } => {}
         }
         drop(st);
@@ -553,7 +598,7 @@ impl RoomSlot {
         serde_json::json!({
             "settings": SettingsView::of(st.room.settings()),
             "run": st.runs.current().id,
-            "devices": crate::dashboard::device_rows(&st.room, &st.activity, Instant::now()),
+            "devices": crate::dashboard::device_rows(&st.room, &st.activity, &st.backends, Instant::now()),
         })
     }
 
@@ -605,10 +650,11 @@ impl RoomSlot {
         lock(&self.state).runs.get(id).cloned()
     }
 
-    /// Runs `f` on the room, its runs and its devices' timelines (for the dashboard).
-    pub fn with_view<T>(&self, f: impl FnOnce(&Room, &Runs, &Activity) -> T) -> T {
+    /// Runs `f` on the room, its runs, its devices' timelines and backends (for the
+    /// dashboard).
+    pub fn with_view<T>(&self, f: impl FnOnce(&Room, &Runs, &Activity, &Backends) -> T) -> T {
         let st = lock(&self.state);
-        f(&st.room, &st.runs, &st.activity)
+        f(&st.room, &st.runs, &st.activity, &st.backends)
     }
 
     /// Notes that a connection was heard from.

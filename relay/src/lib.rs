@@ -5,7 +5,8 @@
 //! - `easel_protocol` owns the bytes, the messages and the merging rules;
 //! - [`ledger`] and [`room`]: one room's state and rules as synchronous logic, no I/O;
 //!   [`runs`] (named runs and their exports), [`activity`] (each device's inferred
-//!   timeline, rates and state) and [`teacher`] (the control API's types) are pure too;
+//!   timeline, rates and state), [`backends`] (each tab's backend and measured speeds, and
+//!   the teacher's choice) and [`teacher`] (the control API's types) are pure too;
 //! - [`hub`]: the rooms behind short-held locks, and the channels to connections;
 //! - [`ws`]: one WebSocket connection; [`dashboard`]: the teacher's live JSON socket;
 //!   [`http`]: the routes and [`http::run`]; [`origin`]: which pages may use them;
@@ -17,6 +18,7 @@
 //!   over the real model, codecs and `easel_protocol::strategy`.
 
 pub mod activity;
+pub mod backends;
 pub mod bots;
 pub mod dashboard;
 pub mod eval;

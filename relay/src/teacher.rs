@@ -44,6 +44,18 @@ pub enum TeacherControl {
     Partition {
         scheme: String,
     },
+    /// The backend a browser tab trains on: `auto` (it times both and takes the faster),
+    /// `gpu` or `cpu`. It switches before its next round and keeps its model.
+    Backend {
+        device: u64,
+        backend: String,
+    },
+}
+
+/// Reads the `backend` of a [`TeacherControl::Backend`], or says what to write.
+pub fn parse_backend_choice(text: &str) -> Result<easel_protocol::BackendChoice, String> {
+    easel_protocol::BackendChoice::parse(text)
+        .ok_or_else(|| format!("backend {text:?} is not one of auto, gpu or cpu"))
 }
 
 /// Settings to change; every field is optional. Adding a setting is one field here, one

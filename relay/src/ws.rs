@@ -162,10 +162,13 @@ pub async fn serve_socket<S>(
             Event::Controls => (
                 pending
                     .as_ref()
-                    .map(|p| p.take())
-                    .unwrap_or_default()
+                    .map(|p| {
+                        let controls = p.take().into_iter().map(Message::Control);
+                        controls.chain(p.take_backend().map(Message::UseBackend))
+                    })
                     .into_iter()
-                    .map(|c| WsMessage::binary(message::encode(&Message::Control(c))))
+                    .flatten()
+                    .map(|m| WsMessage::binary(message::encode(&m)))
                     .collect(),
                 Flow::Continue,
             ),
@@ -299,10 +302,22 @@ fn on_message(
                 "only the room's teacher may send Control",
             )));
         }
+        (Message::Device(d), Some(j)) if j.kind == ClientKind::Browser => {
+            j.room.device_report(j.worker, d);
+        }
+        (Message::Device(_), _) => {
+            replies.push(error_msg(&error(
+                code::UNEXPECTED,
+                "only a joined browser tab reports its backend",
+            )));
+        }
         (Message::Error(e), _) => {
             tracing::debug!(code = e.code, "client error: {}", e.message);
         }
-        (Message::Welcome(_) | Message::Center(_) | Message::Ack(_), _) => {
+        (
+            Message::Welcome(_) | Message::Center(_) | Message::Ack(_) | Message::UseBackend(_),
+            _,
+        ) => {
             replies.push(error_msg(&error(
                 code::UNEXPECTED,
                 "the relay does not take this message",

@@ -94,7 +94,9 @@ test('a teacher, three students, a straggler made from the dashboard', { timeout
   // LAN name (no secure context, so no WebGPU).
   const gpu = await browser.context.newPage();
   await gpu.setViewportSize({ width: 1000, height: 900 });
-  await gpu.goto(`${origin}/?room=${relay.room}`);
+  // SwiftShader is slower than the CPU here, so `auto` would train on the CPU
+  // (backend.test.mjs): ask for the GPU.
+  await gpu.goto(`${origin}/?room=${relay.room}&backend=gpu`);
   const lan = await browser.context.newPage();
   await lan.setViewportSize({ width: 390, height: 844 });
   await lan.goto(`http://classroom.test:${relay.port}/?room=${relay.room}`);

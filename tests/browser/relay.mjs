@@ -9,7 +9,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import {
+  existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -187,7 +189,56 @@ export async function launch(port, extraFlags = [], viewport = { width: 1000, he
       window.easelPageError ??= String(e.reason?.message ?? e.reason);
     });
   });
-  return { context, page, logs, outside };
+  return { context, page, logs, outside, userDataDir };
+}
+
+/** The process ids of the browser launched with `userDataDir` and of all its descendants
+ * (renderers, the GPU process), read from /proc. */
+export function browserPids(userDataDir) {
+  const procs = readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map((pid) => {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      const ppid = Number(readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[1]);
+      return { pid: Number(pid), ppid, cmd };
+    } catch {
+      return null;
+    }
+  }).filter(Boolean);
+  const ids = new Set(procs.filter((p) => p.cmd.includes(`--user-data-dir=${userDataDir}`)
+    && !procs.some((q) => q.pid === p.ppid && q.cmd.includes(`--user-data-dir=${userDataDir}`)))
+    .map((p) => p.pid));
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const p of procs) {
+      if (!ids.has(p.pid) && ids.has(p.ppid)) {
+        ids.add(p.pid);
+        grew = true;
+      }
+    }
+  }
+  return [...ids];
+}
+
+/** Makes a device slow at everything: stops the processes `pids` for `stopMs`, lets them run
+ * for `runMs`, and again, until `stop()` (which lets them run for good). */
+export function throttle(pids, stopMs, runMs) {
+  const signal = (sig) => pids.forEach((pid) => { try { process.kill(pid, sig); } catch { /* gone */ } });
+  let on = true;
+  const loop = (async () => {
+    while (on) {
+      signal('SIGSTOP');
+      await new Promise((r) => setTimeout(r, stopMs));
+      signal('SIGCONT');
+      await new Promise((r) => setTimeout(r, runMs));
+    }
+  })();
+  const stop = async () => {
+    on = false;
+    await loop;
+    signal('SIGCONT');
+  };
+  cleanups.push(stop);
+  return { stop };
 }
 
 /** The page's state for failure messages: `window.easel.state()` when the page has it. */

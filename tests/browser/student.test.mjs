@@ -38,7 +38,9 @@ function acceptedAtLeast(page, n, what) {
 
 test('a student tab joins the room, trains on WebGPU and its pushes are accepted', { timeout: 200_000 }, async () => {
   gpuTab = browser.page;
-  await gpuTab.goto(`http://127.0.0.1:${relay.port}/?room=${relay.room}`);
+  // SwiftShader is slower than the CPU here, so `auto` would train on the CPU
+  // (backend.test.mjs): ask for the GPU.
+  await gpuTab.goto(`http://127.0.0.1:${relay.port}/?room=${relay.room}&backend=gpu`);
   await waitInPage(browser, () => window.easel?.state().joined, null, 60_000, 'the Welcome', gpuTab);
   await acceptedAtLeast(gpuTab, 3, '3 accepted pushes');
   const s = await state(gpuTab);
