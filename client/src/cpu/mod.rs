@@ -8,6 +8,7 @@
 pub mod direct;
 pub mod net;
 pub mod ops;
+pub mod profile;
 pub mod simd;
 
 pub use net::{Evaluation, Workspace, evaluate, forward, loss_and_grad, predict};
