@@ -715,18 +715,18 @@ pub fn maxpool2_forward<F: Float>(
             let (top, bottom) = (&x[r0..r0 + 2 * ow], &x[r0 + w..r0 + w + 2 * ow]);
             let (yrow, arow) = (ys.next().expect("y row"), args.next().expect("argmax row"));
             for ox in 0..ow {
-                // Window order: top-left, top-right, bottom-left, bottom-right. Comparisons
-                // turned into 0/1 offsets, not branches or selects: the winner is
-                // data-dependent and would defeat branch prediction (wasm engines compile a
-                // float select to a branch).
-                let right_top = usize::from(top[2 * ox + 1] > top[2 * ox]);
-                let right_bot = usize::from(bottom[2 * ox + 1] > bottom[2 * ox]);
-                let (at_top, at_bot) = (2 * ox + right_top, 2 * ox + right_bot);
-                let down = usize::from(bottom[at_bot] > top[at_top]);
-                // The bottom index is always the larger (w >= 2), so the difference is >= 0.
-                let (from_top, from_bot) = (r0 + at_top, r0 + w + at_bot);
-                let from = from_top + down * (from_bot - from_top);
-                yrow[ox] = x[from];
+                // Window order: top-left, top-right, bottom-left, bottom-right. Selects, not
+                // branches: the winner is data-dependent and would defeat branch prediction.
+                let (a, b) = (top[2 * ox], top[2 * ox + 1]);
+                let (c, d) = (bottom[2 * ox], bottom[2 * ox + 1]);
+                let (top_best, top_arg) = if b > a { (b, 1) } else { (a, 0) };
+                let (bot_best, bot_arg) = if d > c { (d, 1) } else { (c, 0) };
+                let (best, from) = if bot_best > top_best {
+                    (bot_best, r0 + w + 2 * ox + bot_arg)
+                } else {
+                    (top_best, r0 + 2 * ox + top_arg)
+                };
+                yrow[ox] = best;
                 arow[ox] = from as u32;
             }
         }
