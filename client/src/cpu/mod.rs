@@ -5,6 +5,7 @@
 //! [`net`] chains them into the model, and [`CpuTrainer`] runs SGD steps on a shard held in
 //! memory. Everything here also builds for `wasm32-unknown-unknown`.
 
+pub mod dense;
 pub mod direct;
 pub mod net;
 pub mod ops;
