@@ -120,6 +120,11 @@ async function main() {
     executablePath: CHROMIUM,
     headless: true,
     args: ['--no-sandbox', '--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--disable-background-networking'],
+  }).catch((e) => {
+    // The relay is not left running when the browser does not start.
+    relay.stop();
+    rmSync(userDir, { recursive: true, force: true });
+    throw e;
   });
   const results = {
     batch: BATCH,
