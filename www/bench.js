@@ -3,9 +3,7 @@
 // TensorFlow.js, `window.benchTfjs(...)`. Both train lenet5-28 on the real training digits
 // for a warm-up and then for a fixed wall time, and resolve to steady-state figures.
 
-import init, {
-  WebTrainer, cpu_isa, profile_cpu_step, train_flops_per_sample,
-} from './pkg/easel_client.js';
+import init, { WebTrainer, cpu_isa, profile_cpu_step, train_flops_per_sample } from './pkg/easel_client.js';
 import { initWasm } from './wasm-select.js';
 
 const TRAIN = 8000;
