@@ -3,12 +3,16 @@
 // TensorFlow.js, `window.benchTfjs(...)`. Both train lenet5-28 on the real training digits
 // for a warm-up and then for a fixed wall time, and resolve to steady-state figures.
 
-import init, { WebTrainer, train_flops_per_sample } from './pkg/easel_client.js';
+import init, { WebTrainer, cpu_isa, profile_cpu_step, train_flops_per_sample } from './pkg/easel_client.js';
+import { initWasm } from './wasm-select.js';
 
 const TRAIN = 8000;
 const PIXELS = 784;
 
 let digits = null;
+
+/** The wasm build this page loaded (`?wasm=baseline|relaxed|auto`, see wasm-select.js). */
+const wasmReady = initWasm(init, new URLSearchParams(location.search).get('wasm') ?? 'auto');
 
 /** The bytes of /data/mnist.bin (see data/README.md), fetched once. */
 async function mnistBytes() {
@@ -27,7 +31,7 @@ function show(result) {
 
 /** Trains with Easel's wasm client on `backend` (`gpu` or `cpu`) and returns its figures. */
 window.benchEasel = async ({ backend, batch, warmupSteps, seconds }) => {
-  await init();
+  const wasm = await wasmReady;
   const trainer = await WebTrainer.create(await mnistBytes(), backend, 1, batch, 0.05, undefined);
   if (trainer.backend() !== backend) {
     throw new Error(`asked for ${backend} but got ${trainer.backend()}: ${trainer.fallback_reason()}`);
@@ -49,6 +53,8 @@ window.benchEasel = async ({ backend, batch, warmupSteps, seconds }) => {
     engine: 'easel',
     backend,
     adapter: trainer.adapter(),
+    wasm_build: wasm,
+    cpu_isa: cpu_isa(),
     batch,
     steps,
     seconds: wall,
@@ -58,6 +64,13 @@ window.benchEasel = async ({ backend, batch, warmupSteps, seconds }) => {
     readbacks_per_step: backend === 'gpu' ? trainer.readbacks_per_step() : null,
     gflops: (samplesPerS * Number(train_flops_per_sample())) / 1e9,
   });
+};
+
+/** Times each layer operation of the wasm CPU step (`profile_cpu_step`, the measurement
+ * `easel bench train --profile` makes natively) and returns its figures. */
+window.profileEaselCpu = async ({ batch }) => {
+  const wasm = await wasmReady;
+  return show({ wasm_build: wasm, ...profile_cpu_step(await mnistBytes(), batch) });
 };
 
 /** The same network in TensorFlow.js (valid 5x5 convolutions, ReLU, 2x2 max pooling,
@@ -133,4 +146,4 @@ window.benchTfjs = async ({ backend, batch, warmupSteps, seconds }) => {
   });
 };
 
-window.benchReady = init().then(() => true);
+window.benchReady = wasmReady.then(() => true);

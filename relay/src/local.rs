@@ -296,56 +296,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Steps timed by [`profile_cpu_step`].
-const PROFILE_STEPS: usize = 200;
-
-/// Times each layer operation of the CPU training step (`cpu::net::OPS`, then the SGD
-/// update) over [`PROFILE_STEPS`] steps of `batch` samples after a warm-up, and returns the
-/// mean microseconds per step of each. The batches are gathered before the clock starts.
+/// Times each layer operation of the CPU training step over batches of `batch` samples in
+/// `order` ([`cpu::profile::profile_step`], the same measurement the browser benchmark makes
+/// of the wasm path): mean microseconds per step of each.
 fn profile_cpu_step(data: &Mnist, order: &[u32], batch: usize) -> Vec<(&'static str, f64)> {
-    let pixels = easel_client::model::IMAGE_PIXELS;
-    let batches: Vec<(Vec<f32>, Vec<u8>)> = order
-        .chunks_exact(batch)
-        .take(16)
-        .map(|idx| {
-            let mut x = Vec::with_capacity(batch * pixels);
-            for &i in idx {
-                let i = i as usize;
-                let img = &data.train.images[i * pixels..(i + 1) * pixels];
-                x.extend(img.iter().map(|&p| model::pixel_to_input(p)));
-            }
-            (
-                x,
-                idx.iter().map(|&i| data.train.labels[i as usize]).collect(),
-            )
-        })
-        .collect();
-    let mut params = model::init_params(0);
-    let (mut grad, mut velocity) = (vec![0.0; params.len()], vec![0.0; params.len()]);
-    let mut ws = cpu::Workspace::<f32>::new(batch);
-    let mut spent = [0.0f64; cpu::net::OPS.len() + 1];
-    for step in 0..PROFILE_STEPS + 20 {
-        let (x, y) = &batches[step % batches.len()];
-        let mut at = Instant::now();
-        let mut lap = |op: usize| {
-            let now = Instant::now();
-            if step >= 20 {
-                spent[op] += (now - at).as_secs_f64();
-            }
-            at = now;
-        };
-        cpu::net::loss_and_grad_with_laps(&params, x, y, &mut ws, &mut grad, &mut lap);
-        let t = Instant::now();
-        Sgd::default().step(0.01, &mut params, &grad, &mut velocity);
-        if step >= 20 {
-            spent[cpu::net::OPS.len()] += t.elapsed().as_secs_f64();
-        }
-    }
-    cpu::net::OPS
-        .iter()
-        .copied()
-        .chain(["sgd step"])
-        .zip(spent)
-        .map(|(op, s)| (op, s * 1e6 / PROFILE_STEPS as f64))
-        .collect()
+    let t0 = Instant::now();
+    let (images, labels) = (&data.train.images, &data.train.labels);
+    cpu::profile::profile_step(images, labels, order, batch, &mut || {
+        t0.elapsed().as_secs_f64()
+    })
 }

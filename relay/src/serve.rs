@@ -221,6 +221,9 @@ export const WebTrainer = { create: fail };
 export const prepare_digit = fail;
 export const train_flops_per_sample = fail;
 export const compare_gpu_with_cpu = fail;
+export const check_cpu_kernels = fail;
+export const cpu_isa = fail;
+export const profile_cpu_step = fail;
 ";
 
 /// The right `Content-Type` for the file types the page uses. Browsers refuse module scripts

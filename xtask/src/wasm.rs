@@ -2,23 +2,82 @@
 //! third-party scripts (the chart library, pinned in `www/package-lock.json`) into
 //! `www/vendor`.
 //!
+//! The client is built twice from the same code: `easel_client_bg.wasm` with 128-bit SIMD
+//! (`.cargo/config.toml`), which every browser Easel targets has, and
+//! `easel_client_relaxed_bg.wasm` with relaxed SIMD as well (its CPU kernels then use fused
+//! multiply-adds). A browser without relaxed SIMD rejects the whole second module, so the
+//! pages choose before loading (`www/wasm-select.js`) and both modules must share one
+//! JavaScript glue file: the build checks that wasm-bindgen writes the same glue for both.
+//!
 //! The wasm-bindgen CLI must be exactly the version of the `wasm-bindgen` crate in
 //! `Cargo.lock`, so it is checked and, if needed, installed with `cargo install` (without
 //! `--locked`, which fails for wasm-bindgen-cli on this registry).
 
 use crate::{cargo, exec, output, root, target_dir, which};
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-unknown-unknown";
 
-/// Builds `easel_client.wasm` in release mode and runs wasm-bindgen on it.
+/// The relaxed-SIMD build's flags: `.cargo/config.toml`'s `+simd128`, and `+relaxed-simd`.
+/// Given through `CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS`, which takes the place of the
+/// config file's flags for that one build, in a target directory of its own so that the two
+/// builds do not rebuild each other's dependencies.
+const RELAXED_RUSTFLAGS: &str = "-C target-feature=+simd128,+relaxed-simd";
+
+/// The relaxed-SIMD module's name in `www/pkg`, beside the baseline `easel_client_bg.wasm`.
+const RELAXED_WASM: &str = "easel_client_relaxed_bg.wasm";
+
+/// Builds both modules in release mode and runs wasm-bindgen on them.
 pub fn run() -> Result<()> {
     let version = locked_wasm_bindgen_version()?;
     ensure_target()?;
     let bindgen = ensure_bindgen(&version)?;
-    exec(cargo().args([
+    let out_dir = root().join("www").join("pkg");
+    build_and_bind(&bindgen, &target_dir(), None, &out_dir)?;
+    // The relaxed-SIMD module: bound in a directory of its own, and kept only if its glue is
+    // the baseline one byte for byte (one `easel_client.js` loads either module).
+    let relaxed_target = target_dir().join("relaxed-simd");
+    let relaxed_out = relaxed_target.join("pkg");
+    build_and_bind(
+        &bindgen,
+        &relaxed_target,
+        Some(RELAXED_RUSTFLAGS),
+        &relaxed_out,
+    )?;
+    let glue = |dir: &Path| {
+        let path = dir.join("easel_client.js");
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    if glue(&out_dir)? != glue(&relaxed_out)? {
+        bail!(
+            "wasm-bindgen wrote different JavaScript glue for the relaxed-SIMD module ({}) than \
+             for the baseline one ({}), so one glue file cannot load both",
+            relaxed_out.display(),
+            out_dir.display()
+        );
+    }
+    let (from, to) = (
+        relaxed_out.join("easel_client_bg.wasm"),
+        out_dir.join(RELAXED_WASM),
+    );
+    std::fs::copy(&from, &to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    eprintln!("==> the browser client is in {}", out_dir.display());
+    vendor()
+}
+
+/// Builds `easel_client.wasm` in release mode into `target` (with `rustflags` for the wasm
+/// target instead of `.cargo/config.toml`'s, if given) and runs wasm-bindgen on it into `out`.
+fn build_and_bind(
+    bindgen: &Path,
+    target: &Path,
+    rustflags: Option<&str>,
+    out: &Path,
+) -> Result<()> {
+    let mut build = cargo();
+    build.env("CARGO_TARGET_DIR", target).args([
         "build",
         "--release",
         "--target",
@@ -26,24 +85,25 @@ pub fn run() -> Result<()> {
         "-p",
         "easel-client",
         "--lib",
-    ]))?;
-    let wasm = target_dir()
+    ]);
+    if let Some(flags) = rustflags {
+        build.env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS", flags);
+    }
+    exec(&mut build)?;
+    let wasm = target
         .join(TARGET)
         .join("release")
         .join("easel_client.wasm");
     if !wasm.is_file() {
         bail!("the build succeeded but {} is missing", wasm.display());
     }
-    let out_dir = root().join("www").join("pkg");
     exec(
-        Command::new(&bindgen)
+        Command::new(bindgen)
             .args(["--target", "web", "--no-typescript", "--out-dir"])
-            .arg(&out_dir)
+            .arg(out)
             .arg(&wasm)
             .current_dir(root()),
-    )?;
-    eprintln!("==> the browser client is in {}", out_dir.display());
-    vendor()
+    )
 }
 
 /// The files `www/vendor/` gets from `www/node_modules/` after `npm ci`: the chart library

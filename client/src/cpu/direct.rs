@@ -27,6 +27,8 @@ use super::simd::Simd128;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
 use super::simd::{Isa, Portable, V8};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// Vector width in lanes.
 const L: usize = 8;
@@ -370,11 +372,13 @@ unsafe fn run_dx(isa: Isa, a: &Dx) {
 unsafe fn dx<V: V8>(a: &Dx) {
     // SAFETY (every call): forwarded from the caller.
     unsafe {
-        match (a.g.k, V::WIDE_REGISTERS) {
-            (5, false) => dx_k::<V, 5, 2>(a),
-            (5, true) => dx_k::<V, 5, 4>(a),
-            (3, false) => dx_k::<V, 3, 3>(a),
-            (3, true) => dx_k::<V, 3, 6>(a),
+        match (a.g.k, V::REGS) {
+            (5, 32) => dx_k::<V, 5, 4>(a),
+            (5, 16) => dx_k::<V, 5, 2>(a),
+            (5, _) => dx_k::<V, 5, 1>(a),
+            (3, 32) => dx_k::<V, 3, 6>(a),
+            (3, 16) => dx_k::<V, 3, 3>(a),
+            (3, _) => dx_k::<V, 3, 1>(a),
             (k, _) => unreachable!("kernel side {k} (checked by supports)"),
         }
     }
@@ -510,13 +514,15 @@ unsafe fn run_dw(isa: Isa, a: &Dw) {
 unsafe fn fwd<V: V8>(a: &Fwd) {
     // SAFETY (every call): forwarded from the caller.
     unsafe {
-        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch.is_multiple_of(3)) {
-            (5, false, true) => fwd_all::<V, 5, 3, 4>(a),
-            (5, false, false) => fwd_all::<V, 5, 2, 4>(a),
-            (5, true, true) => fwd_all::<V, 5, 6, 4>(a),
-            (5, true, false) => fwd_all::<V, 5, 4, 4>(a),
-            (3, false, _) => fwd_all::<V, 3, 2, 4>(a),
-            (3, true, _) => fwd_all::<V, 3, 4, 4>(a),
+        match (a.g.k, V::REGS, a.g.out_ch.is_multiple_of(3)) {
+            (5, 32, true) => fwd_all::<V, 5, 6, 4>(a),
+            (5, 32, false) => fwd_all::<V, 5, 4, 4>(a),
+            (5, 16, true) => fwd_all::<V, 5, 3, 4>(a),
+            (5, 16, false) => fwd_all::<V, 5, 2, 4>(a),
+            (5, ..) => fwd_all::<V, 5, 2, 2>(a),
+            (3, 32, _) => fwd_all::<V, 3, 4, 4>(a),
+            (3, 16, _) => fwd_all::<V, 3, 2, 4>(a),
+            (3, ..) => fwd_all::<V, 3, 2, 2>(a),
             (k, ..) => unreachable!("kernel side {k} (checked by supports)"),
         }
     }
@@ -619,12 +625,14 @@ unsafe fn fwd_block<V: V8, const K: usize, const CB: usize, const RB: usize>(
 unsafe fn dw<V: V8>(a: &Dw) {
     // SAFETY (every call): forwarded from the caller.
     unsafe {
-        match (a.g.k, V::WIDE_REGISTERS, a.g.out_ch.is_multiple_of(4)) {
-            (5, false, _) => dw_all::<V, 5, 2>(a),
-            (5, true, true) => dw_all::<V, 5, 4>(a),
-            (5, true, false) => dw_all::<V, 5, 3>(a),
-            (3, false, _) => dw_all::<V, 3, 3>(a),
-            (3, true, _) => dw_all::<V, 3, 6>(a),
+        match (a.g.k, V::REGS, a.g.out_ch.is_multiple_of(4)) {
+            (5, 32, true) => dw_all::<V, 5, 4>(a),
+            (5, 32, false) => dw_all::<V, 5, 3>(a),
+            (5, 16, _) => dw_all::<V, 5, 2>(a),
+            (5, ..) => dw_all::<V, 5, 1>(a),
+            (3, 32, _) => dw_all::<V, 3, 6>(a),
+            (3, 16, _) => dw_all::<V, 3, 3>(a),
+            (3, ..) => dw_all::<V, 3, 1>(a),
             (k, ..) => unreachable!("kernel side {k} (checked by supports)"),
         }
     }
@@ -720,86 +728,166 @@ unsafe fn dw_block<V: V8, const K: usize, const CB: usize>(
     }
 }
 
+/// Runs the direct forward and backward passes on every available instruction set and
+/// compares them with the im2col + GEMM reference computed in `f64` from the same inputs
+/// (random in `[-1, 1)` from `seed`): each element within `1e-5` of the largest magnitude
+/// of its tensor (plus one), which is what summation order changes. Without `dx` the
+/// parameter gradients must be the same bit for bit. The unit tests and the browser's check
+/// of the wasm build ([`self_check`]) both run it.
+pub fn check_against_reference(s: ConvShape, seed: u64) -> Result<(), String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = random(&mut rng, s.x_len());
+    let w = random(&mut rng, s.weight_len());
+    let b = random(&mut rng, s.out_ch);
+    let dy = random(&mut rng, s.y_len());
+    let mut y64 = vec![0.0; s.y_len()];
+    ops::conv2d_forward(s, &to_f64(&x), &to_f64(&w), &to_f64(&b), &mut y64);
+    let mut dx64 = vec![0.0; s.x_len()];
+    let mut dw64 = vec![0.0; s.weight_len()];
+    let mut db64 = vec![0.0; s.out_ch];
+    ops::conv2d_backward(
+        s,
+        &to_f64(&x),
+        &to_f64(&w),
+        &to_f64(&dy),
+        Some(&mut dx64),
+        &mut dw64,
+        &mut db64,
+    );
+    let isas = Isa::available();
+    if !isas.contains(&Isa::Portable) {
+        return Err(format!("{isas:?} lacks the portable path"));
+    }
+    for isa in isas {
+        // Garbage everywhere: the kernels overwrite, never accumulate into, their outputs.
+        let mut y = vec![f32::NAN; s.y_len()];
+        conv2d_forward(isa, s, &x, &w, &b, &mut y);
+        check("forward y", isa, &s, &y, &y64, 1e-5)?;
+        let mut dx = vec![f32::NAN; s.x_len()];
+        let mut dw = vec![f32::NAN; s.weight_len()];
+        let mut db = vec![f32::NAN; s.out_ch];
+        let mut scratch = vec![f32::NAN; backward_scratch_len(&s)];
+        conv2d_backward(
+            isa,
+            s,
+            &x,
+            &w,
+            &dy,
+            Some(&mut dx),
+            &mut dw,
+            &mut db,
+            &mut scratch,
+        );
+        check("backward dx", isa, &s, &dx, &dx64, 1e-5)?;
+        check("backward dw", isa, &s, &dw, &dw64, 1e-5)?;
+        check("backward db", isa, &s, &db, &db64, 1e-5)?;
+        let (mut dw2, mut db2) = (vec![7.0; dw.len()], vec![7.0; db.len()]);
+        conv2d_backward(isa, s, &x, &w, &dy, None, &mut dw2, &mut db2, &mut []);
+        if (dw2, db2) != (dw, db) {
+            return Err(format!(
+                "{isa:?} for {s:?}: the gradients without dx differ from those with it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// LeNet's two convolutions at batch 9, then `random_cases` random supported shapes (kernel 3
+/// or 5, outputs 8 to 20 wide, 1 to 10 high, 1 to 7 input and 1 to 17 output channels, batch
+/// 1 to 3) from `seed`, each through [`check_against_reference`]. Returns the instruction
+/// sets that were checked. This is how a build the unit tests cannot run (wasm32, in a
+/// browser) checks its own kernels.
+pub fn self_check(seed: u64, random_cases: usize) -> Result<Vec<Isa>, String> {
+    let lenet = [
+        ConvShape {
+            batch: 9,
+            in_ch: 1,
+            height: 28,
+            width: 28,
+            out_ch: 6,
+            kernel: 5,
+        },
+        ConvShape {
+            batch: 9,
+            in_ch: 6,
+            height: 12,
+            width: 12,
+            out_ch: 16,
+            kernel: 5,
+        },
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (i, s) in lenet.into_iter().enumerate() {
+        if !supports(&s) {
+            return Err(format!("LeNet's {s:?} should be supported"));
+        }
+        check_against_reference(s, seed + i as u64)?;
+    }
+    for _ in 0..random_cases {
+        let kernel = if rng.random_range(0..2) == 0 { 3 } else { 5 };
+        let oh = rng.random_range(1..11usize);
+        let s = ConvShape {
+            batch: rng.random_range(1..4),
+            in_ch: rng.random_range(1..8),
+            height: oh + kernel - 1,
+            width: 8 + rng.random_range(0..13usize) + kernel - 1,
+            out_ch: rng.random_range(1..18),
+            kernel,
+        };
+        if !supports(&s) {
+            return Err(format!("{s:?} should be supported"));
+        }
+        check_against_reference(s, rng.random())?;
+    }
+    Ok(Isa::available())
+}
+
+/// Random values in `[-1, 1)`.
+fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0f32)).collect()
+}
+
+fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// `|got - want| <= tol * (max |want| + 1)` for every element: the error of an `f32` sum
+/// relative to the size of the tensor, which is what summation order changes.
+fn check(
+    what: &str,
+    isa: Isa,
+    s: &ConvShape,
+    got: &[f32],
+    want: &[f64],
+    tol: f64,
+) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: {} elements, want {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs())) + 1.0;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        if err.is_nan() || err > tol * scale {
+            return Err(format!(
+                "{what} on {isa:?} for {s:?}, element {i}: got {g}, want {w} (scale {scale})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rand::{RngExt, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
 
-    /// Random values in `[-1, 1)`.
-    fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.random_range(-1.0..1.0f32)).collect()
-    }
-
-    fn to_f64(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| x as f64).collect()
-    }
-
-    /// `|got - want| <= tol * (max |want| + 1)` for every element: the error of an `f32` sum
-    /// relative to the size of the tensor, which is what summation order changes.
-    fn check(what: &str, isa: Isa, s: &ConvShape, got: &[f32], want: &[f64], tol: f64) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths");
-        let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs())) + 1.0;
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g as f64 - w).abs() <= tol * scale,
-                "{what} on {isa:?} for {s:?}, element {i}: got {g}, want {w} (scale {scale})"
-            );
-        }
-    }
-
-    /// Runs the direct forward and backward passes on every available instruction set and
-    /// compares them with the im2col + GEMM reference computed in `f64` from the same inputs.
     fn matches_reference(s: ConvShape, seed: u64) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let x = random(&mut rng, s.x_len());
-        let w = random(&mut rng, s.weight_len());
-        let b = random(&mut rng, s.out_ch);
-        let dy = random(&mut rng, s.y_len());
-        let mut y64 = vec![0.0; s.y_len()];
-        ops::conv2d_forward(s, &to_f64(&x), &to_f64(&w), &to_f64(&b), &mut y64);
-        let mut dx64 = vec![0.0; s.x_len()];
-        let mut dw64 = vec![0.0; s.weight_len()];
-        let mut db64 = vec![0.0; s.out_ch];
-        ops::conv2d_backward(
-            s,
-            &to_f64(&x),
-            &to_f64(&w),
-            &to_f64(&dy),
-            Some(&mut dx64),
-            &mut dw64,
-            &mut db64,
-        );
-        let isas = Isa::available();
-        assert!(isas.contains(&Isa::Portable));
-        for isa in isas {
-            // Garbage everywhere: the kernels overwrite, never accumulate into, their outputs.
-            let mut y = vec![f32::NAN; s.y_len()];
-            conv2d_forward(isa, s, &x, &w, &b, &mut y);
-            check("forward y", isa, &s, &y, &y64, 1e-5);
-            let mut dx = vec![f32::NAN; s.x_len()];
-            let mut dw = vec![f32::NAN; s.weight_len()];
-            let mut db = vec![f32::NAN; s.out_ch];
-            let mut scratch = vec![f32::NAN; backward_scratch_len(&s)];
-            conv2d_backward(
-                isa,
-                s,
-                &x,
-                &w,
-                &dy,
-                Some(&mut dx),
-                &mut dw,
-                &mut db,
-                &mut scratch,
-            );
-            check("backward dx", isa, &s, &dx, &dx64, 1e-5);
-            check("backward dw", isa, &s, &dw, &dw64, 1e-5);
-            check("backward db", isa, &s, &db, &db64, 1e-5);
-            // Without dx the parameter gradients are the same, bit for bit.
-            let (mut dw2, mut db2) = (vec![7.0; dw.len()], vec![7.0; db.len()]);
-            conv2d_backward(isa, s, &x, &w, &dy, None, &mut dw2, &mut db2, &mut []);
-            assert_eq!((dw2, db2), (dw, db), "{isa:?}: gradients without dx");
+        if let Err(e) = check_against_reference(s, seed) {
+            panic!("{e}");
         }
     }
 
@@ -835,25 +923,9 @@ mod tests {
 
     #[test]
     fn direct_kernels_match_im2col_gemm_at_lenet_shapes() {
-        let conv1 = ConvShape {
-            batch: 9,
-            in_ch: 1,
-            height: 28,
-            width: 28,
-            out_ch: 6,
-            kernel: 5,
-        };
-        let conv2 = ConvShape {
-            batch: 9,
-            in_ch: 6,
-            height: 12,
-            width: 12,
-            out_ch: 16,
-            kernel: 5,
-        };
-        assert!(supports(&conv1) && supports(&conv2));
-        matches_reference(conv1, 1);
-        matches_reference(conv2, 2);
+        // LeNet's shapes, then random ones: the check the wasm build runs in the browser.
+        let isas = self_check(1, 8).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(isas, Isa::available());
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! [`net`] chains them into the model, and [`CpuTrainer`] runs SGD steps on a shard held in
 //! memory. Everything here also builds for `wasm32-unknown-unknown`.
 
+pub mod dense;
 pub mod direct;
 pub mod net;
 pub mod ops;
+pub mod profile;
 pub mod simd;
 
 pub use net::{Evaluation, Workspace, evaluate, forward, loss_and_grad, predict};

@@ -6,8 +6,8 @@
 //! allocates nothing.
 
 use super::ops::{
-    ConvShape, Float, dense_backward, dense_forward, maxpool2_backward, maxpool2_forward,
-    model_scratch_len, relu_backward, relu_forward, softmax_cross_entropy,
+    ConvShape, Float, maxpool2_backward, maxpool2_forward, model_scratch_len, relu_backward,
+    relu_forward, softmax_cross_entropy,
 };
 use crate::model::{CLASSES, IMAGE_PIXELS, PARAMS, pixel_to_input};
 use easel_protocol::model_spec::lenet5_28::*;
@@ -276,13 +276,13 @@ pub fn forward_with_laps<'w, F: Float>(
     relu_forward(p2); //                                            [batch, 16, 4, 4]
     lap(3);
     // Flatten is free: NCHW [batch, 16, 4, 4] is channel-major    [batch, 256]
-    dense_forward(batch, FLAT, H1, p2, p.f1w, p.f1b, h1); //        [batch, 120]
+    F::dense_forward_model(batch, FLAT, H1, p2, p.f1w, p.f1b, h1); //        [batch, 120]
     relu_forward(h1); //                                            [batch, 120]
     lap(4);
-    dense_forward(batch, H1, H2, h1, p.f2w, p.f2b, h2); //          [batch, 84]
+    F::dense_forward_model(batch, H1, H2, h1, p.f2w, p.f2b, h2); //          [batch, 84]
     relu_forward(h2); //                                            [batch, 84]
     lap(5);
-    dense_forward(batch, H2, CLASSES, h2, p.f3w, p.f3b, logits); // [batch, 10]
+    F::dense_forward_model(batch, H2, CLASSES, h2, p.f3w, p.f3b, logits); // [batch, 10]
     lap(6);
     logits
 }
@@ -336,7 +336,7 @@ pub fn loss_and_grad_with_laps<F: Float>(
     let loss = softmax_cross_entropy(batch, CLASSES, logits, labels, d_logits);
     lap(7);
     // fc3.weight, fc3.bias; d_h2                                      [batch, 84]
-    dense_backward(
+    F::dense_backward_model(
         batch,
         H2,
         CLASSES,
@@ -350,11 +350,11 @@ pub fn loss_and_grad_with_laps<F: Float>(
     relu_backward(h2, d_h2); //                                        [batch, 84]
     lap(8);
     // fc2.weight, fc2.bias; d_h1                                      [batch, 120]
-    dense_backward(batch, H1, H2, h1, p.f2w, d_h2, Some(d_h1), g.f2w, g.f2b);
+    F::dense_backward_model(batch, H1, H2, h1, p.f2w, d_h2, Some(d_h1), g.f2w, g.f2b);
     relu_backward(h1, d_h1); //                                        [batch, 120]
     lap(9);
     // fc1.weight, fc1.bias; d_p2                                      [batch, 256]
-    dense_backward(batch, FLAT, H1, p2, p.f1w, d_h1, Some(d_p2), g.f1w, g.f1b);
+    F::dense_backward_model(batch, FLAT, H1, p2, p.f1w, d_h1, Some(d_p2), g.f1w, g.f1b);
     relu_backward(p2, d_p2); //                                        [batch, 16, 4, 4]
     lap(10);
     maxpool2_backward(d_p2, arg2, d_a2); //                            [batch, 16, 8, 8]

@@ -92,6 +92,37 @@ pub trait Float:
         conv2d_forward_with_scratch(s, x, weight, bias, y, scratch);
     }
 
+    /// The dense forward the model's passes run: [`super::dense`]'s vector kernels for `f32`
+    /// where [`super::dense::preferred_on`] the best instruction set, else [`dense_forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn dense_forward_model(
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        x: &[Self],
+        weight: &[Self],
+        bias: &[Self],
+        y: &mut [Self],
+    ) {
+        dense_forward(batch, inputs, outputs, x, weight, bias, y);
+    }
+
+    /// The dense backward the model's passes run, chosen as in [`Float::dense_forward_model`].
+    #[allow(clippy::too_many_arguments)]
+    fn dense_backward_model(
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        x: &[Self],
+        weight: &[Self],
+        dy: &[Self],
+        dx: Option<&mut [Self]>,
+        dweight: &mut [Self],
+        dbias: &mut [Self],
+    ) {
+        dense_backward(batch, inputs, outputs, x, weight, dy, dx, dweight, dbias);
+    }
+
     /// The backward convolution the model's passes run, chosen as in
     /// [`Float::conv2d_forward_model`].
     #[allow(clippy::too_many_arguments)]
@@ -201,6 +232,44 @@ impl_float!(f32, matrixmultiply::sgemm, {
     ) {
         let isa = super::simd::Isa::best();
         super::direct::conv2d_backward(isa, s, x, weight, dy, dx, dweight, dbias, scratch);
+    }
+
+    fn dense_forward_model(
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        x: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        y: &mut [f32],
+    ) {
+        let isa = super::simd::Isa::best();
+        if super::dense::preferred_on(isa) {
+            super::dense::dense_forward(isa, batch, inputs, outputs, x, weight, bias, y);
+        } else {
+            dense_forward(batch, inputs, outputs, x, weight, bias, y);
+        }
+    }
+
+    fn dense_backward_model(
+        batch: usize,
+        inputs: usize,
+        outputs: usize,
+        x: &[f32],
+        weight: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        dweight: &mut [f32],
+        dbias: &mut [f32],
+    ) {
+        let isa = super::simd::Isa::best();
+        if super::dense::preferred_on(isa) {
+            super::dense::dense_backward(
+                isa, batch, inputs, outputs, x, weight, dy, dx, dweight, dbias,
+            );
+        } else {
+            dense_backward(batch, inputs, outputs, x, weight, dy, dx, dweight, dbias);
+        }
     }
 });
 impl_float!(f64, matrixmultiply::dgemm);

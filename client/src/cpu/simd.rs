@@ -8,8 +8,9 @@
 //! - [`Isa::Avx512`]: AVX2 + FMA code compiled with AVX-512F/VL enabled, which gives the
 //!   compiler 32 vector registers (the kernels then use larger register blocks);
 //! - [`Isa::Avx2`]: AVX2 + FMA, 16 registers;
-//! - [`Isa::Simd128`]: wasm32 `simd128`, each vector a pair of 128-bit vectors, multiply then
-//!   add (no fused multiply-add without relaxed SIMD);
+//! - [`Isa::Simd128`]: wasm32 `simd128`, each vector a pair of 128-bit vectors; multiply then
+//!   add, or `f32x4.relaxed_madd` in the module built with `relaxed-simd` (the pages load that
+//!   one only where the browser validates relaxed SIMD, see `www/wasm-select.js`);
 //! - [`Isa::Portable`]: plain `[f32; 8]` arrays that the compiler vectorises for the baseline
 //!   target, multiply then add. It runs everywhere and is what the tests compare the others to
 //!   besides the im2col + GEMM reference.
@@ -76,11 +77,13 @@ impl Isa {
         })
     }
 
-    /// A short lowercase name: `avx512`, `avx2`, `simd128` or `portable`.
+    /// A short lowercase name: `avx512`, `avx2`, `simd128` (`simd128-relaxed` in the module
+    /// built with relaxed SIMD) or `portable`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
+            Isa::Simd128 if cfg!(target_feature = "relaxed-simd") => "simd128-relaxed",
             Isa::Simd128 => "simd128",
             Isa::Portable => "portable",
         }
@@ -91,8 +94,12 @@ impl Isa {
 /// writable) `f32`s, and the methods of an instruction-set type may only run where
 /// [`Isa::available`] lists it.
 pub(crate) trait V8: Copy {
-    /// Whether the kernels should use the large register blocks (32 vector registers).
-    const WIDE_REGISTERS: bool;
+    /// How many eight-lane vectors the instruction set's registers hold: 32 with AVX-512
+    /// (32 registers of 256 bits usable), 16 with AVX2, 8 where a vector is a pair of
+    /// 128-bit registers out of 16 (wasm simd128, and the portable path on x86_64's SSE2
+    /// baseline). The kernels pick their register blocks by it, so that accumulators are
+    /// not spilled to memory.
+    const REGS: usize;
     unsafe fn zero() -> Self;
     unsafe fn splat(v: f32) -> Self;
     /// Loads eight lanes from `p` (no alignment needed).
@@ -114,7 +121,7 @@ pub(crate) struct Portable([f32; 8]);
 // Lane loops index three arrays at once: clearer than zipped iterators, and they vectorise.
 #[allow(clippy::needless_range_loop)]
 impl V8 for Portable {
-    const WIDE_REGISTERS: bool = false;
+    const REGS: usize = 8;
     #[inline(always)]
     unsafe fn zero() -> Self {
         Portable([0.0; 8])
@@ -174,12 +181,12 @@ mod x86 {
 
     /// Shared by [`Avx2`] and [`Avx512`]: the same 256-bit instructions.
     macro_rules! avx_v8 {
-        ($name:ident, $wide:expr) => {
+        ($name:ident, $regs:expr) => {
             #[derive(Clone, Copy)]
             pub(crate) struct $name(__m256);
 
             impl V8 for $name {
-                const WIDE_REGISTERS: bool = $wide;
+                const REGS: usize = $regs;
                 #[inline(always)]
                 unsafe fn zero() -> Self {
                     // SAFETY (all methods): the caller runs this only where AVX2 + FMA exist.
@@ -224,8 +231,8 @@ mod x86 {
         };
     }
 
-    avx_v8!(Avx2, false);
-    avx_v8!(Avx512, true);
+    avx_v8!(Avx2, 16);
+    avx_v8!(Avx512, 32);
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -242,7 +249,7 @@ mod wasm {
     pub(crate) struct Simd128(v128, v128);
 
     impl V8 for Simd128 {
-        const WIDE_REGISTERS: bool = false;
+        const REGS: usize = 8;
         #[inline(always)]
         unsafe fn zero() -> Self {
             Simd128(f32x4_splat(0.0), f32x4_splat(0.0))
@@ -264,12 +271,25 @@ mod wasm {
                 v128_store(p.add(4).cast(), self.1);
             }
         }
+        /// Fused where the engine fuses: the relaxed-SIMD build's `f32x4.relaxed_madd` is
+        /// one FMA instruction on x86_64 with FMA3 and on ARM (or a multiply and an add
+        /// elsewhere: either rounding is allowed); the plain build multiplies, then adds.
         #[inline(always)]
         unsafe fn mul_add(self, b: Self, c: Self) -> Self {
-            Simd128(
-                f32x4_add(f32x4_mul(self.0, b.0), c.0),
-                f32x4_add(f32x4_mul(self.1, b.1), c.1),
-            )
+            #[cfg(target_feature = "relaxed-simd")]
+            {
+                Simd128(
+                    f32x4_relaxed_madd(self.0, b.0, c.0),
+                    f32x4_relaxed_madd(self.1, b.1, c.1),
+                )
+            }
+            #[cfg(not(target_feature = "relaxed-simd"))]
+            {
+                Simd128(
+                    f32x4_add(f32x4_mul(self.0, b.0), c.0),
+                    f32x4_add(f32x4_mul(self.1, b.1), c.1),
+                )
+            }
         }
         #[inline(always)]
         unsafe fn mul(self, b: Self) -> Self {
