@@ -250,6 +250,9 @@ pub fn validate_push(
 pub struct CenterRing {
     capacity: usize,
     entries: VecDeque<(u64, Arc<[f32]>)>,
+    /// The last evicted center when nothing else held it: [`apply_push`] writes the next
+    /// version into it instead of allocating (and faulting in) a fresh model-sized buffer.
+    spare: Option<Arc<[f32]>>,
 }
 
 impl CenterRing {
@@ -262,6 +265,7 @@ impl CenterRing {
         CenterRing {
             capacity: capacity.max(1),
             entries,
+            spare: None,
         }
     }
 
@@ -275,10 +279,30 @@ impl CenterRing {
             "center versions must increase: {version} after {}",
             self.newest().0
         );
-        if self.entries.len() == self.capacity {
-            self.entries.pop_front();
+        if self.entries.len() == self.capacity
+            && let Some((_, mut old)) = self.entries.pop_front()
+            && Arc::get_mut(&mut old).is_some()
+        {
+            self.spare = Some(old);
         }
         self.entries.push_back((version, center));
+    }
+
+    /// A buffer of `len` values that only the caller holds, to write a new version into:
+    /// the last evicted center when it has that length (its old values are still there),
+    /// else a new zeroed one.
+    pub fn take_buffer(&mut self, len: usize) -> Arc<[f32]> {
+        match self.spare.take() {
+            Some(b) if b.len() == len && Arc::strong_count(&b) == 1 && Arc::weak_count(&b) == 0 => {
+                b
+            }
+            _ => std::iter::repeat_n(0.0, len).collect(),
+        }
+    }
+
+    /// Hands back a buffer from [`CenterRing::take_buffer`] that was not used.
+    pub fn give_back(&mut self, buffer: Arc<[f32]>) {
+        self.spare = Some(buffer);
     }
 
     /// The newest version and its center: the current center.
@@ -367,16 +391,20 @@ pub fn apply_push(
     base: u64,
     delta: &[f32],
 ) -> Result<Applied, Reason> {
+    // The center's length, not the delta's: a wrong-length delta allocates nothing.
+    let mut buffer = ring.take_buffer(ring.newest().1.len());
     let (current, center) = ring.newest();
-    let fused = match ring.get(base) {
-        Ok(view) if view.len() == delta.len() && center.len() == delta.len() => {
-            fused_apply(view, delta, center, policy, current, base)
+    let fused = match (ring.get(base), Arc::get_mut(&mut buffer)) {
+        (Ok(view), Some(out)) if view.len() == delta.len() && center.len() == delta.len() => {
+            fused_apply(view, delta, center, policy, current, base, out)
         }
         _ => None,
     };
     // Anything unusual (a refusal, an evicted base) takes the plain steps, which give the
     // same answer and say why.
-    let Some((applied, next)) = fused else {
+    let Some(applied) = fused else {
+        ring.give_back(buffer);
+        let (current, center) = ring.newest();
         let (tau, alpha_eff) = match validate_push(policy, current, base, delta, center.len()) {
             Decision::Accept { tau, alpha_eff } => (tau, alpha_eff),
             Decision::Refuse(reason) => return Err(reason),
@@ -398,15 +426,18 @@ pub fn apply_push(
             view_distance,
         });
     };
-    ring.push(applied.version, next);
+    ring.push(applied.version, buffer);
     Ok(applied)
 }
 
 /// [`validate_push`], `rebase`, [`distance`] twice, [`easgd_apply`] and [`norm`] as one
-/// pass over the model, writing the new center straight into its shared allocation: the
-/// same operations in the same order (so the same bits), with the four sums overlapping
-/// in the CPU and neither the worker's model nor the center copied on the way. `None`
-/// when the push is refused: the caller's plain steps then say why.
+/// pass over the model, writing the new center into `out` (a buffer the ring recycles):
+/// the same operations in the same order (so the same bits), with the four sums
+/// overlapping in the CPU and neither the worker's model nor the center copied on the way.
+/// The sums are locals of a plain loop so that they stay in registers (captured by a
+/// closure they went through memory on every element, which doubled the loop's time).
+/// `None` when the push is refused (`out` then holds garbage): the caller's plain steps
+/// then say why.
 fn fused_apply(
     view: &[f32],
     delta: &[f32],
@@ -414,43 +445,55 @@ fn fused_apply(
     policy: &Policy,
     current: u64,
     base: u64,
-) -> Option<(Applied, Arc<[f32]>)> {
+    out: &mut [f32],
+) -> Option<Applied> {
     let tau = current.checked_sub(base)?;
     if tau > u64::from(policy.tau_max) {
         return None;
     }
     let alpha_eff = alpha_eff(policy.alpha, policy.staleness, tau);
     let (mut dv, mut dw, mut dd) = (0.0f64, 0.0f64, 0.0f64);
-    // An exact-size iterator collects into one allocation of the `Arc`.
-    let next: Arc<[f32]> = view
-        .iter()
-        .zip(delta)
-        .zip(center)
-        .map(|((&v, &d), &c)| {
+    // In blocks: the elastic step and the squares, independent per value, vectorize; only
+    // the three running sums stay sequential, each adding the same squares in the same
+    // order as the plain steps.
+    const BLOCK: usize = 64;
+    let (mut sa, mut sb, mut sd) = ([0f64; BLOCK], [0f64; BLOCK], [0f64; BLOCK]);
+    let blocks = out
+        .chunks_mut(BLOCK)
+        .zip(view.chunks(BLOCK))
+        .zip(delta.chunks(BLOCK))
+        .zip(center.chunks(BLOCK));
+    for (((o, v), d), c) in blocks {
+        let squares = sa.iter_mut().zip(sb.iter_mut()).zip(sd.iter_mut());
+        for ((((o, &v), &d), &c), ((qa, qb), qd)) in o.iter_mut().zip(v).zip(d).zip(c).zip(squares)
+        {
             let w = v + d;
             let a = f64::from(v) - f64::from(c);
             let b = f64::from(w) - f64::from(c);
-            dv += a * a;
-            dw += b * b;
-            dd += f64::from(d) * f64::from(d);
-            (1.0 - alpha_eff) * c + alpha_eff * w
-        })
-        .collect();
+            (*qa, *qb, *qd) = (a * a, b * b, f64::from(d) * f64::from(d));
+            *o = (1.0 - alpha_eff) * c + alpha_eff * w;
+        }
+        let m = o.len();
+        for ((&qa, &qb), &qd) in sa[..m].iter().zip(&sb[..m]).zip(&sd[..m]) {
+            dv += qa;
+            dw += qb;
+            dd += qd;
+        }
+    }
     // A sum of squares of finite f32 values cannot overflow f64: a non-finite norm means a
     // non-finite value, which `validate_push` refuses.
     let n = dd.sqrt() as f32;
     if !dd.is_finite() || n > policy.max_norm || policy.max_norm.is_nan() {
         return None;
     }
-    let applied = Applied {
+    Some(Applied {
         tau: tau as u32,
         alpha_eff,
         version: current + 1,
         delta_norm: n,
         worker_distance: dw.sqrt() as f32,
         view_distance: dv.sqrt() as f32,
-    };
-    Some((applied, next))
+    })
 }
 
 #[cfg(test)]
@@ -513,7 +556,7 @@ mod tests {
         /// `distance` twice, `easgd_apply`.
         #[test]
         fn apply_push_equals_rebase_distance_and_easgd_apply_to_the_bit(
-            (v0, v1, d) in (1usize..60).prop_flat_map(|n| (vector(n), vector(n), vector(n))),
+            (v0, v1, d) in (1usize..300).prop_flat_map(|n| (vector(n), vector(n), vector(n))),
             alpha in 0.0f32..=1.0,
         ) {
             let mut ring = CenterRing::new(4, 0, v0.clone().into());
@@ -528,6 +571,40 @@ mod tests {
             prop_assert_eq!(a.view_distance.to_bits(), distance(&v0, &v1).to_bits());
             prop_assert_eq!(a.worker_distance.to_bits(), distance(&worker, &v1).to_bits());
             prop_assert_eq!(a.delta_norm.to_bits(), norm(&d).to_bits());
+        }
+
+        /// Pushes through a small ring, so that evicted centers are recycled as the next
+        /// version's buffer: every version has the bits of the plain steps on an unrecycled
+        /// copy of the ring, and the versions still held are what was stored.
+        #[test]
+        fn recycled_ring_buffers_give_the_bits_of_the_plain_steps(
+            (v0, deltas) in (1usize..200).prop_flat_map(|n| {
+                (vector(n), prop::collection::vec((vector(n), 0u64..3), 1..12))
+            }),
+            alpha in 0.0f32..=1.0,
+        ) {
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let p = Policy { alpha, staleness: Staleness::Inverse, tau_max: 4, max_norm: 1e9 };
+            let mut ring = CenterRing::new(3, 0, v0.clone().into());
+            let mut history = vec![v0.clone()];
+            for (d, behind) in deltas {
+                let current = ring.newest().0;
+                let base = current.saturating_sub(behind.min(ring.len() as u64 - 1));
+                let view = history[base as usize].clone();
+                let center = history[current as usize].clone();
+                let worker: Vec<f32> = view.iter().zip(&d).map(|(c, d)| c + d).collect();
+                let a = apply_push(&mut ring, &p, base, &d).unwrap();
+                let mut want = center.clone();
+                easgd_apply(&mut want, &worker, a.alpha_eff);
+                prop_assert_eq!(bits(ring.newest().1), bits(&want));
+                prop_assert_eq!(a.view_distance.to_bits(), distance(&view, &center).to_bits());
+                prop_assert_eq!(a.worker_distance.to_bits(), distance(&worker, &center).to_bits());
+                prop_assert_eq!(a.delta_norm.to_bits(), norm(&d).to_bits());
+                history.push(want);
+                for v in ring.oldest()..=ring.newest().0 {
+                    prop_assert_eq!(bits(ring.get(v).unwrap()), bits(&history[v as usize]));
+                }
+            }
         }
 
         #[test]

@@ -307,15 +307,28 @@ pub fn max_encoded_len(n: usize) -> usize {
 /// If the codec's parameters are invalid ([`Codec::validate`]; codecs read from the wire
 /// are always valid) or if `values` has more than `u32::MAX` elements.
 pub fn encode<R: Rng + ?Sized>(codec: Codec, values: &[f32], rng: &mut R) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len(codec, values.len()));
+    encode_into(codec, values, rng, &mut out);
+    out
+}
+
+/// [`encode`], appended to `out` (which should have room for [`encoded_len`] more
+/// bytes): a message carrying a payload is built in one buffer, with no copy of the
+/// payload.
+///
+/// # Panics
+/// As [`encode`].
+pub fn encode_into<R: Rng + ?Sized>(codec: Codec, values: &[f32], rng: &mut R, out: &mut Vec<u8>) {
     if let Err(e) = codec.validate() {
         panic!("encode with an invalid codec {codec:?}: {e}");
     }
     let n = u32::try_from(values.len()).expect("a payload holds at most u32::MAX values");
     let codec = codec.clamped(values.len());
-    let mut out = Vec::with_capacity(encoded_len(codec, values.len()));
+    let start_len = out.len();
+    out.reserve(encoded_len(codec, values.len()));
     out.put_u8(codec.id());
     out.put_u32(n);
-    codec.write_params(&mut out);
+    codec.write_params(out);
     match codec {
         Codec::Fp32 => {
             // Sized once and filled in place: a push per value does not vectorize, and a
@@ -331,7 +344,7 @@ pub fn encode<R: Rng + ?Sized>(codec: Codec, values: &[f32], rng: &mut R) -> Vec
                 out.extend_from_slice(&f16::from_f32(v).to_le_bytes());
             }
         }
-        Codec::Qsgd { bits, bucket } => quantize(values, bits, bucket, rng, &mut out),
+        Codec::Qsgd { bits, bucket } => quantize(values, bits, bucket, rng, out),
         Codec::TopK { k } => {
             let kept = top_k_indices(values, k as usize);
             for &i in &kept {
@@ -347,11 +360,10 @@ pub fn encode<R: Rng + ?Sized>(codec: Codec, values: &[f32], rng: &mut R) -> Vec
                 out.put_u32(i);
             }
             let picked: Vec<f32> = kept.iter().map(|&i| values[i as usize]).collect();
-            quantize(&picked, bits, bucket, rng, &mut out);
+            quantize(&picked, bits, bucket, rng, out);
         }
     }
-    debug_assert_eq!(out.len(), encoded_len(codec, values.len()));
-    out
+    debug_assert_eq!(out.len() - start_len, encoded_len(codec, values.len()));
 }
 
 /// Decodes a payload that must hold exactly `expected_len` values.

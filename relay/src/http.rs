@@ -281,23 +281,24 @@ pub fn routes<R: Reply + 'static>(
         .boxed()
 }
 
-/// `GET /ws`, with the WebSocket caps at the protocol's `max_message`.
+/// `GET /ws`, with the WebSocket caps at the protocol's `max_message` and the buffers of
+/// [`crate::wsock`].
 pub fn ws_route(hub: Hub, cfg: WsConfig, shutdown: Shutdown) -> BoxedFilter<(Response,)> {
     warp::path("ws")
         .and(warp::path::end())
         .and(admin_token())
-        .and(warp::ws())
-        .map(move |token: Option<String>, upgrade: warp::ws::Ws| {
-            let hub = hub.clone();
-            let shutdown = shutdown.clone();
-            let is_admin = hub.is_admin(token.as_deref());
-            let cap = hub.limits().max_message;
-            upgrade
-                .max_message_size(cap)
-                .max_frame_size(cap)
-                .on_upgrade(move |socket| ws::serve_socket(socket, hub, is_admin, cfg, shutdown))
-                .into_response()
-        })
+        .and(crate::wsock::upgrade())
+        .map(
+            move |token: Option<String>, upgrade: crate::wsock::Upgrade| {
+                let hub = hub.clone();
+                let shutdown = shutdown.clone();
+                let is_admin = hub.is_admin(token.as_deref());
+                let cap = hub.limits().max_message;
+                upgrade.on_upgrade(cap, move |socket| {
+                    ws::serve_socket(socket, hub, is_admin, cfg, shutdown)
+                })
+            },
+        )
         .boxed()
 }
 

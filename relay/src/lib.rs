@@ -37,6 +37,7 @@ pub mod store;
 pub mod teacher;
 pub mod tls;
 pub mod ws;
+pub mod wsock;
 
 pub use http::{Config, RunningRelay, TlsSource, run};
 

@@ -708,13 +708,8 @@ impl Room {
         {
             return (version, bytes.clone());
         }
-        let payload = codec::encode(codec, &center, &mut self.rng);
-        let bytes: Arc<[u8]> = message::encode(&Message::Center(Center {
-            version,
-            base: None,
-            payload,
-        }))
-        .into();
+        let bytes: Arc<[u8]> =
+            message::encode_center(version, codec, &center, &mut self.rng).into();
         self.center_cache.retain(|(c, _, _)| *c != codec);
         self.center_cache.push((codec, version, bytes.clone()));
         (version, bytes)

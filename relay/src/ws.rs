@@ -8,7 +8,6 @@
 //! ([`crate::hub::Pending`]), and answers to held pushes and closes come through a small
 //! bounded queue.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,9 +66,9 @@ type Channels = (
 );
 
 /// One event of a connection's loop.
-enum Event {
+enum Event<E> {
     Shutdown,
-    Incoming(Option<Result<WsMessage, warp::Error>>),
+    Incoming(Option<Result<WsMessage, E>>),
     Center,
     Order(Order),
     /// The worker resumed on a newer connection (its queue's sender is gone).
@@ -88,14 +87,15 @@ enum Flow {
 
 /// Serves one WebSocket until the peer leaves, misbehaves beyond repair, stops answering,
 /// or the relay shuts down. `is_admin`: the connection's URL carried the admin token.
-pub async fn serve_socket<S>(
+pub async fn serve_socket<S, E>(
     socket: S,
     hub: Hub,
     is_admin: bool,
     cfg: WsConfig,
     mut shutdown: Shutdown,
 ) where
-    S: Stream<Item = Result<WsMessage, warp::Error>> + Sink<WsMessage, Error = warp::Error> + Unpin,
+    S: Stream<Item = Result<WsMessage, E>> + Sink<WsMessage, Error = E> + Unpin,
+    E: std::error::Error + 'static,
 {
     let (mut tx, mut rx) = socket.split();
     let mut joined: Option<Joined> = None;
@@ -359,9 +359,9 @@ async fn controls_changed(pending: &Option<Arc<Pending>>) {
 }
 
 /// Sends one message, giving up after `dead_after` (a peer that does not read).
-async fn send<S>(tx: &mut S, cfg: &WsConfig, m: WsMessage) -> Result<(), ()>
+async fn send<S, E>(tx: &mut S, cfg: &WsConfig, m: WsMessage) -> Result<(), ()>
 where
-    S: Sink<WsMessage, Error = warp::Error> + Unpin,
+    S: Sink<WsMessage, Error = E> + Unpin,
 {
     match tokio::time::timeout(cfg.dead_after, tx.send(m)).await {
         Ok(Ok(())) => Ok(()),
@@ -377,9 +377,10 @@ fn close_msg(code: u16, why: &'static str) -> WsMessage {
     WsMessage::close_with(code, why)
 }
 
-/// Whether a read error is tungstenite's "message or frame above the cap".
-fn too_big(e: &warp::Error) -> bool {
-    let mut src = e.source();
+/// Whether a read error is tungstenite's "message or frame above the cap" (itself, or the
+/// source of warp's error).
+fn too_big(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
     while let Some(s) = src {
         if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
             return matches!(t, tungstenite::Error::Capacity(_));

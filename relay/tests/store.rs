@@ -321,8 +321,14 @@ fn source(rel: &str) -> PathBuf {
 }
 
 fn serve_command(home: &Path) -> Command {
+    serve_command_on(home, "127.0.0.1:0")
+}
+
+/// [`serve_command`] with its HTTP listener on `http` (a restart on the same port, where
+/// the bots reconnect).
+fn serve_command_on(home: &Path, http: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_easel"));
-    cmd.args(["serve", "--https", "off", "--http", "127.0.0.1:0"])
+    cmd.args(["serve", "--https", "off", "--http", http])
         .args(["--checkpoint-every", "1"])
         .arg("--www")
         .arg(source("www"))
@@ -334,8 +340,12 @@ fn serve_command(home: &Path) -> Command {
 }
 
 fn start_serve(home: &Path, extra: &[&str]) -> Serve {
+    start_serve_on(home, "127.0.0.1:0", extra)
+}
+
+fn start_serve_on(home: &Path, http: &str, extra: &[&str]) -> Serve {
     let t0 = Instant::now();
-    let mut child = serve_command(home)
+    let mut child = serve_command_on(home, http)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -652,5 +662,172 @@ fn a_relay_killed_mid_run_comes_back_with_its_room_token_runs_and_center() {
     drop(c);
     let rooms = Store::open_read_only(&db_path).unwrap().rooms().unwrap();
     assert!(rooms.iter().any(|r| r.code == room) && rooms.iter().any(|r| r.code == fresh));
+    std::fs::remove_dir_all(&home).unwrap();
+}
+
+/// The accepted rows of a ledger CSV: `(worker, base, version, wall_ms)`.
+fn accepted_rows(csv: &str) -> Vec<(u64, u64, u64, u64)> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let (w, b, v, c, t) = (
+        col("worker"),
+        col("base"),
+        col("version"),
+        col("code"),
+        col("wall_ms"),
+    );
+    lines
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let num = |i: usize| f.get(i)?.parse::<u64>().ok();
+            (num(c)? == 0).then_some(())?;
+            Some((num(w)?, num(b)?, num(v)?, num(t)?))
+        })
+        .collect()
+}
+
+/// Polls `cond` every 200 ms until it gives a value or `limit` passes.
+fn wait_for<T>(limit: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `easel bots` (a separate process, real training on the digits) against `easel serve`;
+/// the relay is SIGKILLed mid-run and started again on the same database and port. Every
+/// bot comes back by itself as the same worker (no new worker id appears), has pushes
+/// accepted again, and every version it is given after the restart is above every version
+/// any device was given before the kill.
+#[test]
+fn bots_resume_as_themselves_after_the_relay_is_killed_and_restarted() {
+    const BOTS: usize = 3;
+    let home = temp_dir("sigkill-bots");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
+    let mut a = start_serve_on(&home, &http, &[]);
+    let (addr, room, token) = (a.http, a.code.clone(), a.token.clone());
+    let ledger = |addr: SocketAddr| {
+        let (s, csv) = get(addr, &format!("/api/rooms/{room}/ledger.csv?admin={token}"));
+        assert_eq!(s, 200, "{csv}");
+        accepted_rows(&csv)
+    };
+    let mut bots = Command::new(env!("CARGO_BIN_EXE_easel"))
+        .args([
+            "bots",
+            "--relay",
+            &format!("ws://{http}/ws"),
+            "--room",
+            &room,
+        ])
+        .args(["--count", &BOTS.to_string(), "--every", "1"])
+        .arg("--data")
+        .arg(source("data/mnist.bin"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("easel bots runs");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let bots = Kill(&mut bots);
+
+    // Every bot trained and was accepted a few times.
+    let workers = wait_for(Duration::from_secs(120), "every bot pushing", || {
+        let rows = ledger(addr);
+        let mut ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let each = ids
+            .iter()
+            .all(|id| rows.iter().filter(|r| r.0 == *id).count() >= 2);
+        (ids.len() == BOTS && each).then_some(ids)
+    });
+    // Past a checkpoint (every second), then killed between pushes.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = ledger(addr);
+    let newest_before = before.iter().map(|r| r.2).max().unwrap();
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+    let killed_at = Instant::now();
+    let killed_ms = easel_relay::room::wall_ms();
+    // What any device was given before the kill: at most what the last rows said, plus the
+    // versions of pushes answered between that download and the kill (the same number of
+    // pushes at most again; the relay makes one version per push).
+    let given_before = newest_before + before.len() as u64;
+
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        bots.0.try_wait().unwrap().is_none(),
+        "easel bots must keep running while the relay is down"
+    );
+    let b = start_serve_on(&home, &http, &[]);
+    assert_eq!(
+        (b.code.as_str(), b.token.as_str()),
+        (room.as_str(), token.as_str())
+    );
+    let addr = b.http;
+    assert_eq!(addr.port(), port);
+
+    // Each bot reconnects by itself (backoff, at most 10 s) and is accepted again.
+    let after = wait_for(Duration::from_secs(90), "every bot accepted again", || {
+        let rows: Vec<_> = ledger(addr)
+            .into_iter()
+            .filter(|r| r.3 > killed_ms)
+            .collect();
+        let all = workers.iter().all(|id| rows.iter().any(|r| r.0 == *id));
+        all.then_some(rows)
+    });
+    let resumed = killed_at.elapsed();
+    for &(worker, base, version, _) in &after {
+        assert!(
+            workers.contains(&worker),
+            "worker {worker} is new: a bot joined again instead of resuming {workers:?}"
+        );
+        assert!(
+            base > given_before && version > base,
+            "worker {worker}: push from {base} made {version} after the restart, \
+             not above the {given_before} given before the kill"
+        );
+    }
+    // The rows saved before the kill are still there, as they were.
+    let rows = ledger(addr);
+    let saved: Vec<_> = rows.iter().copied().filter(|r| r.3 <= killed_ms).collect();
+    // The rows there 1.5 s before the kill were checkpointed (every second).
+    assert!(saved.len() >= 2 * BOTS, "{} rows kept", saved.len());
+    let n = saved.len().min(before.len());
+    assert_eq!(
+        saved[..n],
+        before[..n],
+        "the ledger rows of the last checkpoint"
+    );
+    assert!(
+        bots.0.try_wait().unwrap().is_none(),
+        "easel bots still running"
+    );
+    println!(
+        "{BOTS} bots: {} pushes accepted before the kill (newest version {newest_before}, {} \
+         kept by the checkpoint); all {BOTS} accepted again as the same workers {:.1} s after \
+         the kill, at versions from {}",
+        before.len(),
+        saved.len(),
+        resumed.as_secs_f64(),
+        after.iter().map(|r| r.2).min().unwrap()
+    );
+    drop(b);
+    drop(bots);
     std::fs::remove_dir_all(&home).unwrap();
 }

@@ -94,7 +94,7 @@ export function startEasel(args, wait, {
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
-function freePort() {
+export function freePort() {
   return new Promise((resolvePort, reject) => {
     const srv = createServer();
     srv.on('error', reject);
