@@ -12,7 +12,7 @@
 //! the limits is the sender's business, and the receiver's `decode` refuses what does not.
 
 use crate::aggregate::Staleness;
-use crate::codec::Codec;
+use crate::codec::{self, Codec};
 use crate::frame::Frame;
 use crate::model_spec::ModelSpec;
 use crate::wire::{Put, Reader};

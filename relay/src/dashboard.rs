@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde::Serialize;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -18,10 +17,11 @@ use warp::ws::Message as WsMessage;
 use warp::{Filter, Reply};
 
 use crate::Shutdown;
-use crate::activity::{Activity, Counter, DeviceState, Span, bytes_per_s, device_state};
-use crate::backends::{BackendView, Backends};
+use crate::activity::{Activity, Counter, Span, bytes_per_s};
+use crate::backends::Backends;
+use crate::devices::{DeviceRow, device_rows};
 use crate::hub::{Hub, RoomSlot};
-use crate::room::{Room, SwarmView, kind_name, trains, wall_ms};
+use crate::room::{Room, SwarmView, wall_ms};
 use crate::runs::{EvalPoint, PushPoint, Runs};
 use crate::teacher::{SettingsView, codec_names};
 use crate::ws::WsConfig;
@@ -33,73 +33,6 @@ pub const UPDATE_EVERY: Duration = Duration::from_millis(500);
 pub const SNAPSHOT_PUSHES: usize = 5_000;
 /// How far back a snapshot's activity spans go.
 pub const SNAPSHOT_SPANS_MS: u64 = 120_000;
-
-/// One row of the device table.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct DeviceRow {
-    pub id: u64,
-    pub name: String,
-    pub kind: &'static str,
-    /// The backend it trains on: its last `Device` report's, else its Join's.
-    pub backend: &'static str,
-    /// Which backend trains and why, with the speeds it measured; `None` before a tab's
-    /// first report (and always for bots).
-    pub backend_report: Option<BackendView>,
-    /// The backend the teacher chose for it (`auto`, `gpu`, `cpu`), `None` when none.
-    pub backend_choice: Option<&'static str>,
-    /// Local SGD steps per second over its last pushes.
-    pub steps_per_s: Option<f64>,
-    pub pushes: u64,
-    pub accepted: u64,
-    /// Mean staleness of its accepted pushes.
-    pub mean_tau: Option<f64>,
-    /// `||x_i - x~||` of its last accepted push.
-    pub distance: Option<f32>,
-    /// Seconds since the relay last heard from it.
-    pub last_seen_s: f64,
-    pub state: DeviceState,
-    pub delay_ms: u32,
-    pub shard: Option<u32>,
-}
-
-/// The device table: every training device that ever joined, by id.
-pub fn device_rows(
-    room: &Room,
-    activity: &Activity,
-    backends: &Backends,
-    now: Instant,
-) -> Vec<DeviceRow> {
-    let stats = room.ledger().workers();
-    room.workers()
-        .values()
-        .filter(|w| trains(w.kind))
-        .map(|w| {
-            let s = stats.get(&w.id);
-            DeviceRow {
-                id: w.id,
-                name: w.name.clone(),
-                kind: kind_name(w.kind),
-                backend: match backends.backend(w.id).unwrap_or(w.backend) {
-                    easel_protocol::Backend::Cpu => "cpu",
-                    easel_protocol::Backend::Gpu => "gpu",
-                },
-                backend_report: backends.view(w.id),
-                backend_choice: backends.chosen(w.id).map(|c| c.name()),
-                steps_per_s: activity.steps_per_s(w.id),
-                pushes: s.map_or(0, |s| s.pushes),
-                accepted: s.map_or(0, |s| s.accepted),
-                mean_tau: s.and_then(|s| s.mean_tau()),
-                distance: s
-                    .and_then(|s| s.last_worker_distance)
-                    .filter(|d| d.is_finite()),
-                last_seen_s: now.saturating_duration_since(w.last_seen).as_secs_f64(),
-                state: device_state(w.removed, w.connected, w.paused, w.delay_ms),
-                delay_ms: w.delay_ms,
-                shard: w.shard_index,
-            }
-        })
-        .collect()
-}
 
 /// Where a dashboard connection is: what it has already been sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -246,7 +246,7 @@ pub async fn run<R: Reply + 'static>(
     hub.set_join_bases(bases);
     if let Some(store) = config.store {
         let every = config.checkpoint_every;
-        tasks.push(crate::store::spawn(
+        tasks.push(crate::checkpoint::spawn(
             hub.clone(),
             store,
             every,

@@ -598,7 +598,7 @@ impl RoomSlot {
         serde_json::json!({
             "settings": SettingsView::of(st.room.settings()),
             "run": st.runs.current().id,
-            "devices": crate::dashboard::device_rows(&st.room, &st.activity, &st.backends, Instant::now()),
+            "devices": crate::devices::device_rows(&st.room, &st.activity, &st.backends, Instant::now()),
         })
     }
 

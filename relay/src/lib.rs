@@ -20,7 +20,9 @@
 pub mod activity;
 pub mod backends;
 pub mod bots;
+pub mod checkpoint;
 pub mod dashboard;
+pub mod devices;
 pub mod eval;
 pub mod experiment;
 pub mod http;

@@ -416,7 +416,7 @@ async fn run(
     if let Some(store) = &store {
         // Saved at once, so the URLs printed below survive a crash in the next seconds.
         let token = easel_relay::store::token_sha256(relay.hub.admin_token());
-        easel_relay::store::checkpoint_rooms(&relay.hub, store, &token).await;
+        easel_relay::checkpoint::checkpoint_rooms(&relay.hub, store, &token).await;
         println!("rooms are saved in {}", store.path().display());
     }
 

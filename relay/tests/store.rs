@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use easel_protocol::message::{self, Join, Resume, code};
 use easel_protocol::{Backend, ClientKind, Codec, LENET5_28, Limits, Message, Outcome, Push};
+use easel_relay::checkpoint;
 use easel_relay::hub::{EvalPoint, Hub};
 use easel_relay::room::RoomSettings;
 use easel_relay::store::{self, RESTART_GAP, SCHEMA_VERSION, Store, StoreError};
@@ -224,7 +225,7 @@ async fn a_checkpointed_room_comes_back_with_its_center_runs_ledger_and_roster()
         accuracy: 0.5,
         loss: f64::NAN,
     });
-    assert_eq!(store::checkpoint_rooms(&hub, &db, &token).await, 1);
+    assert_eq!(checkpoint::checkpoint_rooms(&hub, &db, &token).await, 1);
     // A reset empties the ledger: the saved one starts again too.
     slot.start_run("second", true);
     version = slot.center().0;
@@ -239,9 +240,9 @@ async fn a_checkpointed_room_comes_back_with_its_center_runs_ledger_and_roster()
         ms: 700,
     })
     .unwrap();
-    assert_eq!(store::checkpoint_rooms(&hub, &db, &token).await, 1);
+    assert_eq!(checkpoint::checkpoint_rooms(&hub, &db, &token).await, 1);
     // Nothing new: a checkpoint writes only the settings and the roster again.
-    assert_eq!(store::checkpoint_rooms(&hub, &db, &token).await, 1);
+    assert_eq!(checkpoint::checkpoint_rooms(&hub, &db, &token).await, 1);
     let (saved_version, saved_center) = db.center(&code).unwrap().unwrap();
     assert_eq!(saved_version, version);
     assert_eq!(&saved_center[..], &slot.center().1[..]);
