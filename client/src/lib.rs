@@ -1,9 +1,7 @@
 //! Easel's worker: everything a device needs to train the shared model on its own shard.
 //!
 //! The same code runs natively (bot workers, the simulator, `easel train`, the relay's
-//! evaluator) and in the browser as WebAssembly; `web.rs` is the wasm-bindgen surface of the
-//! trainer, and `web_cpu.rs` that of the CPU path's self-check and profile (for the test and
-//! benchmark pages).
+//! evaluator) and in the browser as WebAssembly; `web.rs` is its only wasm-bindgen surface.
 
 pub mod checkpoint;
 pub mod cpu;
@@ -16,8 +14,6 @@ pub mod schedule;
 pub mod trainer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
-#[cfg(target_arch = "wasm32")]
-pub mod web_cpu;
 pub mod worker;
 
 pub use cpu::CpuTrainer;
