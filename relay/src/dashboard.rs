@@ -283,6 +283,7 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activity::DeviceState;
     use crate::room::RoomSettings;
     use easel_protocol::message::Join;
     use easel_protocol::{Backend, ClientKind, Codec, LENET5_28, Limits, Push};

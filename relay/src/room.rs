@@ -519,7 +519,10 @@ impl Room {
             Some(k) if trains(k) => match delta {
                 Err(refused) => Err(refused),
                 Ok(delta) => {
-                    self.engine.set_workers(self.active());
+                    // Only a barrier counts the workers (a roster scan: not on every push).
+                    if self.engine.strategy().is_synchronous() {
+                        self.engine.set_workers(self.active());
+                    }
                     let update = Update {
                         worker: worker as u32,
                         base,

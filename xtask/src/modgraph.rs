@@ -52,7 +52,7 @@ pub fn check(src: &Path) -> Result<()> {
     }
     let mut msg = format!("import cycles among the modules of {}:\n", src.display());
     for c in cycles {
-        let names: Vec<String> = c.iter().map(|m| name(m)).collect();
+        let names: Vec<String> = c.iter().map(name).collect();
         msg.push_str(&format!("  {}\n", names.join(" <-> ")));
         for a in &c {
             for b in graph[a].iter().filter(|b| c.contains(b)) {
