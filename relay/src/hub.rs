@@ -825,13 +825,18 @@ fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
 /// Hands the ledger's newest `rows` rows (those one push or one abandoned round just
 /// wrote) to the current run and the activity timeline.
 fn record_rows_locked(st: &mut RoomState, rows: usize) {
-    let records = st.room.ledger().records();
+    // Disjoint fields: the ledger is read while the run and the timeline are written.
+    let RoomState {
+        room,
+        runs,
+        activity,
+        ..
+    } = st;
+    let records = room.ledger().records();
     let skip = records.len().saturating_sub(rows);
-    let points: Vec<PushPoint> = records.skip(skip).map(PushPoint::from).collect();
-    for point in points {
-        st.runs.current_mut().record_push(point);
-        st.activity
-            .pushed(point.worker, point.wall_ms, point.local_steps);
+    for point in records.skip(skip).map(PushPoint::from) {
+        runs.current_mut().record_push(point);
+        activity.pushed(point.worker, point.wall_ms, point.local_steps);
     }
 }
 
