@@ -6,7 +6,7 @@
 #
 #   bench/gpu/run.sh            # from the repository root or anywhere
 #
-# Needs: target/release/easel (build it elsewhere with `cargo build --release -p easel-relay
+# Needs: target/release/easel (build it elsewhere with `cargo build --release -p easel
 # --bin easel` and carry it; built here when cargo exists and the binary does not) and
 # data/mnist.bin (`cargo xtask data`; carried too). Environment: EASEL (the binary),
 # BENCH_SECONDS (timed seconds per run, default 8), BATCHES (default "64,256"), PYTHON (one
@@ -47,7 +47,7 @@ fi
 if [ ! -x "$EASEL" ]; then
     command -v cargo >/dev/null || { log "$EASEL is missing and there is no cargo to build it: carry a release build"; exit 1; }
     log "building $EASEL"
-    cargo build --release -p easel-relay --bin easel >&2
+    cargo build --release -p easel --bin easel >&2
 fi
 [ -f data/mnist.bin ] || { log "data/mnist.bin is missing: run \`cargo xtask data\` and carry it"; exit 1; }
 

@@ -312,7 +312,7 @@ pub fn env_path() -> Option<PathBuf> {
 /// Where the MNIST file is for code that runs inside the checkout (tests, the simulator's
 /// tests): [`env_path`], else `data/mnist.bin` in the workspace this crate was built from.
 /// The `easel` binary does not fall back to the build tree: it carries the file inside
-/// itself (`relay/build.rs`), so it runs on machines without a checkout.
+/// itself (`easel/build.rs`), so it runs on machines without a checkout.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn default_path() -> PathBuf {
     env_path()

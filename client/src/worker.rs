@@ -22,7 +22,7 @@
 //! [`Worker::finish_round`].
 
 use easel_protocol::aggregate::distance;
-use easel_protocol::codec::{self, Codec, ErrorFeedback};
+use easel_protocol::codec::{self, ErrorFeedback};
 use easel_protocol::message::{self, Join, caps};
 use easel_protocol::strategy::{Reply, after_reply};
 use easel_protocol::{
@@ -36,6 +36,7 @@ use crate::Sgd;
 use crate::data::{Partition, PartitionError, Split, partition};
 use crate::schedule::epoch_order;
 use crate::trainer::Trainer;
+pub use easel_protocol::codec::named_codecs;
 
 /// The most shards a `Welcome` may ask the partitioner for; more would only allocate.
 pub const MAX_SHARDS: u32 = 65_536;
@@ -658,27 +659,12 @@ impl<T: Trainer + ?Sized> Worker<T> {
     }
 }
 
-/// The codecs a benchmark or report compares, by name: `fp32`, `fp16`, `qsgd8`, `qsgd4`,
-/// `qsgd2`, `topk1` (top-k 1%) and `topk1-qsgd8` (top-k 1% then 8-bit QSGD), for vectors of
-/// `len` values, with QSGD buckets of [`codec::DEFAULT_BUCKET`].
-pub fn named_codecs(len: usize) -> Vec<(&'static str, Codec)> {
-    let b = codec::DEFAULT_BUCKET;
-    vec![
-        ("fp32", Codec::Fp32),
-        ("fp16", Codec::Fp16),
-        ("qsgd8", Codec::Qsgd { bits: 8, bucket: b }),
-        ("qsgd4", Codec::Qsgd { bits: 4, bucket: b }),
-        ("qsgd2", Codec::Qsgd { bits: 2, bucket: b }),
-        ("topk1", Codec::top_k_fraction(0.01, len)),
-        ("topk1-qsgd8", Codec::top_k_qsgd_fraction(0.01, len, 8, b)),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cpu::CpuTrainer;
     use crate::model::{IMAGE_PIXELS, init_params};
+    use easel_protocol::Codec;
     use easel_protocol::{ModelInfo, Staleness};
 
     fn split(n: usize) -> Split {

@@ -613,6 +613,22 @@ impl ErrorFeedback {
     }
 }
 
+/// The codecs a benchmark or report compares, by name: `fp32`, `fp16`, `qsgd8`, `qsgd4`,
+/// `qsgd2`, `topk1` (top-k 1%) and `topk1-qsgd8` (top-k 1% then 8-bit QSGD), for vectors of
+/// `len` values, with QSGD buckets of [`DEFAULT_BUCKET`].
+pub fn named_codecs(len: usize) -> Vec<(&'static str, Codec)> {
+    let b = DEFAULT_BUCKET;
+    vec![
+        ("fp32", Codec::Fp32),
+        ("fp16", Codec::Fp16),
+        ("qsgd8", Codec::Qsgd { bits: 8, bucket: b }),
+        ("qsgd4", Codec::Qsgd { bits: 4, bucket: b }),
+        ("qsgd2", Codec::Qsgd { bits: 2, bucket: b }),
+        ("topk1", Codec::top_k_fraction(0.01, len)),
+        ("topk1-qsgd8", Codec::top_k_qsgd_fraction(0.01, len, 8, b)),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! - [`codec`]: how a vector is compressed into a payload and decoded back (fp32, fp16,
 //!   QSGD, top-k, top-k + QSGD, error feedback).
 //! - [`codes`]: the error and close codes, the bottom module.
+//! - [`partition`]: how a room's digits are dealt out, as its settings name it.
 //! - [`frame`] and [`message`]: the binary WebSocket messages, bytes <-> frame <-> message.
 //! - [`aggregate`]: asynchronous elastic averaging with staleness accounting, pure.
 //! - [`strategy`]: the strategy family (EASGD, FedAvg, async SGD, bounded staleness,
@@ -18,6 +19,7 @@ pub mod codes;
 pub mod frame;
 pub mod message;
 pub mod model_spec;
+pub mod partition;
 pub mod strategy;
 mod wire;
 
@@ -31,4 +33,5 @@ pub use message::{
     Hyper, Limits, Merge, Message, ModelInfo, Outcome, ProtocolError, Push, Resume, ResumeToken,
     Shard, Welcome,
 };
-pub use model_spec::{LENET5_28, LayerKind, LayerSpec, ModelSpec, TensorSpec};
+pub use model_spec::{LENET5_28, LayerKind, LayerSpec, ModelOps, ModelSpec, TensorSpec};
+pub use partition::{Partition, PartitionError};

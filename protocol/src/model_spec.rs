@@ -242,6 +242,17 @@ pub const LENET5_28: ModelSpec = {
     }
 };
 
+/// What a server needs of the model it coordinates but never trains: the initial center
+/// for a seed, and a center as a checkpoint file. The client implements it
+/// (`easel_client::Lenet`) and the `easel` binary passes it to the relay, so the
+/// relay builds without the training backends.
+pub trait ModelOps: Send + Sync + std::fmt::Debug {
+    /// The initial parameters for `seed`: the same vector on every platform.
+    fn init(&self, seed: u64) -> Vec<f32>;
+    /// `params` as a safetensors file with PyTorch's tensor names, or why not.
+    fn to_safetensors(&self, params: &[f32]) -> Result<Vec<u8>, String>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -290,7 +290,12 @@ mod tests {
 
     #[test]
     fn a_cursor_gets_each_point_once_and_a_new_run_is_a_snapshot() {
-        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
         let slot = hub.room(&hub.create_room()).unwrap();
         let join = Join {
             room: String::new(),

@@ -80,7 +80,12 @@ mod tests {
 
     #[tokio::test]
     async fn each_new_center_is_evaluated_once() {
-        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
         let code = hub.create_room();
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = calls.clone();
@@ -104,7 +109,12 @@ mod tests {
     /// Its score is the old model's and must not open the new run.
     #[tokio::test]
     async fn a_score_from_before_a_reset_is_not_recorded_in_the_new_run() {
-        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
         let code = hub.create_room();
         let slot = hub.room(&code).unwrap();
         let (old, _) = slot.center();

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use easel_protocol::Limits;
+use easel_protocol::{Limits, ModelOps};
 use tokio::task::JoinHandle;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -86,12 +86,15 @@ pub struct Config {
     pub store: Option<std::sync::Arc<crate::store::Store>>,
     /// How often each room is checkpointed to `store` (and once more at shutdown).
     pub checkpoint_every: Duration,
+    /// The model's operations: the server has no model code of its own.
+    pub model: Arc<dyn ModelOps>,
 }
 
-impl Default for Config {
+impl Config {
     /// HTTPS on 0.0.0.0:8443 with the self-signed certificate of [`tls::data_dir`], HTTP on
-    /// 127.0.0.1:8080, a fresh admin token, evaluation every 5 s (once an evaluator is set).
-    fn default() -> Config {
+    /// 127.0.0.1:8080, a fresh admin token, evaluation every 5 s (once an evaluator is set),
+    /// rooms of `model`.
+    pub fn new(model: Arc<dyn ModelOps>) -> Config {
         Config {
             https: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -107,6 +110,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             store: None,
             checkpoint_every: crate::store::CHECKPOINT_EVERY,
+            model,
         }
     }
 }
@@ -188,7 +192,12 @@ pub async fn run<R: Reply + 'static>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningRelay> {
     let token = config.admin_token.clone().unwrap_or_else(new_token);
-    let hub = Hub::new(token.clone(), config.limits, config.room_defaults.clone());
+    let hub = Hub::new(
+        token.clone(),
+        config.limits,
+        config.room_defaults.clone(),
+        config.model.clone(),
+    );
     if let Some(store) = &config.store {
         hub.set_store(store.clone());
     }
@@ -426,7 +435,7 @@ pub fn teacher_api(hub: Hub) -> BoxedFilter<(Response,)> {
         .map(move |code: String, token: Option<String>| {
             with_room(&hub, &code, token, |room| {
                 let (version, params) = room.center();
-                match easel_client::checkpoint::to_safetensors(&params) {
+                match room.model().to_safetensors(&params) {
                     Ok(bytes) => {
                         let name =
                             format!("attachment; filename=\"easel-{code}-v{version}.safetensors\"");

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use easel_protocol::message::{self, Join, code};
-use easel_protocol::{BackendChoice, Control, DeviceReport, ErrorMessage, Limits, Message, Push};
+use easel_protocol::{
+    BackendChoice, Control, DeviceReport, ErrorMessage, Limits, Message, ModelOps, Push,
+};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::activity::Activity;
@@ -145,6 +147,8 @@ struct Shared {
     limits: Limits,
     /// Settings a new room starts with.
     defaults: RoomSettings,
+    /// The model's initial centers (passed in: the server has no model code).
+    model: Arc<dyn ModelOps>,
     /// Rooms by code. The map's lock is only held to find or insert a room.
     rooms: Mutex<HashMap<String, Arc<RoomSlot>>>,
     /// Where devices open the pages (`https://IP:PORT/`, then `http://127.0.0.1:PORT/`), set
@@ -163,6 +167,8 @@ pub struct RoomSlot {
     /// one value: a dashboard that stops reading never makes the relay keep more than the
     /// newest center for it.
     centers: watch::Sender<Arc<[u8]>>,
+    /// The model, for a reset's fresh center.
+    model: Arc<dyn ModelOps>,
 }
 
 #[derive(Debug)]
@@ -220,12 +226,18 @@ pub struct Session {
 
 impl Hub {
     /// A hub with no rooms.
-    pub fn new(admin_token: String, limits: Limits, defaults: RoomSettings) -> Hub {
+    pub fn new(
+        admin_token: String,
+        limits: Limits,
+        defaults: RoomSettings,
+        model: Arc<dyn ModelOps>,
+    ) -> Hub {
         Hub {
             shared: Arc::new(Shared {
                 admin_token,
                 limits,
                 defaults,
+                model,
                 rooms: Mutex::new(HashMap::new()),
                 join_bases: Mutex::new(Vec::new()),
                 store: OnceLock::new(),
@@ -269,7 +281,7 @@ impl Hub {
 
     /// Creates a room with `settings`, its center initialised from `settings.init_seed`.
     pub fn create_room_with(&self, settings: RoomSettings) -> String {
-        let center = easel_client::model::init_params(settings.init_seed);
+        let center = self.shared.model.init(settings.init_seed);
         let mut rooms = lock(&self.shared.rooms);
         let code = loop {
             let c = room::new_code();
@@ -277,7 +289,13 @@ impl Hub {
                 break c;
             }
         };
-        insert_room(&mut rooms, code.clone(), settings, center);
+        insert_room(
+            &mut rooms,
+            code.clone(),
+            settings,
+            center,
+            &self.shared.model,
+        );
         code
     }
 
@@ -287,12 +305,18 @@ impl Hub {
     pub fn create_room_with_code(&self, code: &str) -> Option<String> {
         let code = room::normalize_code(code);
         let settings = self.shared.defaults.clone();
-        let center = easel_client::model::init_params(settings.init_seed);
+        let center = self.shared.model.init(settings.init_seed);
         let mut rooms = lock(&self.shared.rooms);
         if code.is_empty() || rooms.contains_key(&code) {
             return None;
         }
-        insert_room(&mut rooms, code.clone(), settings, center);
+        insert_room(
+            &mut rooms,
+            code.clone(),
+            settings,
+            center,
+            &self.shared.model,
+        );
         Some(code)
     }
 }
@@ -303,6 +327,7 @@ fn insert_room(
     code: String,
     settings: RoomSettings,
     center: Vec<f32>,
+    model: &Arc<dyn ModelOps>,
 ) {
     let runs = Runs::new("run 1", SettingsView::of(&settings).to_json(), wall_ms());
     let mut room = Room::new(code.clone(), settings, center, Instant::now());
@@ -324,6 +349,7 @@ fn insert_room(
                 saved: crate::store::Cursor::default(),
             }),
             centers,
+            model: model.clone(),
         }),
     );
 }
@@ -364,6 +390,7 @@ impl Hub {
                 saved: r.cursor,
             }),
             centers,
+            model: self.shared.model.clone(),
         };
         lock(&self.shared.rooms).insert(code.clone(), Arc::new(slot));
         code
@@ -415,6 +442,11 @@ fn restore_controls(w: &room::Worker) -> Vec<Vec<u8>> {
 }
 
 impl RoomSlot {
+    /// The model this room trains.
+    pub fn model(&self) -> &dyn ModelOps {
+        &*self.model
+    }
+
     fn join(self: &Arc<Self>, join: &Join, is_admin: bool) -> Result<Session, ErrorMessage> {
         let mut st = lock(&self.state);
         let welcome = st.room.join(join, is_admin, Instant::now())?;
@@ -607,7 +639,7 @@ impl RoomSlot {
     pub fn start_run(&self, name: &str, reset: bool) -> u64 {
         let center = reset.then(|| {
             let seed = lock(&self.state).room.settings().init_seed;
-            easel_client::model::init_params(seed)
+            self.model.init(seed)
         });
         let mut st = lock(&self.state);
         if let Some(center) = center {
@@ -893,7 +925,12 @@ mod tests {
 
     #[test]
     fn rooms_are_independent_and_found_by_code_in_any_case() {
-        let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+        let hub = Hub::new(
+            "tok".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
         let (a, b) = (hub.create_room(), hub.create_room());
         assert_ne!(a, b);
         assert!(hub.room(&a.to_lowercase()).is_some());
@@ -943,7 +980,12 @@ mod tests {
     fn controls_coalesce_to_the_newest_and_the_answer_to_a_held_push_still_comes() {
         let mut settings = RoomSettings::default();
         settings.hyper.merge = easel_protocol::Merge::Fedavg { m_of_n: None };
-        let hub = Hub::new("tok".into(), Limits::default(), settings);
+        let hub = Hub::new(
+            "tok".into(),
+            Limits::default(),
+            settings,
+            std::sync::Arc::new(easel_client::Lenet),
+        );
         let code = hub.create_room();
         let join = Join {
             room: code,
@@ -1003,7 +1045,12 @@ mod tests {
 
     #[test]
     fn a_resumed_worker_gets_back_its_delay_and_pause() {
-        let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+        let hub = Hub::new(
+            "tok".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
         let code = hub.create_room();
         let join = Join {
             room: code,
@@ -1062,7 +1109,12 @@ mod tests {
 
     #[test]
     fn teacher_commands_reach_the_connections_they_concern() {
-        let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+        let hub = Hub::new(
+            "tok".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
         let code = hub.create_room();
         let join = Join {
             room: code.clone(),

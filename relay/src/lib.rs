@@ -12,29 +12,26 @@
 //!   [`http`]: the routes and [`http::run`]; [`origin`]: which pages may use them;
 //!   [`tls`]: certificates and the HTTPS/HTTP listeners; [`eval`]: center evaluation off
 //!   the reactor; [`store`]: the SQLite database rooms are checkpointed to.
-//! - [`bots`]: native workers running `easel_client::worker` over WebSockets (`easel bots`);
-//!   [`experiment`]: the 8-worker run the end-to-end test and `easel bench relay` share.
-//! - [`sim`]: `easel sim` and `easel report`, the deterministic discrete-event simulator
-//!   over the real model, codecs and `easel_protocol::strategy`.
+//!
+//! The server trains nothing and has no model code: the model's operations (its initial
+//! center, its checkpoint file, the evaluator) are passed in by the `easel` binary, so this
+//! crate builds without wgpu. The bots (`easel-bots`), the simulator (`easel-sim`) and the
+//! CLI (`easel`) are crates of their own.
 
 pub mod activity;
 pub mod backends;
-pub mod bots;
 pub mod checkpoint;
 pub mod dashboard;
 pub mod devices;
 pub mod eval;
-pub mod experiment;
 pub mod http;
 pub mod hub;
 pub mod ledger;
-pub mod loadgen;
 pub mod memory;
 pub mod origin;
 pub mod reply;
 pub mod room;
 pub mod runs;
-pub mod sim;
 pub mod store;
 pub mod teacher;
 pub mod tls;

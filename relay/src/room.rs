@@ -51,7 +51,7 @@ pub fn normalize_code(code: &str) -> String {
 /// How the room splits the training digits among its workers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partition {
-    /// `iid`, `dirichlet:ALPHA` or `classes:K` (`easel_client::data::partition`).
+    /// `iid`, `dirichlet:ALPHA` or `classes:K` (`easel_protocol::Partition`).
     pub scheme: String,
     pub seed: u64,
     /// Number of shards; workers get shard `join order mod shards`.
@@ -68,7 +68,7 @@ pub struct RoomSettings {
     pub partition: Partition,
     /// Ledger records kept (totals stay exact beyond it).
     pub ledger_capacity: usize,
-    /// Seed of the initial center (`easel_client::model::init_params`).
+    /// Seed of the initial center (`easel_protocol::ModelOps::init`).
     pub init_seed: u64,
 }
 
@@ -882,7 +882,7 @@ impl Room {
     /// every Welcome from now on, resumes included. Returns the connected training workers,
     /// which must rejoin to get a shard of the new partition.
     pub fn set_partition(&mut self, scheme: &str) -> Result<Vec<u64>, ErrorMessage> {
-        let parsed: easel_client::data::Partition = scheme
+        let parsed: easel_protocol::Partition = scheme
             .parse()
             .map_err(|e| error(code::MALFORMED, format!("invalid partition: {e}")))?;
         self.settings.partition.scheme = parsed.to_string();

@@ -3,7 +3,7 @@
 //! Pure: parsing and validation only; [`crate::hub::RoomSlot::teacher_control`] applies
 //! them. PROTOCOL.md, "Teacher API", documents every field.
 
-use easel_client::worker::named_codecs;
+use easel_protocol::codec::named_codecs;
 use easel_protocol::message::MAX_DEGREE;
 use easel_protocol::strategy::Topology;
 use easel_protocol::{Codec, Hyper, LENET5_28, Merge, Staleness};

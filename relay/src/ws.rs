@@ -400,7 +400,12 @@ mod tests {
 
     /// A hub with one room and a connection state that joined it as a bot.
     fn joined_bot() -> (Hub, Option<Joined>) {
-        let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
         let room = hub.create_room();
         let join = Message::Join(Join {
             room,

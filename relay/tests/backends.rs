@@ -31,7 +31,12 @@ fn choose(device: u64, backend: &str) -> TeacherControl {
 
 #[test]
 fn a_tabs_report_and_the_teachers_choice_reach_the_row_and_the_tab() {
-    let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+    let hub = Hub::new(
+        "tok".into(),
+        Limits::default(),
+        RoomSettings::default(),
+        std::sync::Arc::new(easel_client::Lenet),
+    );
     let code = hub.create_room();
     let tab = hub
         .join(&join(&code, ClientKind::Browser, None), false)

@@ -72,7 +72,7 @@ async fn memory_returns_to_its_idle_level_once_clients_leave() {
     let config = Config {
         https: None,
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        ..Config::default()
+        ..Config::new(std::sync::Arc::new(easel_client::Lenet))
     };
     let files = warp::path("hello").map(|| "static").boxed();
     let relay = run(config, files, std::future::pending())

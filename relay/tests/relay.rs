@@ -39,7 +39,7 @@ async fn start(edit: impl FnOnce(&mut Config)) -> Relay {
         https: None,
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         admin_token: Some(TOKEN.into()),
-        ..Config::default()
+        ..Config::new(std::sync::Arc::new(easel_client::Lenet))
     };
     edit(&mut config);
     let files = warp::path("hello").map(|| "static files here").boxed();

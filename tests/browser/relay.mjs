@@ -43,7 +43,7 @@ export function checkPrerequisites() {
   assert.ok(existsSync(CHROMIUM), `Chromium is missing at ${CHROMIUM}: install it `
     + '(apt-get install -y chromium) or set CHROMIUM to its path');
   assert.ok(existsSync(EASEL_BIN), `the easel binary is missing at ${EASEL_BIN}: `
-    + 'build it with `cargo build --release -p easel-relay` or set EASEL_BIN');
+    + 'build it with `cargo build --release -p easel` or set EASEL_BIN');
   assert.ok(existsSync(BUNDLE), `the wasm bundle is missing at ${BUNDLE}: run \`cargo xtask wasm\``);
 }
 

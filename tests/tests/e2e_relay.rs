@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use easel_bots::experiment::{self, Setup};
 use easel_client::data::{Mnist, default_path};
 use easel_client::worker::named_codecs;
 use easel_protocol::{Codec, LENET5_28, encoded_len};
-use easel_relay::experiment::{self, Setup};
 
 /// Bytes of a Push message around its payload.
 const PUSH_HEADER: usize = 30;
@@ -167,7 +167,7 @@ fn eight_bots_on_a_swarm_ring_reach_95_percent_without_a_center() {
 /// `--ca`, and with `--insecure`.
 #[test]
 fn bots_join_over_wss_with_the_self_signed_certificate() {
-    use easel_relay::bots::{BotOptions, Trust, run_bots};
+    use easel_bots::{BotOptions, Trust, run_bots};
     use easel_relay::http::TlsSource;
     use easel_relay::{Config, Shutdown};
     use std::net::SocketAddr;
@@ -184,7 +184,7 @@ fn bots_join_over_wss_with_the_self_signed_certificate() {
             http: None,
             tls: TlsSource::SelfSigned { dir: dir.clone() },
             admin_token: Some("token".into()),
-            ..Config::default()
+            ..Config::new(std::sync::Arc::new(easel_client::Lenet))
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let files = warp_free_files();

@@ -15,7 +15,7 @@ pub fn run() -> Result<()> {
     test::prerequisites()?;
     data::run()?;
     wasm::run()?;
-    exec(cargo().args(["build", "--release", "-p", "easel-relay", "--bin", "easel"]))?;
+    exec(cargo().args(["build", "--release", "-p", "easel", "--bin", "easel"]))?;
     let dir = root().join("bench").join("browser");
     exec(
         Command::new("npm")

@@ -1,6 +1,6 @@
 //! `cargo xtask dist [--windows]`: the release archives a teacher downloads.
 //!
-//! `easel` carries its pages, the wasm bundle and the digits (relay/build.rs), so an archive
+//! `easel` carries its pages, the wasm bundle and the digits (easel/build.rs), so an archive
 //! is that one program, the licences, the data's provenance and a short README:
 //! `dist/easel-VERSION-x86_64-linux.tar.gz`, and with `--windows`
 //! `dist/easel-VERSION-x86_64-windows.zip`, cross-built for `x86_64-pc-windows-gnu` with
@@ -9,7 +9,7 @@
 //!
 //! A macOS archive needs a Mac (or osxcross with Apple's SDK, which cannot be had from the
 //! package registries here): `cargo xtask wasm && cargo xtask data && cargo build --release
-//! -p easel-relay` on a Mac, for `aarch64-apple-darwin` and `x86_64-apple-darwin`.
+//! -p easel` on a Mac, for `aarch64-apple-darwin` and `x86_64-apple-darwin`.
 
 use crate::{apt_install, cargo, data, exec, output, root, target_dir, wasm, which};
 use anyhow::{Context, Result, bail};
@@ -100,7 +100,7 @@ pub fn run(args: &[String]) -> Result<()> {
 /// `target/dist/STEM/` and packs them into `out`.
 fn build(platform: Platform, out: &Path) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "-p", "easel-relay", "--bin", "easel"]);
+    cmd.args(["build", "--release", "-p", "easel", "--bin", "easel"]);
     let mut bin_dir = target_dir();
     if let Some(triple) = platform.triple() {
         ensure_cross(triple)?;

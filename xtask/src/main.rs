@@ -80,7 +80,7 @@ fn demo(args: &[String]) -> Result<()> {
         "run",
         "--release",
         "-p",
-        "easel-relay",
+        "easel",
         "--bin",
         "easel",
         "--",

@@ -123,7 +123,7 @@ fn browser_tests() -> Result<()> {
         );
         return Ok(());
     }
-    exec(cargo().args(["build", "--release", "-p", "easel-relay", "--bin", "easel"]))?;
+    exec(cargo().args(["build", "--release", "-p", "easel", "--bin", "easel"]))?;
     let install = if dir.join("package-lock.json").exists() {
         "ci"
     } else {

@@ -12,6 +12,13 @@
 //! and the model it has; when the relay no longer knows it, it goes on as a new worker from
 //! that model. Only a removal by the teacher (close 4000), a relay it cannot work with, its
 //! push budget or shutdown end it.
+//!
+//! Beside the bots: [`loadgen`], the relay's load generator (`easel bench relay`), and
+//! [`experiment`], the 8-worker run against an in-process relay that the end-to-end test
+//! and `easel bench relay` share.
+
+pub mod experiment;
+pub mod loadgen;
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
@@ -32,8 +39,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::Shutdown;
 use easel_protocol::codes::close;
+use easel_relay::Shutdown;
 
 /// How long a bot waits for any one answer from the relay before giving up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -261,7 +268,7 @@ pub fn client_tls(trust: Option<&Trust>) -> anyhow::Result<rustls::ClientConfig>
                 .with_no_client_auth());
         }
         Some(Trust::Ca(path)) => path.clone(),
-        None => crate::tls::data_dir().join("cert.pem"),
+        None => easel_relay::tls::data_dir().join("cert.pem"),
     };
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(&ca)

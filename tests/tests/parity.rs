@@ -12,7 +12,7 @@ use easel_protocol::message::{self, Join, Message, Push};
 use easel_protocol::strategy::{Reply, Topology};
 use easel_protocol::{Ack, Backend, ClientKind, Control, Hyper, LENET5_28, Limits, Merge, Outcome};
 use easel_relay::room::{Room, RoomSettings};
-use easel_relay::sim::{Delivery, SimRelay};
+use easel_sim::{Delivery, SimRelay};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

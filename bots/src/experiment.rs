@@ -1,6 +1,6 @@
 //! The 8-worker experiment that the end-to-end test and `easel bench relay` share: a real
 //! relay on 127.0.0.1 (plain HTTP, the CPU evaluator on the 2,000 test digits), one room
-//! created through `POST /api/rooms`, and [`crate::bots`] workers, some of them stragglers,
+//! created through `POST /api/rooms`, and [`crate`] workers, some of them stragglers,
 //! until the room has a fixed number of acknowledged pushes.
 
 use std::collections::BTreeMap;
@@ -16,11 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warp::Filter;
 
-use crate::bots::{self, BotOptions, BotReport};
-use crate::eval::Evaluator;
-use crate::room::{Partition, RoomSettings};
-use crate::runs::EvalPoint;
-use crate::{Config, Shutdown};
+use crate::{self as bots, BotOptions, BotReport};
+use easel_relay::eval::Evaluator;
+use easel_relay::room::{Partition, RoomSettings};
+use easel_relay::runs::EvalPoint;
+use easel_relay::{Config, Shutdown};
 
 /// The settings of one run.
 #[derive(Clone, Debug)]
@@ -146,7 +146,7 @@ pub async fn run(
         let e = cpu::evaluate(params, &test.test.images, &test.test.labels);
         (e.accuracy, e.loss)
     });
-    let token = crate::room::new_token();
+    let token = easel_relay::room::new_token();
     let config = Config {
         https: None,
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -167,11 +167,11 @@ pub async fn run(
         },
         eval_every: Duration::from_secs(2),
         evaluator: Some(evaluator),
-        ..Config::default()
+        ..Config::new(std::sync::Arc::new(easel_client::Lenet))
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let files = warp::path("nothing").map(|| "").boxed();
-    let relay = crate::run(config, files, async move {
+    let relay = easel_relay::run(config, files, async move {
         let _ = stopped.await;
     })
     .await?;

@@ -5,11 +5,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use easel_bots::{self as bots, BotOptions, BotReport};
 use easel_client::data::Split;
 use easel_client::model::IMAGE_PIXELS;
 use easel_protocol::message::code;
 use easel_protocol::{Backend, Merge};
-use easel_relay::bots::{self, BotOptions, BotReport};
 use easel_relay::hub::RoomSlot;
 use easel_relay::ledger::Record;
 use easel_relay::room::RoomSettings;
@@ -59,7 +59,7 @@ async fn session_during<F: std::future::Future<Output = ()>>(
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         admin_token: Some("strategies".into()),
         room_defaults: defaults,
-        ..Config::default()
+        ..Config::new(std::sync::Arc::new(easel_client::Lenet))
     };
     let files = warp::path("hello").map(|| "static").boxed();
     let relay = run(config, files, std::future::pending())

@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use easel_bots::loadgen::{self, LoadOptions, Target};
 use easel_protocol::LENET5_28;
 use easel_protocol::codec::DEFAULT_BUCKET;
 use easel_protocol::{Codec, message};
-use easel_relay::loadgen::{self, LoadOptions, Target};
 use easel_relay::{Config, run};
 use warp::Filter;
 
@@ -29,7 +29,7 @@ fn twenty_clients_have_every_acked_push_in_the_ledger_and_none_refused() {
         https: None,
         http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         admin_token: Some(TOKEN.into()),
-        ..Config::default()
+        ..Config::new(std::sync::Arc::new(easel_client::Lenet))
     };
     let files = warp::path("hello").map(|| "static files here").boxed();
     let relay = relay_rt

@@ -393,7 +393,7 @@ async fn run(
         admin_token: opened.as_ref().map(|o| o.token.clone()),
         store: opened.as_ref().map(|o| o.store.clone()),
         checkpoint_every: std::time::Duration::from_secs_f64(args.store.checkpoint_every),
-        ..Config::default()
+        ..Config::new(std::sync::Arc::new(easel_client::Lenet))
     };
     let described = [files.pages.describe(), describe_data(&files.data_source)];
     let static_routes = static_files(files.pages, files.data);
@@ -613,7 +613,7 @@ mod tests {
         let config = Config {
             https: None,
             http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-            ..Config::default()
+            ..Config::new(std::sync::Arc::new(easel_client::Lenet))
         };
         let files = static_files(pages, Bytes::from_static(data));
         let relay = easel_relay::run(config, files, async {

@@ -1,5 +1,5 @@
 //! The teacher's dashboard over real sockets: a relay on 127.0.0.1, two native bots
-//! (`easel_relay::bots`) training on synthetic digits, a dashboard WebSocket client and the
+//! (`easel_bots`) training on synthetic digits, a dashboard WebSocket client and the
 //! control, runs and center routes. Nothing here polls the dashboard: it only reads what the
 //! relay pushes.
 
@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use easel_bots::{self as bots, BotOptions};
 use easel_client::data::Split;
 use easel_client::model::IMAGE_PIXELS;
 use easel_protocol::{Backend, LENET5_28};
-use easel_relay::bots::{self, BotOptions};
 use easel_relay::room::RoomSettings;
 use easel_relay::{Config, RunningRelay, Shutdown, run};
 use futures_util::StreamExt;
@@ -53,7 +53,7 @@ async fn start() -> RunningRelay {
         room_defaults: defaults,
         evaluator: Some(evaluator),
         eval_every: Duration::from_millis(200),
-        ..Config::default()
+        ..Config::new(std::sync::Arc::new(easel_client::Lenet))
     };
     let files = warp::path("hello").map(|| "static").boxed();
     // The relay runs until the test's runtime ends.

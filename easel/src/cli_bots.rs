@@ -1,16 +1,16 @@
-//! `easel bots` and `easel bench relay`: the command-line side of [`easel_relay::bots`] and
-//! [`easel_relay::experiment`].
+//! `easel bots` and `easel bench relay`: the command-line side of [`easel_bots`] and
+//! [`easel_bots::experiment`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use easel_bots::experiment::{self, Setup};
+use easel_bots::loadgen;
+use easel_bots::{self as bots, BotOptions, Trust};
 use easel_client::worker::named_codecs;
 use easel_protocol::LENET5_28;
-use easel_relay::bots::{self, BotOptions, Trust};
-use easel_relay::experiment::{self, Setup};
-use easel_relay::loadgen;
 use easel_relay::{Shutdown, ShutdownTrigger};
 use serde_json::json;
 

@@ -1,4 +1,4 @@
-//! The files built into the `easel` binary by `relay/build.rs`: the pages of `www/` (with the
+//! The files built into the `easel` binary by `easel/build.rs`: the pages of `www/` (with the
 //! wasm bundle and the chart library) and the MNIST digits. They make the binary the whole
 //! server: `easel serve`, `easel train` and `easel bots` need no checkout. `--www DIR` and
 //! `--data FILE` (or `EASEL_DATA`) still replace them, for development.

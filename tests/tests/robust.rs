@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use easel_bots::{self as bots, BotOptions, BotReport};
 use easel_client::data::Split;
 use easel_client::model::IMAGE_PIXELS;
 use easel_protocol::message::{self, Join, code};
 use easel_protocol::{
     Backend, ClientKind, Codec, Control, LENET5_28, Limits, Message, Push, Resume, ResumeToken,
 };
-use easel_relay::bots::{self, BotOptions, BotReport};
 use easel_relay::origin::Origin;
 use easel_relay::ws::WsConfig;
 use easel_relay::{Config, RunningRelay, Shutdown, run};
@@ -56,7 +56,7 @@ async fn start_on(addr: SocketAddr, edit: impl FnOnce(&mut Config)) -> Relay {
         https: None,
         http: Some(addr),
         admin_token: Some(TOKEN.into()),
-        ..Config::default()
+        ..Config::new(std::sync::Arc::new(easel_client::Lenet))
     };
     edit(&mut config);
     let files = warp::path("hello").map(|| "static").boxed();

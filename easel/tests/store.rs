@@ -199,7 +199,12 @@ fn the_admin_token_is_kept_beside_the_database_and_read_back() {
 async fn a_checkpointed_room_comes_back_with_its_center_runs_ledger_and_roster() {
     let dir = temp_dir("restore");
     let path = dir.join("easel.db");
-    let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+    let hub = Hub::new(
+        "tok".into(),
+        Limits::default(),
+        RoomSettings::default(),
+        std::sync::Arc::new(easel_client::Lenet),
+    );
     let db = Arc::new(Store::open(&path).unwrap());
     hub.set_store(db.clone());
     let code = hub.create_room();
@@ -270,7 +275,12 @@ async fn a_checkpointed_room_comes_back_with_its_center_runs_ledger_and_roster()
     assert_eq!(db.run(&code, 1).unwrap().unwrap().to_csv(), csv[0]);
     let restored = db.load_room(&code).unwrap().expect("saved");
     assert_eq!(restored.saved_version, version);
-    let hub = Hub::new("tok".into(), Limits::default(), RoomSettings::default());
+    let hub = Hub::new(
+        "tok".into(),
+        Limits::default(),
+        RoomSettings::default(),
+        std::sync::Arc::new(easel_client::Lenet),
+    );
     hub.set_store(db.clone());
     assert_eq!(hub.restore_room(restored), code);
     let slot = hub.room(&code).unwrap();

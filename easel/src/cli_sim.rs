@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::Context;
 use easel_protocol::Staleness;
 use easel_protocol::strategy::Strategy;
-use easel_relay::sim::config::{Network, Speed, Train};
-use easel_relay::sim::{self, SimConfig, SpeedDist, experiments, peak_rss_kib};
+use easel_sim::config::{Network, Speed, Train};
+use easel_sim::{self as sim, SimConfig, SpeedDist, experiments, peak_rss_kib};
 use serde_json::json;
 
 use crate::DataArgs;

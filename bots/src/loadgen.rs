@@ -370,7 +370,7 @@ async fn join(target: &Target, log: &mut ClientLog) -> anyhow::Result<(Ws, u64)>
     // The relay's own small read buffer (tungstenite's 128 KiB default is zero-filled before
     // every read: at thousands of clients the load generator would measure itself).
     let config = WebSocketConfig::default()
-        .read_buffer_size(crate::wsock::READ_BUFFER)
+        .read_buffer_size(easel_relay::wsock::READ_BUFFER)
         .max_message_size(Some(cap))
         .max_frame_size(Some(cap));
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
