@@ -135,4 +135,40 @@ mod tests {
         assert_eq!(slot.evals().len(), 1);
         assert!(slot.run_json(run).unwrap().to_string().contains("0.937"));
     }
+
+    /// On tokio's paused clock: the loop scores the first center at once, a newer center
+    /// only at the next tick (`every` later), and never the same version twice.
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_scores_each_new_center_at_the_next_tick() {
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
+        let code = hub.create_room();
+        let slot = hub.room(&code).unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = calls.clone();
+        let evaluator: Evaluator = Arc::new(move |_: &[f32]| {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (0.5, 1.0)
+        });
+        let calls = move || calls.load(std::sync::atomic::Ordering::SeqCst);
+        let every = Duration::from_secs(5);
+        let (stop, shutdown) = Shutdown::new();
+        let task = spawn(hub.clone(), evaluator, every, shutdown);
+        let settle = Duration::from_millis(10);
+        tokio::time::sleep(settle).await;
+        assert_eq!(calls(), 1, "the first tick is immediate");
+        slot.start_run("fresh", true); // a newer center
+        tokio::time::sleep(every - 2 * settle).await;
+        assert_eq!(calls(), 1, "not before the next tick");
+        tokio::time::sleep(2 * settle).await;
+        assert_eq!(calls(), 2);
+        tokio::time::sleep(10 * every).await;
+        assert_eq!(calls(), 2, "no new center, no new score");
+        stop.fire();
+        task.await.unwrap();
+    }
 }

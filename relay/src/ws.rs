@@ -407,19 +407,149 @@ mod tests {
             std::sync::Arc::new(easel_client::Lenet),
         );
         let room = hub.create_room();
-        let join = Message::Join(Join {
+        let (mut joined, mut channels, mut replies) = (None, None, Vec::new());
+        on_message(
+            &bot_join(room),
+            &hub,
+            false,
+            &mut joined,
+            &mut channels,
+            &mut replies,
+        );
+        assert!(joined.is_some());
+        (hub, joined)
+    }
+
+    /// A bot's Join of `room`, as its first WebSocket message.
+    fn bot_join(room: String) -> WsMessage {
+        WsMessage::binary(message::encode(&Message::Join(Join {
             room,
             kind: ClientKind::Bot,
             backend: Backend::Cpu,
             capabilities: 0,
             layout_hash: LENET5_28.layout_hash(),
             resume_worker: None,
-        });
-        let (mut joined, mut channels, mut replies) = (None, None, Vec::new());
-        let m = WsMessage::binary(message::encode(&join));
-        on_message(&m, &hub, false, &mut joined, &mut channels, &mut replies);
-        assert!(joined.is_some());
-        (hub, joined)
+        })))
+    }
+
+    /// An in-memory WebSocket for [`serve_socket`]: what the test sends on `to_relay` arrives
+    /// as the peer's messages; what the relay sends lands in `from_relay`, which a test may
+    /// leave unread, like a peer that stopped reading. No sockets, so tokio's paused clock
+    /// runs the connection's timers exactly.
+    struct MemSocket {
+        incoming: mpsc::UnboundedReceiver<WsMessage>,
+        outgoing: mpsc::UnboundedSender<WsMessage>,
+    }
+
+    impl Stream for MemSocket {
+        type Item = Result<WsMessage, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<WsMessage> for MemSocket {
+        type Error = std::io::Error;
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), std::io::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn start_send(self: std::pin::Pin<&mut Self>, m: WsMessage) -> Result<(), std::io::Error> {
+            self.outgoing
+                .send(m)
+                .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), std::io::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), std::io::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A relay connection over a [`MemSocket`] with the default timing, joined as a bot:
+    /// the room, the peer's two ends and the worker's id.
+    async fn connected_bot() -> (
+        Arc<RoomSlot>,
+        mpsc::UnboundedSender<WsMessage>,
+        mpsc::UnboundedReceiver<WsMessage>,
+        u64,
+    ) {
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
+        let code = hub.create_room();
+        let slot = hub.room(&code).expect("just created");
+        let (to_relay, incoming) = mpsc::unbounded_channel();
+        let (outgoing, mut from_relay) = mpsc::unbounded_channel();
+        let (trigger, shutdown) = Shutdown::new();
+        std::mem::forget(trigger); // never shut down
+        let socket = MemSocket { incoming, outgoing };
+        tokio::spawn(serve_socket(
+            socket,
+            hub,
+            false,
+            WsConfig::default(),
+            shutdown,
+        ));
+        to_relay.send(bot_join(code)).expect("the relay reads");
+        let welcome = from_relay.recv().await.expect("a Welcome");
+        assert!(matches!(
+            message::decode(welcome.as_bytes(), &Limits::default()),
+            Ok(Message::Welcome(_))
+        ));
+        let worker = slot.with_room(|r| *r.workers().keys().next().expect("one worker"));
+        (slot, to_relay, from_relay, worker)
+    }
+
+    /// Pings every 10 s and a peer unheard for 30 s dropped: on tokio's paused clock, the
+    /// silent peer is still connected at 29.9 s, got pings at 10 and 20 s, and is closed
+    /// with 1001 at the 30 s ping.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_pinged_then_dropped_when_dead_after_passes() {
+        let (slot, _to_relay, mut from_relay, worker) = connected_bot().await;
+        let connected = || slot.with_room(|r| r.workers()[&worker].connected);
+        let cfg = WsConfig::default();
+        tokio::time::sleep(cfg.dead_after - Duration::from_millis(100)).await;
+        assert!(connected());
+        let mut sent = Vec::new();
+        while let Ok(m) = from_relay.try_recv() {
+            sent.push(m);
+        }
+        assert_eq!(sent.len(), 2, "pings at 10 s and 20 s");
+        assert!(sent.iter().all(|m| m.is_ping()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!connected());
+        let close = from_relay.recv().await.expect("a close");
+        assert_eq!(close.close_frame().map(|(c, _)| c), Some(close::GOING_AWAY));
+    }
+
+    /// Any message, a pong included, counts as heard: a peer that answers every 25 s is
+    /// still connected after ten virtual minutes.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_heard_within_dead_after_stays_connected() {
+        let (slot, to_relay, _from_relay, worker) = connected_bot().await;
+        for _ in 0..24 {
+            tokio::time::sleep(Duration::from_secs(25)).await;
+            to_relay
+                .send(WsMessage::pong(Vec::new()))
+                .expect("the relay reads");
+        }
+        assert!(slot.with_room(|r| r.workers()[&worker].connected));
     }
 
     proptest! {
