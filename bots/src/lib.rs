@@ -418,31 +418,34 @@ impl Backoff {
     }
 }
 
-/// A trainer for `start`'s shard on `backend`; `Send`, so rounds can run on a blocking
-/// thread.
+/// The one native trainer factory (the bots' and `easel train`'s): on `gpu` when one is
+/// given, else on the CPU, for the digits of `split`, from `params`; `Send`, so rounds can
+/// run on a blocking thread.
+pub fn trainer_on(
+    gpu: Option<&easel_client::Gpu>,
+    split: &Split,
+    params: &[f32],
+    sgd: easel_client::Sgd,
+    batch: usize,
+) -> anyhow::Result<Box<dyn Trainer + Send>> {
+    let (images, labels) = (&split.images, &split.labels);
+    Ok(match gpu {
+        Some(gpu) => Box::new(easel_client::GpuTrainer::new(
+            gpu, images, labels, params, sgd, batch,
+        )?),
+        None => Box::new(CpuTrainer::new(images, labels, params, sgd, batch)),
+    })
+}
+
+/// A trainer for `start`'s shard on `backend` (the CPU when the GPU is asked for but none
+/// could be had).
 fn make_trainer(
     backend: Backend,
     gpu: Option<&easel_client::Gpu>,
     start: &worker::Start,
 ) -> anyhow::Result<Box<dyn Trainer + Send>> {
-    let (images, labels) = (&start.shard.images, &start.shard.labels);
-    Ok(match (backend, gpu) {
-        (Backend::Gpu, Some(gpu)) => Box::new(easel_client::GpuTrainer::new(
-            gpu,
-            images,
-            labels,
-            &start.center,
-            start.sgd,
-            start.batch,
-        )?),
-        _ => Box::new(CpuTrainer::new(
-            images,
-            labels,
-            &start.center,
-            start.sgd,
-            start.batch,
-        )),
-    })
+    let gpu = gpu.filter(|_| backend == Backend::Gpu);
+    trainer_on(gpu, &start.shard, &start.center, start.sgd, start.batch)
 }
 
 /// Shared between the bots: the acknowledged pushes of all of them, and their reports.

@@ -46,6 +46,53 @@ pub fn batches_per_epoch(n: usize, batch: usize) -> usize {
     n.div_ceil(batch.max(1))
 }
 
+/// Where a run is in its shard: the epoch, that epoch's order ([`epoch_order`]) and the next
+/// position. Every trainer's loop takes its batches from one (the worker's rounds, the
+/// simulator's workers, the solo page, `easel train`). Batches never cross an epoch: the
+/// last batch of an epoch may be smaller, and the next batch starts a new order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cursor {
+    seed: u64,
+    epoch: u64,
+    order: Vec<u32>,
+    at: usize,
+}
+
+impl Cursor {
+    /// At the start of epoch 0 over `n` samples.
+    pub fn new(n: usize, seed: u64) -> Cursor {
+        Cursor {
+            seed,
+            epoch: 0,
+            order: epoch_order(n, seed, 0),
+            at: 0,
+        }
+    }
+
+    /// The positions (into the shard) of the next batch of at most `batch` samples; empty
+    /// only for an empty shard.
+    pub fn next_batch(&mut self, batch: usize) -> &[u32] {
+        if self.at >= self.order.len() {
+            self.epoch += 1;
+            self.order = epoch_order(self.order.len(), self.seed, self.epoch);
+            self.at = 0;
+        }
+        let start = self.at;
+        self.at = (start + batch.max(1)).min(self.order.len());
+        &self.order[start..self.at]
+    }
+
+    /// The epoch the last batch came from (0 before any).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Epochs done, fractional: the epoch plus the share of its order already taken.
+    pub fn progress(&self) -> f64 {
+        self.epoch as f64 + self.at as f64 / self.order.len().max(1) as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +126,27 @@ mod tests {
     #[test]
     fn epochs_differ() {
         assert_ne!(epoch_order(100, 1, 0), epoch_order(100, 1, 1));
+    }
+
+    proptest! {
+        /// A cursor visits every position exactly once per epoch, in [`epoch_order`], in
+        /// batches of `batch` except each epoch's last, and starts the next epoch after.
+        #[test]
+        fn a_cursor_walks_each_epoch_order_in_batches(
+            n in 1usize..60, batch in 1usize..20, seed in any::<u64>(),
+        ) {
+            let mut c = Cursor::new(n, seed);
+            for epoch in 0..3u64 {
+                let mut seen = Vec::new();
+                for b in 0..batches_per_epoch(n, batch) {
+                    let next = c.next_batch(batch).to_vec();
+                    let last = b + 1 == batches_per_epoch(n, batch);
+                    prop_assert!(next.len() == batch || (last && next.len() <= batch));
+                    prop_assert_eq!(c.epoch(), epoch);
+                    seen.extend(next);
+                }
+                prop_assert_eq!(&seen, &epoch_order(n, seed, epoch));
+            }
+        }
     }
 }

@@ -28,3 +28,12 @@ pub trait Trainer {
         None
     }
 }
+
+/// The mean of a round's step losses, as a push reports it; NaN for a round with none.
+pub fn mean_loss(losses: &[f32]) -> f32 {
+    if losses.is_empty() {
+        f32::NAN
+    } else {
+        losses.iter().sum::<f32>() / losses.len() as f32
+    }
+}

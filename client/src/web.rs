@@ -46,7 +46,7 @@ use crate::data::{Mnist, Split};
 use crate::digit;
 use crate::gpu::{Gpu, GpuLost, GpuTrainer};
 use crate::model::{self, IMAGE_PIXELS};
-use crate::schedule::{LrSchedule, batches_per_epoch, epoch_order};
+use crate::schedule::{Cursor, LrSchedule, batches_per_epoch, epoch_order};
 use crate::worker::{self, Event, Start, Worker};
 use crate::{Sgd, Trainer};
 
@@ -163,9 +163,6 @@ struct State {
     fallback_reason: Option<String>,
     /// The 2,000 held-out digits [`WebTrainer::evaluate`] scores on.
     test: Split,
-    /// Samples in the shard this trainer visits.
-    shard_len: usize,
-    seed: u64,
     batch: usize,
     lr: f32,
     schedule: LrSchedule,
@@ -173,10 +170,8 @@ struct State {
     total_steps: usize,
     /// Steps queued so far.
     step: usize,
-    epoch: u64,
-    /// The current epoch's sample order and how far into it the run is.
-    order: Vec<u32>,
-    cursor: usize,
+    /// Where the run is in the shard's epochs.
+    cursor: Cursor,
     /// The parameters as last seen on the host, which [`WebTrainer::predict`] uses.
     host_params: Vec<f32>,
 }
@@ -189,15 +184,8 @@ impl State {
             if self.total_steps > 0 && self.step >= self.total_steps {
                 break;
             }
-            if self.cursor >= self.order.len() {
-                self.epoch += 1;
-                self.order = epoch_order(self.shard_len, self.seed, self.epoch);
-                self.cursor = 0;
-            }
-            let end = (self.cursor + self.batch).min(self.order.len());
             let lr = self.schedule.lr_at(self.lr, self.step, self.total_steps);
-            plan.push((self.order[self.cursor..end].to_vec(), lr));
-            self.cursor = end;
+            plan.push((self.cursor.next_batch(self.batch).to_vec(), lr));
             self.step += 1;
         }
         plan
@@ -436,16 +424,12 @@ impl WebTrainer {
                 adapter,
                 fallback_reason,
                 test,
-                shard_len,
-                seed,
                 batch,
                 lr,
                 schedule,
                 total_steps,
                 step: 0,
-                epoch: 0,
-                order: epoch_order(shard_len, seed, 0),
-                cursor: 0,
+                cursor: Cursor::new(shard_len, seed),
                 host_params: params,
             })),
         })
@@ -504,7 +488,7 @@ impl WebTrainer {
     /// second epoch).
     pub fn epochs_done(&self) -> f64 {
         let s = self.state.borrow();
-        s.epoch as f64 + s.cursor as f64 / s.shard_len.max(1) as f64
+        s.cursor.progress()
     }
 
     /// The learning rate the next step will use.

@@ -34,8 +34,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::Sgd;
 use crate::data::{Partition, PartitionError, Split, partition};
-use crate::schedule::epoch_order;
-use crate::trainer::Trainer;
+use crate::schedule::Cursor;
+use crate::trainer::{Trainer, mean_loss};
 pub use easel_protocol::codec::named_codecs;
 
 /// The most shards a `Welcome` may ask the partitioner for; more would only allocate.
@@ -262,7 +262,6 @@ pub struct Worker<T: Trainer + ?Sized = dyn Trainer> {
     trainer: Box<T>,
     /// The training-split indices of the shard the trainer holds.
     indices: Vec<u32>,
-    shard_len: usize,
     /// The most samples one step may take: the batch the trainer was built for.
     capacity: usize,
     /// The center version the worker last received (the base of its next push).
@@ -275,9 +274,7 @@ pub struct Worker<T: Trainer + ?Sized = dyn Trainer> {
     rng: ChaCha8Rng,
     /// The seed of the epoch orders.
     seed: u64,
-    epoch: u64,
-    order: Vec<u32>,
-    cursor: usize,
+    cursor: Cursor,
     /// The optimizer steps taken since the last push.
     round_steps: u32,
     round_samples: u32,
@@ -307,14 +304,13 @@ impl<T: Trainer + ?Sized> Worker<T> {
     pub fn new(start: Start, mut trainer: Box<T>, seed: u64) -> Worker<T> {
         trainer.set_params(&start.center, true);
         let seed = seed ^ start.worker_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let shard_len = start.shard.len();
+        let cursor = Cursor::new(start.shard.len(), seed);
         Worker {
             worker_id: start.worker_id,
             resume_token: start.resume_token,
             hyper: start.hyper,
             trainer,
             indices: start.indices,
-            shard_len,
             capacity: start.batch.max(1),
             center_version: start.center_version,
             x: start.center.clone(),
@@ -322,9 +318,7 @@ impl<T: Trainer + ?Sized> Worker<T> {
             center: start.center,
             rng: ChaCha8Rng::seed_from_u64(seed),
             seed,
-            epoch: 0,
-            order: epoch_order(shard_len, seed, 0),
-            cursor: 0,
+            cursor,
             round_steps: 0,
             round_samples: 0,
             phase: Phase::Idle,
@@ -413,11 +407,8 @@ impl<T: Trainer + ?Sized> Worker<T> {
         self.round_samples = 0;
         if !same_shard {
             self.indices = start.indices;
-            self.shard_len = start.shard.len();
             self.capacity = start.batch.max(1);
-            self.epoch = 0;
-            self.order = epoch_order(self.shard_len, self.seed, 0);
-            self.cursor = 0;
+            self.cursor = Cursor::new(start.shard.len(), self.seed);
         }
         same_shard
     }
@@ -467,17 +458,10 @@ impl<T: Trainer + ?Sized> Worker<T> {
         // New settings may ask for bigger batches than the trainer was built for.
         let batch = (self.hyper.batch as usize).clamp(1, self.capacity);
         for _ in 0..self.hyper.local_steps {
-            if self.cursor >= self.order.len() {
-                self.epoch += 1;
-                self.order = epoch_order(self.shard_len, self.seed, self.epoch);
-                self.cursor = 0;
-            }
-            let end = (self.cursor + batch).min(self.order.len());
-            self.trainer
-                .step(&self.order[self.cursor..end], self.hyper.lr);
+            let indices = self.cursor.next_batch(batch);
+            self.trainer.step(indices, self.hyper.lr);
             self.round_steps += 1;
-            self.round_samples += (end - self.cursor) as u32;
-            self.cursor = end;
+            self.round_samples += indices.len() as u32;
         }
     }
 
@@ -485,19 +469,16 @@ impl<T: Trainer + ?Sized> Worker<T> {
     /// its steps: returns the encoded `Push` of `x - center(base)`, compressed with the
     /// room's push codec through error feedback when the room asks for it.
     pub fn finish_round(&mut self, x: Vec<f32>, losses: &[f32]) -> Vec<u8> {
-        let loss = if losses.is_empty() {
-            f32::NAN
-        } else {
-            losses.iter().sum::<f32>() / losses.len() as f32
-        };
-        let delta: Vec<f32> = x.iter().zip(&self.center).map(|(a, c)| a - c).collect();
+        let loss = mean_loss(losses);
+        let feedback = self.hyper.error_feedback.then_some(&mut self.feedback);
+        let payload = codec::encode_update(
+            self.hyper.codec_up,
+            &x,
+            &self.center,
+            feedback,
+            &mut self.rng,
+        );
         self.x = x;
-        let payload = if self.hyper.error_feedback {
-            self.feedback
-                .compress(self.hyper.codec_up, &delta, &mut self.rng)
-        } else {
-            codec::encode(self.hyper.codec_up, &delta, &mut self.rng)
-        };
         let bytes = message::encode(&Message::Push(Push {
             base_version: self.center_version,
             local_steps: self.round_steps,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use easel_client::data::Mnist;
-use easel_client::schedule::{LrSchedule, batches_per_epoch, epoch_order};
+use easel_client::schedule::{Cursor, LrSchedule, batches_per_epoch, epoch_order};
 use easel_client::{Sgd, Trainer, checkpoint, cpu, model};
 use serde_json::json;
 
@@ -103,24 +103,19 @@ fn unit_f32(s: &str) -> Result<f32, String> {
     }
 }
 
-/// A trainer on the chosen backend with the whole training split resident.
+/// A trainer on `backend` for the training digits, from `params`.
 fn make_trainer(
     backend: Backend,
     data: &Mnist,
     params: &[f32],
     sgd: Sgd,
     batch: usize,
-) -> anyhow::Result<Box<dyn Trainer>> {
-    let (images, labels) = (&data.train.images, &data.train.labels);
-    Ok(match backend {
-        Backend::Cpu => Box::new(cpu::CpuTrainer::new(images, labels, params, sgd, batch)),
-        Backend::Gpu => {
-            let gpu = pollster::block_on(easel_client::Gpu::new())?;
-            Box::new(easel_client::GpuTrainer::new(
-                &gpu, images, labels, params, sgd, batch,
-            )?)
-        }
-    })
+) -> anyhow::Result<Box<dyn Trainer + Send>> {
+    let gpu = match backend {
+        Backend::Cpu => None,
+        Backend::Gpu => Some(pollster::block_on(easel_client::Gpu::new())?),
+    };
+    easel_bots::trainer_on(gpu.as_ref(), &data.train, params, sgd, batch)
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -149,12 +144,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         loss: f64::NAN,
     };
     let started = Instant::now();
+    let mut cursor = Cursor::new(n, args.seed);
     for epoch in 0..args.epochs as u64 {
-        let order = epoch_order(n, args.seed, epoch);
         let t0 = Instant::now();
-        let mut losses = Vec::with_capacity(order.len() / batch + 1);
-        for chunk in order.chunks(batch) {
-            trainer.step(chunk, schedule.lr_at(args.lr as f32, step, total_steps));
+        let mut losses = Vec::with_capacity(batches_per_epoch(n, batch));
+        for _ in 0..batches_per_epoch(n, batch) {
+            let lr = schedule.lr_at(args.lr as f32, step, total_steps);
+            trainer.step(cursor.next_batch(batch), lr);
             losses.extend(trainer.poll_losses());
             step += 1;
         }

@@ -613,6 +613,23 @@ impl ErrorFeedback {
     }
 }
 
+/// A round's push payload: the update `x - base` encoded with `codec`, through `feedback`
+/// (error feedback) when the room asks for it. The worker and the simulator both end a round
+/// with it.
+pub fn encode_update<R: Rng + ?Sized>(
+    codec: Codec,
+    x: &[f32],
+    base: &[f32],
+    feedback: Option<&mut ErrorFeedback>,
+    rng: &mut R,
+) -> Vec<u8> {
+    let delta: Vec<f32> = x.iter().zip(base).map(|(a, c)| a - c).collect();
+    match feedback {
+        Some(f) => f.compress(codec, &delta, rng),
+        None => encode(codec, &delta, rng),
+    }
+}
+
 /// The codecs a benchmark or report compares, by name: `fp32`, `fp16`, `qsgd8`, `qsgd4`,
 /// `qsgd2`, `topk1` (top-k 1%) and `topk1-qsgd8` (top-k 1% then 8-bit QSGD), for vectors of
 /// `len` values, with QSGD buckets of [`DEFAULT_BUCKET`].
@@ -665,6 +682,29 @@ mod tests {
 
     fn max_abs(v: &[f32]) -> f32 {
         v.iter().fold(0.0, |m, x| m.max(x.abs()))
+    }
+
+    proptest! {
+        /// A round's payload is the update `x - base`: exactly so in fp32; through error
+        /// feedback, the same bytes as compressing the update by hand.
+        #[test]
+        fn an_update_payload_encodes_x_minus_base(
+            pairs in prop::collection::vec((-4.0f32..4.0, -4.0f32..4.0), 1..200),
+            seed in any::<u64>(),
+        ) {
+            use rand::SeedableRng;
+            let (x, base): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+            let delta: Vec<f32> = x.iter().zip(&base).map(|(a, c)| a - c).collect();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let fp32 = encode_update(Codec::Fp32, &x, &base, None, &mut rng);
+            prop_assert_eq!(decode(&fp32, x.len()).unwrap(), delta.clone());
+            let codec = Codec::Qsgd { bits: 4, bucket: 64 };
+            let (mut a, mut b) = (ErrorFeedback::new(x.len()), ErrorFeedback::new(x.len()));
+            let mut r1 = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let via = encode_update(codec, &x, &base, Some(&mut a), &mut r1);
+            prop_assert_eq!(via, b.compress(codec, &delta, &mut r2));
+        }
     }
 
     proptest! {

@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 use easel_client::data::{Mnist, partition};
-use easel_client::schedule::epoch_order;
+use easel_client::schedule::Cursor;
+use easel_client::trainer::mean_loss;
 use easel_client::{CpuTrainer, Sgd, Trainer, cpu, model};
 use easel_protocol::codec::{self, Codec, ErrorFeedback};
 use easel_protocol::message::{self, Message, Push};
@@ -148,10 +149,8 @@ struct SimWorker {
     view_version: u64,
     feedback: ErrorFeedback,
     rng: ChaCha8Rng,
-    seed: u64,
-    epoch: u64,
-    order: Vec<u32>,
-    cursor: usize,
+    /// Where it is in its shard's epochs (positions into `shard`).
+    cursor: Cursor,
     /// This worker's slowdown (stragglers) times the nominal step time, in microseconds.
     step_us: f64,
     rounds: u64,
@@ -243,7 +242,7 @@ impl<'a> Sim<'a> {
                     1.0
                 };
                 SimWorker {
-                    order: epoch_order(shard.len(), seed, 0),
+                    cursor: Cursor::new(shard.len(), seed),
                     shard,
                     x: init.clone(),
                     velocity: if sgd.momentum == 0.0 {
@@ -255,9 +254,6 @@ impl<'a> Sim<'a> {
                     view_version: 0,
                     feedback: ErrorFeedback::new(0),
                     rng: ChaCha8Rng::seed_from_u64(seed),
-                    seed,
-                    epoch: 0,
-                    cursor: 0,
                     step_us: step_us * slow,
                     rounds: 0,
                     last_loss: f32::NAN,
@@ -381,20 +377,11 @@ impl<'a> Sim<'a> {
             self.trainer.swap_params(&mut worker.x);
         }
         for _ in 0..steps {
-            if worker.cursor >= worker.order.len() {
-                worker.epoch += 1;
-                worker.order = epoch_order(worker.shard.len(), worker.seed, worker.epoch);
-                worker.cursor = 0;
-            }
-            let end = (worker.cursor + batch).min(worker.order.len());
+            let positions = worker.cursor.next_batch(batch);
             self.batch.clear();
-            self.batch.extend(
-                worker.order[worker.cursor..end]
-                    .iter()
-                    .map(|&i| worker.shard[i as usize]),
-            );
+            self.batch
+                .extend(positions.iter().map(|&i| worker.shard[i as usize]));
             self.trainer.step(&self.batch, lr);
-            worker.cursor = end;
         }
         if momentum {
             self.trainer.swap_state(&mut worker.x, &mut worker.velocity);
@@ -403,8 +390,7 @@ impl<'a> Sim<'a> {
         }
         self.steps += u64::from(steps);
         worker.rounds += 1;
-        let losses = self.trainer.finish();
-        let loss = losses.iter().sum::<f32>() / losses.len().max(1) as f32;
+        let loss = mean_loss(&self.trainer.finish());
         worker.last_loss = loss;
         loss
     }
@@ -414,17 +400,8 @@ impl<'a> Sim<'a> {
         let (up, _) = codecs(self.cfg);
         let train = &self.cfg.train;
         let worker = &mut self.workers[w as usize];
-        let delta: Vec<f32> = worker
-            .x
-            .iter()
-            .zip(worker.view.iter())
-            .map(|(a, c)| a - c)
-            .collect();
-        let payload = if train.error_feedback {
-            worker.feedback.compress(up, &delta, &mut worker.rng)
-        } else {
-            codec::encode(up, &delta, &mut worker.rng)
-        };
+        let feedback = train.error_feedback.then_some(&mut worker.feedback);
+        let payload = codec::encode_update(up, &worker.x, &worker.view, feedback, &mut worker.rng);
         let base = worker.view_version;
         let bytes = message::encode(&Message::Push(Push {
             base_version: base,
