@@ -1,7 +1,7 @@
 // Tap to explain, for the student page and the dashboard: an element with
 // `data-explain="one plain line"` is marked with a small "?", and a tap (or a click, or Enter
 // on it) shows its line in a bubble under it; a second tap, a tap elsewhere or Escape hides
-// it. One listener on the document serves every such element, so a label whose text a page
+// it (the bubble lets taps through to what it covers). One listener on the document serves every such element, so a label whose text a page
 // rewrites later keeps its explanation (the line is an attribute, not a child). The same line
 // is the element's `title`, for a mouse's hover.
 
@@ -34,8 +34,9 @@ function show(el) {
   bubble.hidden = false;
   shownFor = el;
   el.setAttribute('aria-describedby', bubble.id);
-  // Under the element, inside the page's width.
-  const r = el.getBoundingClientRect();
+  // Under the element (under a label's value too, so the number stays in sight), inside
+  // the page's width.
+  const r = (el.matches('dt') && el.closest('dl > div') || el).getBoundingClientRect();
   const width = Math.min(bubble.offsetWidth, document.documentElement.clientWidth - 16);
   const left = Math.max(8, Math.min(r.left, document.documentElement.clientWidth - width - 8));
   bubble.style.left = `${left + window.scrollX}px`;
@@ -54,7 +55,6 @@ function toggle(el) {
 }
 
 document.addEventListener('click', (e) => {
-  if (e.target.closest?.('#explain-bubble')) return hide();
   const el = e.target.closest?.('[data-explain]');
   if (!el) return hide();
   // A control inside an explained element keeps its own click.
