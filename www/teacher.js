@@ -3,6 +3,8 @@
 // (loaded by teacher.html); the activity timeline is drawn in a uPlot draw hook, the one
 // chart type uPlot lacks. PROTOCOL.md, "Teacher API", documents the messages.
 
+import { setExplanation } from './explain.js';
+
 const params = new URLSearchParams(location.search);
 const ROOM = (params.get('room') || '').trim().toUpperCase();
 const TOKEN = params.get('admin') || '';
@@ -519,12 +521,26 @@ const WORDS = {
     'dist-h': 'Elastic-consistency distance <small>‖yᵢ − view‖ per push: averages its view missed</small>',
   },
 };
+// The headings' one-line explanations (explain.js) that change with the words.
+const EXPLAIN = {
+  central: {
+    'acc-h': $('acc-h').dataset.explain,
+    'th-tau': $('th-tau').dataset.explain,
+    'th-distance': $('th-distance').dataset.explain,
+  },
+  swarm: {
+    'acc-h': 'How often the mean of the devices\' models reads the test digits right (blue), and how wrong it is on average (red, the loss: 2.30 is guessing among 10 digits).',
+    'th-tau': 'How many pairwise averages happened in the class while the device was computing, on average.',
+    'th-distance': 'How far the device\'s model is from the mean of all the devices\' models: 0 means the same model.',
+  },
+};
 let worded = 'central';
 function wordFor(swarm) {
   const kind = swarm ? 'swarm' : 'central';
   if (kind === worded) return;
   worded = kind;
   for (const [id, html] of Object.entries(WORDS[kind])) $(id).innerHTML = html;
+  for (const [id, text] of Object.entries(EXPLAIN[kind])) setExplanation($(id), text);
 }
 
 const esc = (t) => String(t).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -805,7 +821,9 @@ async function loadOverlay(id) {
 
 /** Names the overlaid run in the chart's legend, so the projector says what is compared. */
 function labelOverlay() {
-  const label = state.charts['chart-accuracy']?.root.querySelectorAll('.u-legend .u-series')[3]?.querySelector('.u-label');
+  // The overlay is the chart's last series, so the legend's last row.
+  const rows = state.charts['chart-accuracy']?.root.querySelectorAll('.u-legend .u-series') ?? [];
+  const label = rows[rows.length - 1]?.querySelector('.u-label');
   if (label) label.textContent = acc.overlay ? `run ${acc.overlay.name} accuracy (%)` : 'overlay run accuracy (%)';
 }
 

@@ -1,7 +1,8 @@
 // The dashboard's projector view (teacher.html?...&view=projector, or the bar's toggle) in
 // headless Chromium, with three native bots training: at 1920x1080 and at 1280x720 it fits
 // the screen without a scrollbar, shows the accuracy chart, the devices, the activity
-// timeline, the join address on one line and the current run's question, all in text of at
+// timeline, the join address on one line, the overlay of the previous run (named in the
+// legend) and the current run's question, all in text of at
 // least 20 px; the loss axis keeps its floor [0, ln 10]; the toggle goes to the full
 // dashboard and back. Screenshots: artifacts/projector-1920x1080.png,
 // artifacts/projector-1280x720.png, artifacts/dashboard-1280x720.png.
@@ -90,6 +91,12 @@ test('the projector view fits 1920x1080 and 1280x720 without scrolling, in large
   await waitInPage(browser, () => /sync or async/.test(document.getElementById('question-text').textContent)
     && window.easelDashboard.charts['chart-accuracy'].data[0].length > 1, null, 60_000,
   "the preset's question and new accuracy points on the projector");
+
+  // The previous run overlaid, named in the legend.
+  await waitInPage(browser, () => document.querySelector('#overlay option[value="1"]'), null, 20_000, 'run #1 in the overlay picker');
+  await page.locator('#overlay').selectOption('1');
+  await waitInPage(browser, () => /run #1 run 1 accuracy/.test(document.querySelector('#chart-accuracy .u-legend').textContent)
+    && window.easelDashboard.charts['chart-accuracy'].series[3].show, null, 20_000, 'the overlay named in the legend');
 
   for (const size of SIZES) {
     await page.setViewportSize(size);
