@@ -144,10 +144,23 @@ function projectorAxes(axes) {
   const labelFont = `bold ${PROJECTOR_FONT_PX}px system-ui`;
   return axes.map((a, i) => {
     const vertical = i > 0 && (a.side ?? 3) % 2 === 1;
-    return {
+    const out = {
       ...a, font, labelFont, labelSize: PROJECTOR_FONT_PX + 12,
       size: vertical ? axisWidth : PROJECTOR_FONT_PX * 2,
     };
+    // A vertical axis with a label per row (the timeline's device names): in a large class
+    // the rows get closer than the text is tall, so only every n-th row is named.
+    if (vertical && a.splits && typeof a.values === 'function') {
+      out.values = (u, splits, ...rest) => {
+        const vals = a.values(u, splits, ...rest);
+        if (splits.length < 2) return vals;
+        const scale = a.scale ?? 'y';
+        const gap = Math.abs(u.valToPos(splits[1], scale) - u.valToPos(splits[0], scale));
+        const every = Math.max(1, Math.ceil((PROJECTOR_FONT_PX * 1.15) / Math.max(1, gap)));
+        return vals.map((v, k) => (k % every === 0 ? v : ''));
+      };
+    }
+    return out;
   });
 }
 
