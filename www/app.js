@@ -2,25 +2,42 @@
 // reports, charts the local loss with uPlot, and lets the student draw a digit for both
 // models to read. Training and the connection live in worker.js; this file only routes
 // messages and draws. `?backend=cpu|gpu|auto` picks the backend (auto by default).
+// Every number says what it means on tap (explain.js).
+
+import { setExplanation } from './explain.js';
 
 const query = new URLSearchParams(location.search);
 const room = (query.get('room') ?? '').trim().toUpperCase();
 const backend = query.get('backend') ?? 'auto';
 const $ = (id) => document.getElementById(id);
 
-// ---- Without a room: the big field to type its code. ----
+// ---- Without a room (or with a wrong one): the big field to type its code. ----
+
+/** Shows the field, with `problem` above it (a code the relay does not know, kept in the
+ * field to be corrected). */
+function askForRoom(problem = null, typed = '') {
+  $('student').hidden = true;
+  $('room-title').hidden = true;
+  $('join').hidden = false;
+  $('join-problem').textContent = problem ?? '';
+  $('join-problem').hidden = !problem;
+  const input = $('room-input');
+  input.value = typed;
+  input.focus();
+  input.select();
+}
+
+$('join').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const code = $('room-input').value.trim().toUpperCase();
+  if (!code) return;
+  const q = new URLSearchParams(location.search);
+  q.set('room', code);
+  location.search = q.toString();
+});
 
 if (!room) {
-  $('join').hidden = false;
-  $('room-input').focus();
-  $('join').addEventListener('submit', (e) => {
-    e.preventDefault();
-    const code = $('room-input').value.trim().toUpperCase();
-    if (!code) return;
-    const q = new URLSearchParams(location.search);
-    q.set('room', code);
-    location.search = q.toString();
-  });
+  askForRoom();
 } else {
   startStudent();
 }
@@ -52,6 +69,11 @@ function startStudent() {
     steps_per_sec: 0,
     samples_per_sec: 0,
     losses: [],
+    /** Seconds (on the loss chart's clock) at which the class's model replaced this
+     * device's (a RESYNC refusal: the teacher's reset, a new strategy, a relay restart). */
+    resets: [],
+    /** The round under way: `{phase: 'training' | 'done', steps, step, estimated}`. */
+    round: null,
     prediction: null,
     resumed: false,
     /** Times the connection was lost and a reconnection scheduled. */
@@ -108,8 +130,17 @@ function startStudent() {
         $('problem').textContent = m.text ?? '';
         $('problem').hidden = !m.text;
         break;
+      case 'round':
+        onRound(m);
+        break;
+      case 'resync':
+        page.resets.push(m.seconds);
+        $('reset-note').hidden = false;
+        chart.queue();
+        break;
       case 'fatal':
         fail(m.message);
+        if (m.retype) askForRoom(m.message, room);
         break;
     }
   };
@@ -118,6 +149,46 @@ function startStudent() {
     config: { room, backend, seed: Number(query.get('seed') ?? 1) >>> 0,
       resume: stored },
   });
+
+  // ---- Progress within a round. The worker says when a round starts (with K and this
+  // device's time per step in its last rounds) and when it is sent; a round is one call into
+  // the wasm session, so the step in between is estimated from that time. ----
+
+  let roundStarted = 0;
+  let roundStepMs = null;
+  function onRound(m) {
+    if (m.phase === 'start') {
+      roundStarted = performance.now();
+      roundStepMs = m.stepMs;
+      page.round = { phase: 'training', steps: m.steps, step: 1, estimated: true, timing: !m.stepMs };
+    } else if (m.phase === 'done') {
+      page.round = { phase: 'done', steps: m.steps, step: m.steps, estimated: false, timing: false };
+    } else {
+      page.round = null;
+      $('round-step').textContent = '–';
+      $('round-progress').value = 0;
+    }
+    showRound();
+  }
+  function showRound() {
+    const r = page.round;
+    if (!r) return;
+    if (r.phase === 'training' && roundStepMs) {
+      const done = Math.min(r.steps - 1, Math.floor((performance.now() - roundStarted) / roundStepMs));
+      r.step = done + 1;
+      $('round-progress').value = done / r.steps;
+    } else {
+      $('round-progress').value = r.phase === 'done' ? 1 : 0;
+    }
+    let text;
+    if (r.phase === 'done') text = `all ${r.steps} steps done: sent to the class`;
+    else if (r.timing) text = `${r.steps} steps (the first round: timing this device)`;
+    else text = `step ${r.step} of ${r.steps}`;
+    if (page.status === 'paused') text = `paused by the teacher (${text})`;
+    else if (page.status === 'delayed' && r.phase === 'done') text = `all ${r.steps} steps done: waiting (the teacher's delay), then sending`;
+    $('round-step').textContent = text;
+  }
+  setInterval(showRound, 200);
 
   function fail(text) {
     page.error = text;
@@ -191,12 +262,27 @@ function startStudent() {
       'guess-center-title': 'My model after averaging <small>(SwarmSGD has no center)</small>',
     },
   };
+  const EXPLAIN = {
+    central: {
+      'tau-label': 'τ (tau): how many merges happened while I was computing. 0 means my work arrived on the newest model.',
+      'alpha-label': 'α_eff: how much of my push the class\'s model took in. 1 would be all of it, 0 none; late pushes count less.',
+      'distance-label': '‖x − x̃‖: how far my model is from the class\'s. 0 means the same model; it grows while I train on my own digits.',
+      'version-label': 'How many times the class\'s model has changed: one merge of someone\'s push each time.',
+    },
+    swarm: {
+      'tau-label': 'How many pairwise averages happened in the class while I was computing.',
+      'alpha-label': 'How much of my model went into the last average with a neighbour: 0.5 is half mine, half theirs.',
+      'distance-label': 'How far my last average moved my model: 0 means my neighbour\'s model was the same as mine.',
+      'version-label': 'How many pushes the whole class has made so far (there is no center to count merges of).',
+    },
+  };
   let worded = null;
   function wordFor(strategy) {
     const kind = strategy === 'swarm' ? 'swarm' : 'central';
     if (kind === worded) return;
     worded = kind;
     for (const [id, html] of Object.entries(WORDS[kind])) $(id).innerHTML = html;
+    for (const [id, text] of Object.entries(EXPLAIN[kind])) setExplanation($(id), text);
   }
 
   function showStats() {
@@ -215,7 +301,9 @@ function startStudent() {
       : `versions late (mean ${fmt(s.mean_tau, 2)})`;
     $('alpha').textContent = fmt(s.last_alpha_eff, 3);
     $('distance').textContent = fmt(s.distance_to_center, 3);
-    $('loss').textContent = fmt(s.last_loss, 3);
+    // The session's loss is 0 until the first round ends: show nothing then.
+    $('loss').textContent = s.pushes > 0 ? fmt(s.last_loss, 3) : '–';
+    $('loss-unit').textContent = s.pushes > 0 ? 'nats, last round' : 'nats, after the first round';
     $('version').textContent = s.center_version ?? '–';
     bytes(s.bytes_up, 'bytes-up');
     bytes(s.bytes_down, 'bytes-down');
@@ -237,11 +325,39 @@ function startStudent() {
       });
     },
   };
+  /** The moments the class's model replaced this device's, as dashed lines marked "reset". */
+  function drawResets(u) {
+    if (!page.resets.length) return;
+    const { ctx, bbox } = u;
+    ctx.save();
+    ctx.strokeStyle = '#b3261e';
+    ctx.fillStyle = '#b3261e';
+    ctx.lineWidth = 2 * devicePixelRatio;
+    ctx.setLineDash([6 * devicePixelRatio, 4 * devicePixelRatio]);
+    ctx.font = `600 ${12 * devicePixelRatio}px system-ui, sans-serif`;
+    ctx.textBaseline = 'top';
+    const gap = 4 * devicePixelRatio;
+    for (const t of page.resets) {
+      const x = u.valToPos(t, 'x', true);
+      if (!(x >= bbox.left && x <= bbox.left + bbox.width)) continue;
+      ctx.beginPath();
+      ctx.moveTo(x, bbox.top);
+      ctx.lineTo(x, bbox.top + bbox.height);
+      ctx.stroke();
+      // The word on the line's right, or on its left near the chart's right edge.
+      const right = x + gap + ctx.measureText('reset').width <= bbox.left + bbox.width;
+      ctx.textAlign = right ? 'left' : 'right';
+      ctx.fillText('reset', right ? x + gap : x - gap, bbox.top + gap);
+    }
+    ctx.restore();
+  }
   const box = $('loss-chart');
   const size = () => ({ width: Math.max(200, box.clientWidth), height: 220 });
   chart.plot = new uPlot({
     ...size(),
-    scales: { x: { time: false } },
+    // The loss axis always shows at least [0, ln 10] (ln 10 ≈ 2.30 nats: guessing among 10
+    // digits), so that 2.30 to 2.27 is not drawn as a plunge.
+    scales: { x: { time: false }, y: { range: (u, min, max) => [0, Math.max(Math.LN10, Number.isFinite(max) ? max : 0) * 1.05] } },
     axes: [
       { label: 'seconds since this page started', size: 40 },
       { label: 'loss (nats)', size: 50 },
@@ -251,6 +367,7 @@ function startStudent() {
       { label: 'local loss', stroke: '#1a73e8', width: 2, value: (u, v) => (v === null ? '–' : v.toFixed(3)) },
     ],
     legend: { show: true },
+    hooks: { draw: [drawResets] },
   }, [[], []], box);
   // Follow the box's width. Resizing the chart inside the observer's callback would resize
   // the box again in the same frame (a "ResizeObserver loop" error): do it in the next frame,
@@ -348,14 +465,19 @@ function startStudent() {
     const el = $(id);
     const bars = el.querySelector('.bars');
     if (!probs) {
+      el.classList.remove('unsure');
       el.querySelector('.digit').textContent = '–';
       el.querySelector('.conf').textContent = '';
       bars.replaceChildren();
       return;
     }
     const top = probs.indexOf(Math.max(...probs));
-    el.querySelector('.digit').textContent = String(top);
-    el.querySelector('.conf').textContent = `${(probs[top] * 100).toFixed(0)} % sure`;
+    const pct = (probs[top] * 100).toFixed(0);
+    // Below 50 % the model is more likely wrong than right: it says so.
+    const unsure = probs[top] < 0.5;
+    el.classList.toggle('unsure', unsure);
+    el.querySelector('.digit').textContent = unsure ? 'not sure:' : String(top);
+    el.querySelector('.conf').textContent = unsure ? `maybe ${top} (${pct} %)` : `${pct} % sure`;
     bars.replaceChildren(...probs.map((p, d) => {
       const bar = document.createElement('span');
       bar.className = d === top ? 'bar top' : 'bar';

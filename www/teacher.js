@@ -3,9 +3,13 @@
 // (loaded by teacher.html); the activity timeline is drawn in a uPlot draw hook, the one
 // chart type uPlot lacks. PROTOCOL.md, "Teacher API", documents the messages.
 
+import { setExplanation } from './explain.js';
+
 const params = new URLSearchParams(location.search);
 const ROOM = (params.get('room') || '').trim().toUpperCase();
 const TOKEN = params.get('admin') || '';
+/** `view=projector`: the layout for the class's screen (see setView). */
+let projector = params.get('view') === 'projector';
 
 /** Points kept per chart in the page (the run export has every point). */
 const MAX_POINTS = 5000;
@@ -109,19 +113,79 @@ const control = (cmd) => post('/control', cmd);
 
 // ---- charts ------------------------------------------------------------------------------
 
-const AXIS = { stroke: '#1d1d1f', grid: { stroke: '#e2e2de' }, ticks: { stroke: '#c8c8c4' }, font: '15px system-ui', labelFont: 'bold 15px system-ui' };
+const AXIS = { stroke: '#1d1d1f', grid: { stroke: '#e2e2de' }, ticks: { stroke: '#c8c8c4' }, font: '16px system-ui', labelFont: 'bold 16px system-ui' };
+/** Axis text on the projector, px: read from the back of the room. */
+const PROJECTOR_FONT_PX = 22;
+/** The loss axis always shows at least [0, ln 10]: ln 10 ≈ 2.30 nats is a model that
+ * guesses among the 10 digits, so 2.30 to 2.27 is drawn as the small step it is. */
+const LOSS_FLOOR = Math.LN10;
 
 function chartSize(el) {
   const w = Math.max(300, el.clientWidth || 300);
+  if (projector && el.clientHeight > 0) {
+    // The grid gives the box its height; the chart fills it, less its legend.
+    const legend = el.querySelector('.u-legend')?.offsetHeight ?? 0;
+    return { width: w, height: Math.max(120, el.clientHeight - legend - 4) };
+  }
   return { width: w, height: Math.round(Math.min(320, Math.max(200, w * 0.42))) };
+}
+
+/** The width a y axis needs for its widest tick value at the projector's font. */
+function axisWidth(u, values) {
+  const ctx = axisWidth.ctx ??= document.createElement('canvas').getContext('2d');
+  ctx.font = `${PROJECTOR_FONT_PX}px system-ui`;
+  const widest = Math.max(0, ...(values ?? []).map((v) => ctx.measureText(String(v)).width));
+  return Math.ceil(widest + 24); // ticks and gap; uPlot adds labelSize for the label
+}
+
+/** Axes for the projector: larger text, and room for it. */
+function projectorAxes(axes) {
+  const font = `${PROJECTOR_FONT_PX}px system-ui`;
+  const labelFont = `bold ${PROJECTOR_FONT_PX}px system-ui`;
+  return axes.map((a, i) => {
+    const vertical = i > 0 && (a.side ?? 3) % 2 === 1;
+    const out = {
+      ...a, font, labelFont, labelSize: PROJECTOR_FONT_PX + 12,
+      size: vertical ? axisWidth : PROJECTOR_FONT_PX * 2,
+    };
+    // A vertical axis with a label per row (the timeline's device names): in a large class
+    // the rows get closer than the text is tall, so only every n-th row is named.
+    if (vertical && a.splits && typeof a.values === 'function') {
+      out.values = (u, splits, ...rest) => {
+        const vals = a.values(u, splits, ...rest);
+        if (splits.length < 2) return vals;
+        const scale = a.scale ?? 'y';
+        const gap = Math.abs(u.valToPos(splits[1], scale) - u.valToPos(splits[0], scale));
+        const every = Math.max(1, Math.ceil((PROJECTOR_FONT_PX * 1.15) / Math.max(1, gap)));
+        return vals.map((v, k) => (k % every === 0 ? v : ''));
+      };
+    }
+    return out;
+  });
 }
 
 function makeChart(id, opts, data) {
   const el = $(id);
-  const u = new uPlot({ ...chartSize(el), legend: { show: true, live: false }, ...opts }, data, el);
+  const o = projector && opts.axes ? { ...opts, axes: projectorAxes(opts.axes) } : opts;
+  const u = new uPlot({ ...chartSize(el), legend: { show: true, live: false }, ...o }, data, el);
   state.charts[id] = u;
+  if (projector) u.setSize(chartSize(el)); // now that its legend is there
+  boxes.observe(el);
   return u;
 }
+
+/** On the projector a chart's box gets its size from the grid, which changes as the rest
+ * fills in (the QR code, the device rows): follow it, in the next frame, only when the size
+ * differs (the box's size does not depend on the chart's, so this cannot loop). */
+const boxes = new ResizeObserver((entries) => requestAnimationFrame(() => {
+  if (!projector) return;
+  for (const { target } of entries) {
+    const u = state.charts[target.id];
+    if (!u) continue;
+    const next = chartSize(target);
+    if (next.width !== u.width || next.height !== u.height) u.setSize(next);
+  }
+}));
 
 const seconds = (ms) => (ms - state.runStartedMs) / 1000;
 
@@ -132,11 +196,15 @@ function buildCharts() {
   for (const u of Object.values(state.charts)) u.destroy();
   state.charts = {};
   makeChart('chart-accuracy', {
-    scales: { x: { time: false }, acc: { range: [0, 100] }, loss: { auto: true } },
+    scales: {
+      x: { time: false },
+      acc: { range: [0, 100] },
+      loss: { range: (u, min, max) => [0, Math.max(LOSS_FLOOR, Number.isFinite(max) ? max : 0) * 1.05] },
+    },
     axes: [
       { ...AXIS, label: 'time since run start (s)' },
       { ...AXIS, scale: 'acc', label: 'accuracy (%)' },
-      { ...AXIS, scale: 'loss', side: 1, grid: { show: false }, label: 'loss (cross-entropy)' },
+      { ...AXIS, scale: 'loss', side: 1, grid: { show: false }, label: 'loss (nats)' },
     ],
     series: [
       { label: 't (s)' },
@@ -232,6 +300,7 @@ function redrawCharts() {
     data = uPlot.join([[acc.x, acc.accuracy, acc.loss], [acc.overlay.x, acc.overlay.y]]);
   }
   c['chart-accuracy'].setSeries(3, { show: !!acc.overlay });
+  labelOverlay();
   c['chart-accuracy'].setData(data);
   const taus = state.histogram.map(([t]) => t);
   c['chart-histogram'].setData([taus, state.histogram.map(([, n]) => n)]);
@@ -326,6 +395,7 @@ function onCommon(m) {
   $('head-version').textContent = String(m.version);
   $('head-accuracy').textContent = state.accuracy == null ? '–' : `${(100 * state.accuracy).toFixed(1)} %`;
   $('head-run').textContent = `#${state.run} ${state.runName}`;
+  renderQuestion();
   redrawCharts();
 }
 
@@ -464,12 +534,26 @@ const WORDS = {
     'dist-h': 'Elastic-consistency distance <small>‖yᵢ − view‖ per push: averages its view missed</small>',
   },
 };
+// The headings' one-line explanations (explain.js) that change with the words.
+const EXPLAIN = {
+  central: {
+    'acc-h': $('acc-h').dataset.explain,
+    'th-tau': $('th-tau').dataset.explain,
+    'th-distance': $('th-distance').dataset.explain,
+  },
+  swarm: {
+    'acc-h': 'How often the mean of the devices\' models reads the test digits right (blue), and how wrong it is on average (red, the loss: 2.30 is guessing among 10 digits).',
+    'th-tau': 'How many pairwise averages happened in the class while the device was computing, on average.',
+    'th-distance': 'How far the device\'s model is from the mean of all the devices\' models: 0 means the same model.',
+  },
+};
 let worded = 'central';
 function wordFor(swarm) {
   const kind = swarm ? 'swarm' : 'central';
   if (kind === worded) return;
   worded = kind;
   for (const [id, html] of Object.entries(WORDS[kind])) $(id).innerHTML = html;
+  for (const [id, text] of Object.entries(EXPLAIN[kind])) setExplanation($(id), text);
 }
 
 const esc = (t) => String(t).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -740,11 +824,54 @@ async function loadOverlay(id) {
   } else {
     const r = await fetch(api(`/runs/${id}.json`)).then((x) => x.json());
     acc.overlay = {
+      name: `#${id} ${state.runs.find((x) => String(x.id) === String(id))?.name ?? ''}`.trim(),
       x: r.evals.map((e) => (e.wall_ms - r.started_ms) / 1000),
       y: r.evals.map((e) => 100 * e.accuracy),
     };
   }
   redrawCharts();
+}
+
+/** Names the overlaid run in the chart's legend, so the projector says what is compared. */
+function labelOverlay() {
+  // The overlay is the chart's last series, so the legend's last row.
+  const rows = state.charts['chart-accuracy']?.root.querySelectorAll('.u-legend .u-series') ?? [];
+  const label = rows[rows.length - 1]?.querySelector('.u-label');
+  if (label) label.textContent = acc.overlay ? `run ${acc.overlay.name} accuracy (%)` : 'overlay run accuracy (%)';
+}
+
+// ---- the projector view ------------------------------------------------------------------
+
+/** Switches between the full dashboard and the projector view (`view=projector` in the
+ * address, kept there so a reload or a second window opens the same view). The layout is
+ * CSS (body.projector); the charts are rebuilt at the projector's font and sized to fill
+ * their boxes. */
+function setView(on) {
+  projector = on;
+  document.body.classList.toggle('projector', on);
+  const toggle = $('view-toggle');
+  toggle.textContent = on ? 'Full dashboard' : 'Projector view';
+  toggle.setAttribute('aria-pressed', String(on));
+  const url = new URL(location.href);
+  if (on) url.searchParams.set('view', 'projector');
+  else url.searchParams.delete('view');
+  history.replaceState(null, '', url);
+  if (Object.keys(state.charts).length) {
+    buildCharts();
+    redrawCharts();
+  }
+}
+
+/** The question of the preset the current run was started from (by its name, so a
+ * projector window learns it from the relay like any other), else what to do next. */
+function renderQuestion() {
+  const name = state.runName;
+  const preset = PRESETS.find((p) => name === p.name || name.startsWith(`${p.name},`));
+  const run = `run #${state.run} ${name}`;
+  const text = preset ? preset.ask : 'No question for this run: start a preset to ask one.';
+  if ($('question-run').textContent !== run) $('question-run').textContent = run;
+  if ($('question-text').textContent !== text) $('question-text').textContent = text;
+  $('question-card').dataset.preset = preset ? preset.name : '';
 }
 
 // ---- connection --------------------------------------------------------------------------
@@ -824,6 +951,9 @@ async function main() {
     return;
   }
   $('dashboard').hidden = false;
+  $('view-toggle').hidden = false;
+  $('view-toggle').addEventListener('click', () => setView(!projector));
+  setView(projector);
   buildCharts();
   wireControls();
   connect();

@@ -9,7 +9,14 @@
 //               {type: 'state', state, seconds?, delayMs?}, {type: 'welcome', workerId, token, resumed},
 //               {type: 'stats', stats, stepsPerSec, samplesPerSec}, {type: 'loss', seconds, loss},
 //               {type: 'prediction', input, own, center} or {type: 'prediction', error},
-//               {type: 'problem', text}, {type: 'fatal', message}.
+//               {type: 'round', phase: 'start', steps, stepMs} (a round of `steps` local steps
+//               begins; `stepMs` is this device's time per step in its last rounds, null before
+//               the first) and {type: 'round', phase: 'done', steps} (trained; the push goes
+//               next, after the teacher's delay) or {type: 'round', phase: 'idle'} (no round could
+//               run), {type: 'resync', seconds, code, message} (a
+//               push refused with RESYNC: the class's model replaced this tab's, after a reset),
+//               {type: 'problem', text}, {type: 'fatal', message, retype} (`retype`: the room
+//               code is unknown, the page asks for it again).
 
 import { WebSession, prepare_digit } from './pkg/easel_client.js';
 import { loadWasmAndDigits } from './boot.js';
@@ -23,6 +30,11 @@ const SPEED_WINDOW_S = 5;
 const STATS_EVERY_MS = 500;
 /** Relay error codes that end the session: unknown room, wrong model. */
 const FATAL_JOIN_CODES = new Set([3, 4]);
+/** The relay's code for an unknown room (PROTOCOL.md, error 3). */
+const UNKNOWN_ROOM = 3;
+/** A push refused because its model is no longer the class's (PROTOCOL.md, error 10): the
+ * teacher reset the model, the strategy changed, or the relay restarted. */
+const RESYNC = 10;
 /** The relay refused the resume token (PROTOCOL.md, error 14): join as a new worker. */
 const BAD_RESUME_TOKEN = 14;
 /** Close code: another connection resumed this worker (a duplicated tab): join as a new one. */
@@ -67,9 +79,9 @@ self.onmessage = (e) => {
   }
 };
 
-function fatal(text) {
+function fatal(text, retype = false) {
   stopped = true;
-  post({ type: 'fatal', message: text });
+  post({ type: 'fatal', message: text, retype });
   ws?.close();
 }
 
@@ -181,8 +193,9 @@ function handle(sock, bytes) {
         return;
       }
       if (!ev.joined && FATAL_JOIN_CODES.has(ev.code)) {
-        fatal(ev.code === 3 ? `There is no room "${config.room}": check the code on the teacher's screen.`
-          : `The room cannot be joined: ${ev.message}`);
+        fatal(ev.code === UNKNOWN_ROOM
+          ? `There is no room "${config.room}": check the code on the teacher's screen and type it again.`
+          : `The room cannot be joined: ${ev.message}`, ev.code === UNKNOWN_ROOM);
         return;
       }
       post({ type: 'problem', text: `The relay says: ${ev.message} (code ${ev.code})` });
@@ -190,6 +203,9 @@ function handle(sock, bytes) {
     case 'ack':
       post({ type: 'problem',
         text: ev.accepted ? null : `Push refused: ${ev.message} (code ${ev.code}); taking the class's model.` });
+      if (!ev.accepted && ev.code === RESYNC) {
+        post({ type: 'resync', seconds: (performance.now() - started) / 1000, code: ev.code, message: ev.message });
+      }
       break;
     default:
       break;
@@ -219,9 +235,13 @@ function pump() {
 async function runRound(sock) {
   post({ type: 'state', state: 'training' });
   const before = session.stats();
+  const [stepsPerSec] = speed();
+  post({ type: 'round', phase: 'start', steps: before.local_steps,
+    stepMs: stepsPerSec > 0 ? 1000 / stepsPerSec : null });
   const t0 = performance.now();
   const push = await serial(() => session.round());
   const after = session.stats();
+  post(push ? { type: 'round', phase: 'done', steps: after.steps - before.steps } : { type: 'round', phase: 'idle' });
   // A round that began by timing both backends trained only its own steps: the timing's
   // time is left out of the speed (its steps were not the round's).
   const timed = (after.device?.timings ?? 0) !== (before.device?.timings ?? 0);
