@@ -21,21 +21,8 @@ const SPAN_COLORS = { computing: '#1a56db', waiting: '#e8710a', communicating: '
 /** How long a pairwise average stays drawn on the topology (fading), ms. */
 const PAIR_WINDOW_MS = 3000;
 
-// The settings form, one row per setting: adding a setting is one entry here (and one
-// field in relay/src/teacher.rs's SettingsChange and SettingsView).
-const SETTINGS = [
-  { key: 'alpha', label: 'elastic α', unit: '0 … 1', kind: 'number', step: 0.05 },
-  { key: 'staleness', label: 'staleness rule s(τ)', unit: 'constant | inverse | exp:A | hinge:A:B', kind: 'text' },
-  { key: 'tau_max', label: 'τ max', unit: 'versions', kind: 'int' },
-  { key: 'local_steps', label: 'local steps K', unit: 'steps per push', kind: 'int' },
-  { key: 'lr', label: 'learning rate', unit: 'per step', kind: 'number', step: 0.005 },
-  { key: 'batch', label: 'batch', unit: 'digits per step', kind: 'int' },
-  { key: 'momentum', label: 'momentum', unit: '0 … <1', kind: 'number', step: 0.1 },
-  { key: 'codec_up', label: 'push codec', unit: 'devices → relay', kind: 'codec' },
-  { key: 'codec_down', label: 'center codec', unit: 'relay → devices', kind: 'codec' },
-  { key: 'error_feedback', label: 'error feedback', unit: 'on pushes', kind: 'bool' },
-  { key: 'strategy', label: 'strategy', unit: 'easgd | fedavg[:M] | async_sgd | bounded[:B] | adacomm:K0:KMIN:S | fedbuff:M | swarm:complete | swarm:ring | swarm:regular:D', kind: 'text' },
-];
+// The settings form is built from the relay's schema (`schema` in the dashboard's
+// snapshot, also `GET /api/settings`): its one owner is easel_protocol::settings::SCHEMA.
 
 // Presets: predict, run, compare. Each sets the room's strategy (and settings), optionally
 // makes the first `stragglers` devices wait 3 s per round, and starts a fresh named run, so
@@ -68,6 +55,8 @@ const state = {
   pushes: 0,
   settings: null,
   codecs: [],
+  /** Every setting the teacher may change: { key, label, unit, kind, min, max, step, help }. */
+  schema: [],
   runs: [],
   spans: [],
   rates: [],
@@ -347,6 +336,7 @@ function onSnapshot(m) {
   state.runStartedMs = m.run.started_ms;
   state.serverMs = m.server_ms;
   state.codecs = m.codecs;
+  state.schema = m.schema;
   state.evals = [];
   state.pushes = 0;
   state.spans = [];
@@ -664,9 +654,10 @@ function renderSettings(s, rebuild) {
   const form = $('settings');
   if (rebuild || !form.elements.length) {
     form.replaceChildren();
-    for (const f of SETTINGS) {
+    for (const f of state.schema) {
       const label = document.createElement('label');
       label.className = 't-field';
+      label.title = f.help;
       label.innerHTML = `<span>${f.label} <small>${f.unit}</small></span>`;
       let input;
       if (f.kind === 'codec') {
@@ -677,6 +668,8 @@ function renderSettings(s, rebuild) {
         input.type = f.kind === 'bool' ? 'checkbox' : f.kind === 'text' ? 'text' : 'number';
         if (f.kind === 'int') input.step = '1';
         if (f.step) input.step = String(f.step);
+        if (f.min !== undefined) input.min = String(f.min);
+        if (f.max !== undefined && f.max !== null) input.max = String(f.max);
       }
       input.name = f.key;
       label.appendChild(input);
@@ -688,7 +681,7 @@ function renderSettings(s, rebuild) {
     form.appendChild(apply);
   }
   showPartition(s.partition);
-  for (const f of SETTINGS) {
+  for (const f of state.schema) {
     const input = form.elements[f.key];
     if (document.activeElement === input || input.dataset.edited) continue;
     if (f.kind === 'bool') input.checked = !!s[f.key];
@@ -699,7 +692,7 @@ function renderSettings(s, rebuild) {
 function readSettings() {
   const form = $('settings');
   const change = {};
-  for (const f of SETTINGS) {
+  for (const f of state.schema) {
     const input = form.elements[f.key];
     let v;
     if (f.kind === 'bool') v = input.checked;

@@ -286,7 +286,7 @@ fn bench_load(args: &BenchRelayArgs, clients: usize) -> anyhow::Result<()> {
         "all" | "topk+qsgd8" => "topk1-qsgd8",
         other => other,
     };
-    let codec = easel_relay::teacher::parse_codec(name).map_err(anyhow::Error::msg)?;
+    let codec = easel_protocol::settings::parse_codec(name).map_err(anyhow::Error::msg)?;
     if !(args.seconds.is_finite() && args.seconds > 0.0) {
         bail!("--seconds must be a positive number");
     }

@@ -6,6 +6,7 @@
 //!   QSGD, top-k, top-k + QSGD, error feedback).
 //! - [`codes`]: the error and close codes, the bottom module.
 //! - [`partition`]: how a room's digits are dealt out, as its settings name it.
+//! - [`settings`]: every setting's name, grammar, check and form schema.
 //! - [`frame`] and [`message`]: the binary WebSocket messages, bytes <-> frame <-> message.
 //! - [`aggregate`]: asynchronous elastic averaging with staleness accounting, pure.
 //! - [`strategy`]: the strategy family (EASGD, FedAvg, async SGD, bounded staleness,
@@ -20,6 +21,7 @@ pub mod frame;
 pub mod message;
 pub mod model_spec;
 pub mod partition;
+pub mod settings;
 pub mod strategy;
 mod wire;
 

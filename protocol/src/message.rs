@@ -307,6 +307,27 @@ pub enum Merge {
     Swarm { topology: crate::strategy::Topology },
 }
 
+impl Default for Hyper {
+    /// A new room's settings: plain SGD (staleness hurts momentum), `K = 16` local steps of
+    /// batch 32 at learning rate 0.05, elastic averaging with `alpha = 0.5` weighed by
+    /// `1 / (1 + tau)`, `tau_max = 16`, fp32 both ways.
+    fn default() -> Hyper {
+        Hyper {
+            alpha: 0.5,
+            staleness: Staleness::Inverse,
+            tau_max: 16,
+            local_steps: 16,
+            lr: 0.05,
+            batch: 32,
+            momentum: 0.0,
+            codec_up: Codec::Fp32,
+            codec_down: Codec::Fp32,
+            error_feedback: false,
+            merge: Merge::Easgd,
+        }
+    }
+}
+
 impl Hyper {
     /// Checks every field's range (the ones documented on each field).
     pub fn validate(&self) -> Result<(), &'static str> {

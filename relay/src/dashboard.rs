@@ -23,9 +23,10 @@ use crate::devices::{DeviceRow, device_rows};
 use crate::hub::{Hub, RoomSlot};
 use crate::room::{Room, SwarmView, wall_ms};
 use crate::runs::{EvalPoint, PushPoint, Runs};
-use crate::teacher::{SettingsView, codec_names};
+use crate::teacher::SettingsView;
 use crate::ws::WsConfig;
 use easel_protocol::codes::close;
+use easel_protocol::settings::codec_names;
 
 /// How often a dashboard gets an update.
 pub const UPDATE_EVERY: Duration = Duration::from_millis(500);
@@ -138,6 +139,7 @@ fn snapshot(hub: &Hub, slot: &RoomSlot, code: &str, g: Gathered) -> serde_json::
         "qr_svg": qr_svg,
         "settings": g.settings,
         "codecs": codec_names(),
+        "schema": easel_protocol::settings::SCHEMA,
         "version": g.version,
         "run": run,
         "runs": runs["runs"],

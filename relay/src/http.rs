@@ -357,7 +357,18 @@ pub fn api(hub: Hub) -> BoxedFilter<(Response,)> {
                 _ => status_json(StatusCode::NOT_FOUND, "no such file"),
             }
         });
-    create.or(list).unify().or(ledger).unify().boxed()
+    // The settings vocabulary: public, it holds nothing of a room.
+    let schema = warp::path!("api" / "settings")
+        .and(warp::get())
+        .map(|| warp::reply::json(&crate::teacher::schema_json()).into_response());
+    create
+        .or(list)
+        .unify()
+        .or(ledger)
+        .unify()
+        .or(schema)
+        .unify()
+        .boxed()
 }
 
 /// The dashboard's API: control, runs and the center download. Every route answers 401

@@ -555,7 +555,9 @@ impl RoomSlot {
         let now = wall_ms();
         match c {
             TeacherControl::Settings(change) => {
-                let hyper = change.apply(st.room.settings().hyper)?;
+                let hyper = change
+                    .apply(st.room.settings().hyper)
+                    .map_err(|e| e.message)?;
                 control_locked(&mut st, &Control::Settings(hyper)).map_err(msg)?;
             }
             TeacherControl::Delay { device, ms } => {

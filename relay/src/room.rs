@@ -12,8 +12,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use easel_protocol::message::{self, Join, caps, code};
 use easel_protocol::strategy::{Answer, Engine, Strategy, Update, Verdict};
 use easel_protocol::{
-    Ack, Backend, Center, ClientKind, Codec, Control, ErrorMessage, Hyper, LENET5_28, Merge,
-    Message, ModelInfo, ModelSpec, Outcome, Push, ResumeToken, Shard, Staleness, Welcome, codec,
+    Ack, Backend, Center, ClientKind, Codec, Control, ErrorMessage, Hyper, LENET5_28, Message,
+    ModelInfo, ModelSpec, Outcome, Push, ResumeToken, Shard, Welcome, codec,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -73,23 +73,10 @@ pub struct RoomSettings {
 }
 
 impl Default for RoomSettings {
-    /// Plain SGD (staleness hurts momentum), `K = 16` local steps, `alpha = 0.5` weighed by
-    /// `1 / (1 + tau)`, `tau_max = 16`, fp32 both ways, IID shards for 8 workers.
+    /// [`Hyper::default`]'s training and merging, IID shards for 8 workers.
     fn default() -> RoomSettings {
         RoomSettings {
-            hyper: Hyper {
-                alpha: 0.5,
-                staleness: Staleness::Inverse,
-                tau_max: 16,
-                local_steps: 16,
-                lr: 0.05,
-                batch: 32,
-                momentum: 0.0,
-                codec_up: Codec::Fp32,
-                codec_down: Codec::Fp32,
-                error_feedback: false,
-                merge: Merge::Easgd,
-            },
+            hyper: Hyper::default(),
             max_norm: 1e3,
             partition: Partition {
                 scheme: "iid".into(),
@@ -1075,8 +1062,8 @@ pub fn wall_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use easel_protocol::Resume;
     use easel_protocol::codec::encode;
+    use easel_protocol::{Merge, Resume};
     use proptest::prelude::*;
 
     const N: usize = LENET5_28.param_count;

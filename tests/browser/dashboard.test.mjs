@@ -89,6 +89,23 @@ test('the teacher sees both bots, slows one down with its slider, and the charts
   assert.equal(model.status(), 200);
   assert.match(model.headers()['content-disposition'], /\.safetensors"/);
 
+  // The settings form is the relay's schema: one field per setting of GET /api/settings, in
+  // its order, with its help; a change typed in the form reaches the room.
+  const vocab = await (await page.request.get(new URL('/api/settings', page.url()).href)).json();
+  const names = await page.locator('#settings [name]').evaluateAll((els) => els.map((e) => e.name));
+  assert.deepEqual(names, vocab.settings.map((f) => f.key));
+  assert.equal(await page.locator('#settings label').first().getAttribute('title'), vocab.settings[0].help);
+  await page.locator('#settings [name=tau_max]').fill('12');
+  await page.locator('#settings button[type=submit]').click();
+  await waitInPage(browser, () => window.easelDashboard.settings?.tau_max === 12, null, 10_000,
+    'the form to set tau_max');
+  // A value out of range is refused by the relay with the setting named, and nothing changes.
+  await page.locator('#settings [name=alpha]').fill('1.5');
+  await page.locator('#settings button[type=submit]').click();
+  await page.locator('#toast', { hasText: 'alpha' }).waitFor({ timeout: 10_000 });
+  assert.equal(await page.evaluate(() => window.easelDashboard.settings.alpha), 0.5);
+  await page.locator('#settings [name=alpha]').fill('0.5');
+
   // Let a few more points arrive with one straggler, then the screenshot for the projector.
   await page.waitForTimeout(3000);
   await screenshot(page, 'dashboard.png');
