@@ -792,6 +792,7 @@ pub fn check_against_reference(s: ConvShape, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// [`super::pool`]'s pooling + ReLU at LeNet's shapes and `random_cases` random ones, then
 /// LeNet's two convolutions at batch 9, then `random_cases` random supported shapes (kernel 3
 /// or 5, outputs 8 to 20 wide, 1 to 10 high, 1 to 7 input and 1 to 17 output channels, batch
 /// 1 to 3) from `seed`, each through [`check_against_reference`]. Returns the instruction
@@ -817,6 +818,13 @@ pub fn self_check(seed: u64, random_cases: usize) -> Result<Vec<Isa>, String> {
         },
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // The pooling + ReLU kernel at LeNet's two pooling shapes, then odd and even random ones.
+    super::pool::check_against_reference(9 * 6, 24, 24, seed)?;
+    super::pool::check_against_reference(9 * 16, 8, 8, seed + 1)?;
+    for _ in 0..random_cases {
+        let (h, w) = (rng.random_range(2..20), rng.random_range(2..20));
+        super::pool::check_against_reference(rng.random_range(1..5), h, w, rng.random())?;
+    }
     for (i, s) in lenet.into_iter().enumerate() {
         if !supports(&s) {
             return Err(format!("LeNet's {s:?} should be supported"));
