@@ -352,28 +352,10 @@ unsafe fn fwd_simd128(a: &Fwd) {
     unsafe { fwd::<Simd128>(a) }
 }
 
-/// The input gradient on simd128: the unfolded gradient once per 128-bit half ([`Half`]),
-/// whose register block of `K` kernel columns then fits in the registers (with [`Simd128`]'s
-/// pairs, `K = 5` accumulators, weights and the gradient vector need 17 registers of 16),
-/// then the fold on whole vectors.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 unsafe fn dx_simd128(a: &Dx) {
     // SAFETY: forwarded from `run_dx`.
-    unsafe {
-        match a.g.k {
-            5 => {
-                dx_unfold::<Half<false>, 5, 1>(a);
-                dx_unfold::<Half<true>, 5, 1>(a);
-                dx_fold::<Simd128, 5>(a);
-            }
-            3 => {
-                dx_unfold::<Half<false>, 3, 3>(a);
-                dx_unfold::<Half<true>, 3, 3>(a);
-                dx_fold::<Simd128, 3>(a);
-            }
-            k => unreachable!("kernel side {k} (checked by supports)"),
-        }
-    }
+    unsafe { dx::<Simd128>(a) }
 }
 
 /// The weight gradient on simd128: once per 128-bit half of the vectors ([`Half`]), each
@@ -431,23 +413,11 @@ unsafe fn dx<V: V8>(a: &Dx) {
 /// vectors read from the zero-margined rows.
 #[inline(always)]
 unsafe fn dx_k<V: V8, const K: usize, const RB: usize>(a: &Dx) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        dx_unfold::<V, K, RB>(a);
-        dx_fold::<V, K>(a);
-    }
-}
-
-/// The first half of [`dx_k`]: the unfolded gradient `cols`. Its lanes are independent
-/// (each vector of `cols` is a sum of products of the same lanes of `dy`), so it may run once
-/// per half of the vectors.
-#[inline(always)]
-unsafe fn dx_unfold<V: V8, const K: usize, const RB: usize>(a: &Dx) {
     let g = &a.g;
     let pw = g.ow + 2 * (K - 1);
     let w_step = g.in_ch * K * K;
-    // SAFETY: every offset stays inside the sample's output gradient, the weights and the
-    // unfolded matrix (data at K - 1 from each row's start).
+    // SAFETY: every offset stays inside the sample's output gradient, the weights, the
+    // unfolded matrix (data at K - 1 from each row's start) and the input gradient.
     unsafe {
         for ci in 0..g.in_ch {
             for ky in 0..K {
@@ -466,18 +436,6 @@ unsafe fn dx_unfold<V: V8, const K: usize, const RB: usize>(a: &Dx) {
                 }
             }
         }
-    }
-}
-
-/// The second half of [`dx_k`]: the input gradient as sums of whole vectors of `cols`, read
-/// at lane offsets that differ from those `cols` was written at (so it runs on whole
-/// eight-lane vectors).
-#[inline(always)]
-unsafe fn dx_fold<V: V8, const K: usize>(a: &Dx) {
-    let g = &a.g;
-    let pw = g.ow + 2 * (K - 1);
-    // SAFETY: every offset stays inside the unfolded matrix and the input gradient.
-    unsafe {
         for ci in 0..g.in_ch {
             for iy in 0..g.h {
                 for j in 0..g.w.div_ceil(L) {
