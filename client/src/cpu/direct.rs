@@ -22,10 +22,10 @@
 //! shapes fall back to the im2col + GEMM reference.
 
 use super::ops::{self, ConvShape};
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-use super::simd::Simd128;
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use super::simd::{Half, Simd128};
 use super::simd::{Isa, Portable, V8};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -347,7 +347,30 @@ isa_kernels!(
 #[cfg(target_arch = "x86_64")]
 isa_kernels!(fwd_avx2, dw_avx2, dx_avx2, Avx2, "avx2,fma");
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-isa_kernels!(fwd_simd128, dw_simd128, dx_simd128, Simd128);
+unsafe fn fwd_simd128(a: &Fwd) {
+    // SAFETY: forwarded from `run_fwd`.
+    unsafe { fwd::<Simd128>(a) }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+unsafe fn dx_simd128(a: &Dx) {
+    // SAFETY: forwarded from `run_dx`.
+    unsafe { dx::<Simd128>(a) }
+}
+
+/// The weight gradient on simd128: once per 128-bit half of the vectors ([`Half`]), each
+/// pass with a register block of two output channels where [`Simd128`]'s pairs of registers
+/// allow one, so each input vector loaded feeds twice the multiply-adds. The kernel's lanes
+/// are independent and each pass adds its sums into `dweight`, so the two passes give the
+/// whole gradient.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+unsafe fn dw_simd128(a: &Dw) {
+    // SAFETY: forwarded from `run_dw`.
+    unsafe {
+        dw::<Half<false>>(a);
+        dw::<Half<true>>(a);
+    }
+}
 isa_kernels!(fwd_portable, dw_portable, dx_portable, Portable);
 
 /// # Safety
@@ -628,10 +651,10 @@ unsafe fn dw<V: V8>(a: &Dw) {
         match (a.g.k, V::REGS, a.g.out_ch.is_multiple_of(4)) {
             (5, 32, true) => dw_all::<V, 5, 4>(a),
             (5, 32, false) => dw_all::<V, 5, 3>(a),
-            (5, 16, _) => dw_all::<V, 5, 2>(a),
+            (5, 16 | 12, _) => dw_all::<V, 5, 2>(a),
             (5, ..) => dw_all::<V, 5, 1>(a),
             (3, 32, _) => dw_all::<V, 3, 6>(a),
-            (3, 16, _) => dw_all::<V, 3, 3>(a),
+            (3, 16 | 12, _) => dw_all::<V, 3, 3>(a),
             (3, ..) => dw_all::<V, 3, 1>(a),
             (k, ..) => unreachable!("kernel side {k} (checked by supports)"),
         }
@@ -792,6 +815,7 @@ pub fn check_against_reference(s: ConvShape, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// [`super::pool`]'s pooling + ReLU at LeNet's shapes and `random_cases` random ones, then
 /// LeNet's two convolutions at batch 9, then `random_cases` random supported shapes (kernel 3
 /// or 5, outputs 8 to 20 wide, 1 to 10 high, 1 to 7 input and 1 to 17 output channels, batch
 /// 1 to 3) from `seed`, each through [`check_against_reference`]. Returns the instruction
@@ -817,6 +841,13 @@ pub fn self_check(seed: u64, random_cases: usize) -> Result<Vec<Isa>, String> {
         },
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // The pooling + ReLU kernel at LeNet's two pooling shapes, then odd and even random ones.
+    super::pool::check_against_reference(9 * 6, 24, 24, seed)?;
+    super::pool::check_against_reference(9 * 16, 8, 8, seed + 1)?;
+    for _ in 0..random_cases {
+        let (h, w) = (rng.random_range(2..20), rng.random_range(2..20));
+        super::pool::check_against_reference(rng.random_range(1..5), h, w, rng.random())?;
+    }
     for (i, s) in lenet.into_iter().enumerate() {
         if !supports(&s) {
             return Err(format!("LeNet's {s:?} should be supported"));

@@ -9,6 +9,7 @@ pub mod dense;
 pub mod direct;
 pub mod net;
 pub mod ops;
+pub mod pool;
 pub mod profile;
 pub mod simd;
 

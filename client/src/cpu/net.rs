@@ -6,8 +6,8 @@
 //! allocates nothing.
 
 use super::ops::{
-    ConvShape, Float, maxpool2_backward, maxpool2_forward, model_scratch_len, relu_backward,
-    relu_forward, softmax_cross_entropy,
+    ConvShape, Float, maxpool2_backward, model_scratch_len, relu_backward, relu_forward,
+    softmax_cross_entropy,
 };
 use crate::model::{CLASSES, IMAGE_PIXELS, PARAMS, pixel_to_input};
 use easel_protocol::model_spec::lenet5_28::*;
@@ -267,13 +267,11 @@ pub fn forward_with_laps<'w, F: Float>(
     // images:                                                     [batch, 1, 28, 28]
     F::conv2d_forward_model(s1, images, c1w, c1b, a1, scratch); // [batch, 6, 24, 24]
     lap(0);
-    maxpool2_forward(batch * C1, A1, A1, a1, p1, arg1); //          [batch, 6, 12, 12]
-    relu_forward(p1); //                                            [batch, 6, 12, 12]
+    F::maxpool2_relu_forward_model(batch * C1, A1, A1, a1, p1, arg1); // [batch, 6, 12, 12]
     lap(1);
     F::conv2d_forward_model(s2, p1, c2w, c2b, a2, scratch); //     [batch, 16, 8, 8]
     lap(2);
-    maxpool2_forward(batch * C2, A2, A2, a2, p2, arg2); //          [batch, 16, 4, 4]
-    relu_forward(p2); //                                            [batch, 16, 4, 4]
+    F::maxpool2_relu_forward_model(batch * C2, A2, A2, a2, p2, arg2); // [batch, 16, 4, 4]
     lap(3);
     // Flatten is free: NCHW [batch, 16, 4, 4] is channel-major    [batch, 256]
     F::dense_forward_model(batch, FLAT, H1, p2, p.f1w, p.f1b, h1); //        [batch, 120]

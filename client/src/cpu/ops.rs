@@ -123,6 +123,21 @@ pub trait Float:
         dense_backward(batch, inputs, outputs, x, weight, dy, dx, dweight, dbias);
     }
 
+    /// 2x2 max pooling then ReLU as the model's passes run them: [`super::pool`]'s kernel for
+    /// `f32` (on [`super::simd::Isa::best`]), [`maxpool2_forward`] then [`relu_forward`] for
+    /// `f64`.
+    fn maxpool2_relu_forward_model(
+        planes: usize,
+        h: usize,
+        w: usize,
+        x: &[Self],
+        y: &mut [Self],
+        argmax: &mut [u32],
+    ) {
+        maxpool2_forward(planes, h, w, x, y, argmax);
+        relu_forward(y);
+    }
+
     /// The backward convolution the model's passes run, chosen as in
     /// [`Float::conv2d_forward_model`].
     #[allow(clippy::too_many_arguments)]
@@ -209,6 +224,18 @@ macro_rules! impl_float {
 }
 
 impl_float!(f32, matrixmultiply::sgemm, {
+    fn maxpool2_relu_forward_model(
+        planes: usize,
+        h: usize,
+        w: usize,
+        x: &[f32],
+        y: &mut [f32],
+        argmax: &mut [u32],
+    ) {
+        let isa = super::simd::Isa::best();
+        super::pool::maxpool2_relu_forward(isa, planes, h, w, x, y, argmax);
+    }
+
     fn conv2d_forward_model(
         s: ConvShape,
         x: &[f32],

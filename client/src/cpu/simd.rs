@@ -236,7 +236,7 @@ mod x86 {
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub(crate) use wasm::Simd128;
+pub(crate) use wasm::{Half, Simd128};
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm {
@@ -247,6 +247,68 @@ mod wasm {
     /// these are plain instructions (no run-time check is needed or possible).
     #[derive(Clone, Copy)]
     pub(crate) struct Simd128(v128, v128);
+
+    /// One 128-bit half of an eight-lane vector: lanes 0-3 (`HI = false`) or lanes 4-7
+    /// (`HI = true`); loads and stores touch only those four of the eight lanes the pointer
+    /// addresses, and [`V8::sum`] adds four lanes. A kernel whose lanes are independent (each
+    /// lane of a result depends on the same lane of its operands, and results are stored or
+    /// summed into memory) computes the whole of its eight-lane result when it runs once with
+    /// each half, with register blocks twice as large as [`Simd128`]'s: 16 registers of four
+    /// lanes, of which the browser's compiler keeps one or two for itself (`REGS` 12).
+    #[derive(Clone, Copy)]
+    pub(crate) struct Half<const HI: bool>(v128);
+
+    impl<const HI: bool> Half<HI> {
+        /// The first lane of this half in an eight-lane vector.
+        const AT: usize = if HI { 4 } else { 0 };
+    }
+
+    impl<const HI: bool> V8 for Half<HI> {
+        const REGS: usize = 12;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Half(f32x4_splat(0.0))
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            Half(f32x4_splat(v))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the caller guarantees eight readable lanes; this reads four of them.
+            unsafe { Half(v128_load(p.add(Self::AT).cast())) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller guarantees eight writable lanes; this writes four of them.
+            unsafe { v128_store(p.add(Self::AT).cast(), self.0) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+            #[cfg(target_feature = "relaxed-simd")]
+            {
+                Half(f32x4_relaxed_madd(self.0, b.0, c.0))
+            }
+            #[cfg(not(target_feature = "relaxed-simd"))]
+            {
+                Half(f32x4_add(f32x4_mul(self.0, b.0), c.0))
+            }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, b: Self) -> Self {
+            Half(f32x4_mul(self.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn add(self, b: Self) -> Self {
+            Half(f32x4_add(self.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            let s = self.0;
+            (f32x4_extract_lane::<0>(s) + f32x4_extract_lane::<2>(s))
+                + (f32x4_extract_lane::<1>(s) + f32x4_extract_lane::<3>(s))
+        }
+    }
 
     impl V8 for Simd128 {
         const REGS: usize = 8;
