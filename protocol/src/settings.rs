@@ -354,6 +354,54 @@ pub fn codec_name(c: Codec) -> String {
         .map_or_else(|| c.to_string(), |(n, _)| n.to_string())
 }
 
+/// A room's training and merging settings as the dashboard shows them and a settings
+/// change takes them back: one field per [`SCHEMA`] key, in the grammars above.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HyperView {
+    #[serde(serialize_with = "short_f32")]
+    pub alpha: f32,
+    pub staleness: String,
+    pub tau_max: u32,
+    pub local_steps: u32,
+    #[serde(serialize_with = "short_f32")]
+    pub lr: f32,
+    pub batch: u32,
+    #[serde(serialize_with = "short_f32")]
+    pub momentum: f32,
+    pub codec_up: String,
+    pub codec_down: String,
+    pub error_feedback: bool,
+    /// [`strategy_name`]'s text.
+    pub strategy: String,
+}
+
+impl HyperView {
+    pub fn of(h: &Hyper) -> HyperView {
+        HyperView {
+            alpha: h.alpha,
+            staleness: staleness_name(h.staleness),
+            tau_max: h.tau_max,
+            local_steps: h.local_steps,
+            lr: h.lr,
+            batch: h.batch,
+            momentum: h.momentum,
+            codec_up: codec_name(h.codec_up),
+            codec_down: codec_name(h.codec_down),
+            error_feedback: h.error_feedback,
+            strategy: strategy_name(h.merge),
+        }
+    }
+}
+
+/// An `f32` as the shortest decimal that reads back to it (0.05, not 0.05000000074505806), so
+/// a form shows what the teacher typed.
+pub fn short_f32<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+    match x.to_string().parse::<f64>() {
+        Ok(v) if v.is_finite() => s.serialize_f64(v),
+        _ => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +435,21 @@ mod tests {
             .message
             .contains("exp:A")
         );
+    }
+
+    #[test]
+    fn the_schema_the_view_and_a_change_name_the_same_settings() {
+        let h = Hyper::default();
+        let view = serde_json::to_value(HyperView::of(&h)).unwrap();
+        let view = view.as_object().unwrap();
+        let keys: Vec<&str> = SCHEMA.iter().map(|s| s.key).collect();
+        assert_eq!(view.keys().map(String::as_str).collect::<Vec<_>>().len(), keys.len());
+        for key in keys {
+            // The view shows it, and a change made of what the view shows leaves it as it was.
+            let one = serde_json::json!({ key: view[key] });
+            let change: SettingsChange = serde_json::from_value(one).unwrap();
+            assert_eq!(change.apply(h), Ok(h), "{key}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `easel_protocol::settings`'s. Pure: parsing and validation only; [`crate::hub::RoomSlot::teacher_control`] applies
 //! them. PROTOCOL.md, "Teacher API", documents every field.
 
-use easel_protocol::settings::{SettingsChange, codec_name, staleness_name, strategy_name};
+use easel_protocol::settings::{HyperView, SettingsChange};
 use serde::{Deserialize, Serialize};
 
 use crate::room::RoomSettings;
@@ -55,57 +55,25 @@ pub fn parse_backend_choice(text: &str) -> Result<easel_protocol::BackendChoice,
         .ok_or_else(|| format!("backend {text:?} is not one of auto, gpu or cpu"))
 }
 
-/// A room's settings as the dashboard shows and sends them back.
+/// A room's settings as the dashboard shows and sends them back: the training and merging
+/// settings ([`HyperView`], the vocabulary's) and the room's own.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SettingsView {
-    #[serde(serialize_with = "short_f32")]
-    pub alpha: f32,
-    pub staleness: String,
-    pub tau_max: u32,
-    pub local_steps: u32,
-    #[serde(serialize_with = "short_f32")]
-    pub lr: f32,
-    pub batch: u32,
-    #[serde(serialize_with = "short_f32")]
-    pub momentum: f32,
-    pub codec_up: String,
-    pub codec_down: String,
-    pub error_feedback: bool,
-    /// [`strategy_name`]'s text.
-    pub strategy: String,
+    #[serde(flatten)]
+    pub hyper: HyperView,
     /// `iid`, `dirichlet:ALPHA` or `classes:K`.
     pub partition: String,
     pub partition_seed: u64,
     pub shards: u32,
-    #[serde(serialize_with = "short_f32")]
+    #[serde(serialize_with = "easel_protocol::settings::short_f32")]
     pub max_norm: f32,
     pub init_seed: u64,
 }
 
-/// An `f32` as the shortest decimal that reads back to it (0.05, not 0.05000000074505806), so
-/// a form shows what the teacher typed.
-fn short_f32<S: serde::Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
-    match x.to_string().parse::<f64>() {
-        Ok(v) if v.is_finite() => s.serialize_f64(v),
-        _ => s.serialize_none(),
-    }
-}
-
 impl SettingsView {
     pub fn of(s: &RoomSettings) -> SettingsView {
-        let h = &s.hyper;
         SettingsView {
-            alpha: h.alpha,
-            staleness: staleness_name(h.staleness),
-            tau_max: h.tau_max,
-            local_steps: h.local_steps,
-            lr: h.lr,
-            batch: h.batch,
-            momentum: h.momentum,
-            codec_up: codec_name(h.codec_up),
-            codec_down: codec_name(h.codec_down),
-            error_feedback: h.error_feedback,
-            strategy: strategy_name(h.merge),
+            hyper: HyperView::of(&s.hyper),
             partition: s.partition.scheme.clone(),
             partition_seed: s.partition.seed,
             shards: s.partition.shards,
@@ -153,7 +121,7 @@ mod tests {
         };
         let h = s.apply(RoomSettings::default().hyper).unwrap();
         assert_eq!(h.alpha, 0.25);
-        assert_eq!(codec_name(h.codec_up), "qsgd8");
+        assert_eq!(easel_protocol::settings::codec_name(h.codec_up), "qsgd8");
         assert!(
             serde_json::from_str::<TeacherControl>(r#"{"type":"settings","alpah":1}"#).is_err()
         );
