@@ -131,6 +131,15 @@ impl Mailbox {
 
 pub use crate::runs::EvalPoint;
 
+/// A center taken for evaluation, tagged with the room's reset epoch
+/// ([`RoomSlot::center_for_eval`]).
+#[derive(Clone, Debug)]
+pub struct EvalTicket {
+    epoch: u64,
+    pub version: u64,
+    pub center: Arc<[f32]>,
+}
+
 /// A handle on the relay's rooms; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Hub {
@@ -181,6 +190,10 @@ struct RoomState {
     /// evaluation runs outside the lock, so one of the center from before a reset can
     /// arrive after it; it belongs to no run and is dropped.
     eval_floor: u64,
+    /// Resets of this room since the relay started serving it: an evaluation is tagged
+    /// with the epoch of the center it scored ([`EvalTicket`]) and dropped when a reset
+    /// came in between, whatever the versions say.
+    eval_epoch: u64,
     /// The named runs, the last one current.
     runs: Runs,
     /// Every device's inferred timeline and rates.
@@ -317,6 +330,7 @@ fn insert_room(
                 connections: 0,
                 evals: VecDeque::new(),
                 eval_floor: 0,
+                eval_epoch: 0,
                 runs,
                 activity: Activity::default(),
                 backends: Backends::default(),
@@ -357,6 +371,7 @@ impl Hub {
                 connections: 0,
                 evals,
                 eval_floor,
+                eval_epoch: 0,
                 runs: r.runs,
                 activity: Activity::default(),
                 backends: Backends::default(),
@@ -615,6 +630,7 @@ impl RoomSlot {
                 .room
                 .release_held(code::RESYNC, "the teacher reset the room: resync");
             st.eval_floor = st.room.reset(center, Instant::now());
+            st.eval_epoch += 1;
             st.resets += 1;
             answer_locked(&mut st, released);
             st.evals.clear();
@@ -696,19 +712,34 @@ impl RoomSlot {
         }
     }
 
+    /// The newest center to evaluate, with the epoch it belongs to: hand the ticket back
+    /// to [`RoomSlot::record_scored`] with its score.
+    pub fn center_for_eval(&self) -> EvalTicket {
+        let st = lock(&self.state);
+        let (version, center) = st.room.center();
+        EvalTicket {
+            epoch: st.eval_epoch,
+            version,
+            center,
+        }
+    }
+
+    /// Records the score of a ticket's center (its `version` is the ticket's), unless the
+    /// room was reset since the ticket was taken: then the score is the old model's, it
+    /// belongs to no run, and it is dropped (`false`).
+    pub fn record_scored(&self, ticket: &EvalTicket, mut point: EvalPoint) -> bool {
+        point.version = ticket.version;
+        let mut st = lock(&self.state);
+        if ticket.epoch != st.eval_epoch {
+            return false;
+        }
+        record_eval_locked(&mut st, point)
+    }
+
     /// Records an evaluation of the center, unless it scored a center from before the
     /// last reset (then it is dropped and `false` returned).
     pub fn record_eval(&self, point: EvalPoint) -> bool {
-        let mut st = lock(&self.state);
-        if point.version < st.eval_floor {
-            return false;
-        }
-        if st.evals.len() == EVAL_HISTORY {
-            st.evals.pop_front();
-        }
-        st.evals.push_back(point);
-        st.runs.current_mut().record_eval(point);
-        true
+        record_eval_locked(&mut lock(&self.state), point)
     }
 
     /// The evaluations so far, oldest first.
@@ -798,6 +829,20 @@ impl RoomSlot {
     pub fn with_room<T>(&self, f: impl FnOnce(&Room) -> T) -> T {
         f(&lock(&self.state).room)
     }
+}
+
+/// Keeps an evaluation in the room and its current run, unless it scored a center older
+/// than the last reset's.
+fn record_eval_locked(st: &mut RoomState, point: EvalPoint) -> bool {
+    if point.version < st.eval_floor {
+        return false;
+    }
+    if st.evals.len() == EVAL_HISTORY {
+        st.evals.pop_front();
+    }
+    st.evals.push_back(point);
+    st.runs.current_mut().record_eval(point);
+    true
 }
 
 /// Applies a Control with the room locked and hands what each worker must be told to its
