@@ -13,7 +13,7 @@ use easel_protocol::message::{self, Join, code};
 use easel_protocol::{BackendChoice, Control, DeviceReport, ErrorMessage, Limits, Message, Push};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::activity::Activity;
+use crate::activity::{Activity, PushMark};
 use crate::backends::Backends;
 use crate::room::{self, Room, RoomSettings, wall_ms};
 use crate::runs::{PushPoint, Runs};
@@ -491,6 +491,7 @@ impl RoomSlot {
         let delta = room::decode_update(push);
         let (ack, center) = {
             let mut st = lock(&self.state);
+            st.activity.arrived(worker, wall_ms());
             let pushed = st
                 .room
                 .handle_decoded(worker, push, delta, bytes_in, Instant::now());
@@ -499,6 +500,10 @@ impl RoomSlot {
                 let (_, full) = st.room.center_message(0);
                 self.centers.send_replace(full);
             }
+            if pushed.ack.is_none() {
+                st.activity.held(worker);
+            }
+            released_locked(&mut st, &pushed.released);
             answer_locked(&mut st, pushed.released);
             queue_locked(&mut st, pushed.forwards);
             let ack = pushed.ack?;
@@ -613,7 +618,7 @@ impl RoomSlot {
         serde_json::json!({
             "settings": SettingsView::of(st.room.settings()),
             "run": st.runs.current().id,
-            "devices": crate::devices::device_rows(&st.room, &st.activity, &st.backends, Instant::now()),
+            "devices": crate::devices::device_rows(&st.room, &st.activity, &st.backends, Instant::now(), wall_ms()),
         })
     }
 
@@ -632,6 +637,8 @@ impl RoomSlot {
             st.eval_floor = st.room.reset(center, Instant::now());
             st.eval_epoch += 1;
             st.resets += 1;
+            released_locked(&mut st, &released);
+            st.activity.clear_verdicts();
             answer_locked(&mut st, released);
             st.evals.clear();
             let (_, full) = st.room.center_message(0);
@@ -689,12 +696,14 @@ impl RoomSlot {
         {
             st.controls.remove(&worker);
             st.room.leave(worker);
+            st.activity.left(worker);
             // A barrier round waiting for this worker would wait for ever.
             let released = st.room.release_held(
                 code::RESYNC,
                 "a worker left; the round starts again: resync",
             );
             record_rows_locked(&mut st, released.len());
+            released_locked(&mut st, &released);
             answer_locked(&mut st, released);
         }
     }
@@ -861,6 +870,7 @@ fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
             "the round was abandoned (a worker paused or the strategy changed): resync",
         );
         record_rows_locked(st, released.len());
+        released_locked(st, &released);
         answer_locked(st, released);
     }
     queue_locked(st, forwards);
@@ -879,9 +889,26 @@ fn record_rows_locked(st: &mut RoomState, rows: usize) {
     } = st;
     let records = room.ledger().records();
     let skip = records.len().saturating_sub(rows);
-    for point in records.skip(skip).map(PushPoint::from) {
+    for r in records.skip(skip) {
+        let point = PushPoint::from(r);
         runs.current_mut().record_push(point);
         activity.pushed(point.worker, point.wall_ms, point.local_steps);
+        activity.verdict(
+            r.worker,
+            PushMark {
+                tau: r.tau,
+                accepted: r.accepted(),
+                code: r.code,
+            },
+        );
+    }
+}
+
+/// The barrier released these workers' held pushes now: their timelines end the wait.
+fn released_locked(st: &mut RoomState, released: &[(u64, easel_protocol::Ack)]) {
+    let now = wall_ms();
+    for (id, _) in released {
+        st.activity.released(*id, now);
     }
 }
 
