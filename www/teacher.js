@@ -455,7 +455,6 @@ function renderWorkRefused(w) {
     li.append(b, small);
     return li;
   }));
-  $('refused-nofix').hidden = w.fixes.length > 0;
 }
 
 const BACKEND_NAME = { gpu: 'GPU', cpu: 'CPU' };

@@ -112,6 +112,25 @@ impl Rule {
     }
 }
 
+/// Whether a refusal would be refused again under today's `rule`: every refusal that is the
+/// device's work judged ([`counts_as_refused_work`]), except a too-stale push the rule now
+/// takes (its `tau` within a raised limit) or cannot see (a barrier over every device, whose
+/// pushes are never late). So a fix the teacher applies clears the alerts and the banner
+/// it answers at once, while the device's `recent` pushes still show what happened.
+pub fn still_refused(m: &PushMark, rule: Rule) -> bool {
+    if m.accepted || !counts_as_refused_work(m.code) {
+        return false;
+    }
+    if m.code != code::TOO_STALE {
+        return true;
+    }
+    match rule {
+        Rule::TauMax { limit } | Rule::Bounded { limit } => m.tau > u64::from(limit),
+        Rule::FastestM { .. } | Rule::Swarm => true,
+        Rule::Barrier { .. } => false,
+    }
+}
+
 /// A device held at a barrier: for how long, and how many devices the round still waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BarrierWait {
@@ -122,9 +141,9 @@ pub struct BarrierWait {
 /// A device's alert from its last answered pushes (`recent`, oldest first), the room's rule,
 /// and its barrier wait, if it is held now.
 ///
-/// The thresholds, over the recent pushes that count (every refusal but RESYNC, which is the
-/// relay's doing after a reset or a restart, not the settings judging the work:
-/// [`counts_as_refused_work`]):
+/// The thresholds, over the recent pushes that count (accepted ones, and refusals the room's
+/// settings would still make, [`still_refused`]; RESYNC is the relay's doing after a reset
+/// or a restart, not the settings judging the work, and counts in neither):
 /// - **red** when more than half of them were refused ("most or all");
 /// - **amber** when at least one was, but no more than half;
 /// - else **amber** when its push has waited at a barrier for [`BARRIER_AMBER_MS`] or more;
@@ -139,7 +158,7 @@ pub fn device_alert(
 ) -> Option<Alert> {
     let counted: Vec<&PushMark> = recent
         .iter()
-        .filter(|m| m.accepted || counts_as_refused_work(m.code))
+        .filter(|m| m.accepted || still_refused(m, rule))
         .collect();
     let refused: Vec<&PushMark> = counted.iter().copied().filter(|m| !m.accepted).collect();
     if let Some(last) = refused.last() {
@@ -315,8 +334,9 @@ pub struct FixSettings {
 
 /// The banner over the ledger's records (oldest first) of the last [`BANNER_WINDOW_MS`]
 /// before `now_ms`: `Some` when more than [`BANNER_SHARE`] of at least
-/// [`BANNER_MIN_PUSHES`] pushes were refused ([`counts_as_refused_work`]; RESYNC pushes
-/// count in neither figure). `name` gives a device's name.
+/// [`BANNER_MIN_PUSHES`] pushes were refused in a way today's settings would repeat
+/// ([`still_refused`]: so applying a fix clears the banner at once; RESYNC pushes count in
+/// neither figure). `name` gives a device's name.
 pub fn work_refused<'a, I>(
     records: I,
     now_ms: u64,
@@ -329,11 +349,17 @@ where
     let since = now_ms.saturating_sub(BANNER_WINDOW_MS);
     let (mut pushes, mut refused, mut max_tau, mut stale) = (0u64, 0u64, 0u64, 0u64);
     let mut by: std::collections::BTreeMap<u64, u64> = Default::default();
+    let rule = Rule::of(hyper);
     for r in records.rev().take_while(|r| r.wall_ms >= since) {
-        if r.accepted() {
+        let m = PushMark {
+            tau: r.tau,
+            accepted: r.accepted(),
+            code: r.code,
+        };
+        if r.accepted() || counts_as_refused_work(r.code) {
             pushes += 1;
-        } else if counts_as_refused_work(r.code) {
-            pushes += 1;
+        }
+        if still_refused(&m, rule) {
             refused += 1;
             max_tau = max_tau.max(r.tau);
             stale += u64::from(r.code == code::TOO_STALE);
@@ -346,7 +372,6 @@ where
     let mut devices: Vec<(u64, u64)> = by.into_iter().collect();
     devices.sort_by_key(|&(id, n)| (std::cmp::Reverse(n), id));
     let devices: Vec<String> = devices.into_iter().map(|(id, _)| name(id)).collect();
-    let rule = Rule::of(hyper);
     let share = refused as f64 / pushes as f64;
     let verb = if matches!(rule, Rule::Bounded { .. }) {
         "was not applied"
@@ -362,9 +387,15 @@ where
         }
         _ => String::new(),
     };
+    let note = if stale == 0 {
+        " These refusals are not about lateness (see the ledger's codes): no setting here keeps \
+         this work."
+    } else {
+        ""
+    };
     let text = format!(
         "{:.0}% of the class's work in the last minute {verb}: {refused} of {pushes} pushes \
-         refused{why} (from {}).",
+         refused{why} (from {}).{note}",
         100.0 * share,
         devices.join(", ")
     );
@@ -504,6 +535,21 @@ mod tests {
     }
 
     #[test]
+    fn a_fix_clears_the_alert_its_refusals_raised() {
+        let recent = [
+            mark(2, 0),
+            mark(20, code::TOO_STALE),
+            mark(20, code::TOO_STALE),
+        ];
+        assert!(device_alert(&recent, EASGD, None).is_some());
+        assert!(device_alert(&recent, Rule::TauMax { limit: 24 }, None).is_none());
+        assert!(device_alert(&recent, Rule::Barrier { name: "FedAvg" }, None).is_none());
+        // A refusal for its content stays, whatever the limit.
+        let norm = [mark(0, code::NORM_TOO_LARGE)];
+        assert!(device_alert(&norm, Rule::TauMax { limit: 1024 }, None).is_some());
+    }
+
+    #[test]
     fn a_long_barrier_wait_is_amber_and_counts_the_slower_devices() {
         let rule = Rule::Barrier { name: "FedAvg" };
         let wait = |ms, n| {
@@ -586,6 +632,12 @@ mod tests {
             let change: SettingsChange = serde_json::from_value(json).unwrap();
             assert!(change.apply(hyper).is_ok(), "{f:?}");
         }
+        // The fix applied (τ max 88 covers every refusal): the banner goes at once.
+        let raised = Hyper {
+            tau_max: 88,
+            ..hyper
+        };
+        assert!(work_refused(records.iter(), now, &raised, name).is_none());
         // Constant weights get the staleness-weight fix too.
         let constant = Hyper {
             staleness: Staleness::Constant,

@@ -163,8 +163,9 @@ mod tests {
         );
     }
 
-    /// The ticket's epoch alone decides: a score of a center taken before a reset is dropped
-    /// even if its version were not older than the new center's.
+    /// A ticket taken before a reset is refused after it, and a score is recorded under its
+    /// ticket's version, whatever version the point claims (so it can never pass for a
+    /// newer center's). The epoch check and the version floor are independent guards.
     #[tokio::test]
     async fn a_ticket_from_before_a_reset_is_refused_whatever_its_version() {
         let hub = Hub::new("t".into(), Limits::default(), RoomSettings::default());

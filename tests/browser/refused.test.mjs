@@ -57,14 +57,26 @@ test('a slow device whose pushes are all refused is red, counted, in the histogr
   assert.match(slow.alert.reason, /^\d+ versions? late, limit 0: its work is thrown away \(\d+ of its last \d+ push(es)? refused\)$/);
   assert.ok(fast.accepted > 0, JSON.stringify(fast));
 
-  // The table: the refused count, the red state cell and the reason under the row.
-  const row = page.locator(`#devices tr[data-id="${slow.id}"]`);
-  assert.equal(await row.getAttribute('data-level'), 'red');
-  assert.match(await row.locator('[data-k=refused]').innerText(), /^[1-9]\d* refused$/);
-  assert.equal(await row.locator('[data-k=state]').innerText(), 'work refused');
-  assert.ok(await row.locator('[data-k=recent] s.t-tau-refused').count() > 0, 'refused pushes struck in the recent cell');
-  const why = page.locator(`#devices tr.t-alert-row[data-for="${slow.id}"]`);
-  assert.match(await why.innerText(), /versions? late, limit 0: its work is thrown away/);
+  // The table: the refused count, the red state cell and the reason under the row, read in
+  // one go (the next update may turn it amber, should one push of it get through).
+  const table = await page.evaluate((id) => {
+    const row = document.querySelector(`#devices tr[data-id="${id}"]`);
+    const why = document.querySelector(`#devices tr.t-alert-row[data-for="${id}"]`);
+    return {
+      level: row.dataset.level,
+      refused: row.querySelector('[data-k=refused]').textContent,
+      state: row.querySelector('[data-k=state]').textContent,
+      struck: row.querySelectorAll('[data-k=recent] s.t-tau-refused').length,
+      why: why?.textContent ?? '',
+      alert: window.easelDashboard.devices.find((d) => d.id === id)?.alert,
+    };
+  }, slow.id);
+  assert.equal(table.level, table.alert?.level ?? 'ok', JSON.stringify(table));
+  assert.ok(['red', 'amber'].includes(table.level), JSON.stringify(table));
+  assert.match(table.refused, /^[1-9]\d* refused$/);
+  assert.equal(table.state, table.level === 'red' ? 'work refused' : 'some refused');
+  assert.ok(table.struck > 0, 'refused pushes struck in the recent cell');
+  assert.match(table.why, /versions? late, limit 0: its work is thrown away/);
 
   // The histogram draws the refused pushes as its second series, at their τ.
   const [taus, , refused] = s.chart;
@@ -109,5 +121,51 @@ test('a slow device whose pushes are all refused is red, counted, in the histogr
   });
   await waitInPage(browser, (t) => window.easelDashboard.settings?.tau_max === t, want, 10_000,
     `the relay to take τ max ${want}`);
+  // The refusals it answers are no longer counted: the banner goes at once.
+  await waitInPage(browser, () => window.easelDashboard.workRefused === null, null, 10_000,
+    'the banner to go once τ max covers the refusals');
+  assert.equal(await banner.isVisible(), false);
+  assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
+});
+
+test('under FedAvg the fast device waits at the barrier: amber with the count, and drawn as such', { timeout: 180_000 }, async () => {
+  const base = `http://127.0.0.1:${serve.port}/api/rooms/${serve.room}/control?admin=${serve.adminToken}`;
+  const post = (body) => fetch(base, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+  }).then(async (r) => {
+    const text = await r.text();
+    assert.equal(r.status, 200, text);
+    return JSON.parse(text);
+  });
+  const state = await post({ type: 'settings', strategy: 'fedavg' });
+  // The slow bot (the one refused above) also waits 2 s after each round: the other one
+  // waits for it at the barrier for seconds every round.
+  const slow = state.devices.reduce((a, b) => (b.refused > a.refused ? b : a)).id;
+  assert.equal(state.devices.find((d) => d.id === slow).alert, null,
+    'a barrier over every device refuses no push for lateness: the old refusals no longer count');
+  await post({ type: 'delay', device: slow, ms: 2000 });
+  const browser = await launch(serve.port, [], { width: 1280, height: 800 });
+  const { page } = browser;
+  await page.goto(serve.teacherUrl);
+  await waitInPage(browser, (id) => {
+    const d = window.easelDashboard;
+    const fast = d?.devices.find((x) => x.id !== id);
+    return fast?.alert?.label === 'at the barrier'
+      && d.spans.some((s) => s.worker === fast.id && s.kind === 'barrier' && s.end_ms - s.start_ms >= 1000)
+      && d.spans.some((s) => s.worker === id && s.kind === 'waiting');
+  }, slow, 90_000, 'the fast device amber at the barrier, its barrier spans and the slow one\'s delay');
+  const fast = await page.evaluate((id) => window.easelDashboard.devices.find((x) => x.id !== id), slow);
+  assert.equal(fast.alert.level, 'amber');
+  assert.match(fast.alert.reason, /^waiting for 1 slower device at the FedAvg barrier \(\d+ s so far\)$/);
+  const why = page.locator(`#devices tr.t-alert-row[data-for="${fast.id}"]`);
+  assert.match(await why.innerText(), /waiting for 1 slower device at the FedAvg barrier/);
+  // A barrier wait is not drawn as communicating: the fast device's communicating spans are
+  // short (the answer's write), its barrier spans long.
+  const spans = await page.evaluate((id) => window.easelDashboard.spans.filter((s) => s.worker === id), fast.id);
+  const longest = (kind) => Math.max(0, ...spans.filter((s) => s.kind === kind).map((s) => s.end_ms - s.start_ms));
+  assert.ok(longest('barrier') >= 1000, `longest barrier span ${longest('barrier')} ms`);
+  assert.ok(longest('communicating') < 500, `longest communicating span ${longest('communicating')} ms`);
+  await page.waitForTimeout(4000);
+  await screenshot(page, 'refused-barrier-1280x800.png');
   assert.deepEqual(browser.outside, [], 'requests left 127.0.0.1');
 });
