@@ -17,7 +17,9 @@ const MAX_POINTS = 5000;
 const TIMELINE_S = 60;
 /** Samples of bytes/s kept (two a second: ten minutes). */
 const MAX_RATES = 1200;
-const SPAN_COLORS = { computing: '#1a56db', waiting: '#e8710a', communicating: '#0f9d58' };
+const SPAN_COLORS = { computing: '#1a56db', waiting: '#e8710a', barrier: '#a21caf', communicating: '#0f9d58' };
+/** The staleness histogram's colours: accepted pushes, refused ones. */
+const HIST_COLORS = { accepted: '#1a56db', refused: '#c5221f' };
 /** How long a pairwise average stays drawn on the topology (fading), ms. */
 const PAIR_WINDOW_MS = 3000;
 
@@ -52,6 +54,8 @@ const state = {
   accuracy: null,
   evals: [],
   histogram: [],
+  refusedHistogram: [],
+  workRefused: null,
   pushes: 0,
   settings: null,
   codecs: [],
@@ -59,6 +63,7 @@ const state = {
   schema: [],
   runs: [],
   spans: [],
+  openSpans: [],
   rates: [],
   swarm: null,
   updates: 0,
@@ -202,17 +207,20 @@ function buildCharts() {
       { label: 'overlay run accuracy (%)', scale: 'acc', stroke: '#7c3aed', width: 2, spanGaps: true, show: false },
     ],
   }, [[], [], [], []]);
+  // Accepted and refused pushes side by side at each τ (refused ones are the relay's
+  // refused_histogram: thrown away, or under bounded staleness not applied).
   makeChart('chart-histogram', {
     scales: { x: { time: false, range: (u, min, max) => [Math.min(-0.5, min - 0.5), max + 0.5] } },
     axes: [
       { ...AXIS, label: 'staleness τ (versions)', incrs: [1, 2, 5, 10, 20, 50, 100] },
-      { ...AXIS, label: 'accepted pushes' },
+      { ...AXIS, label: 'pushes' },
     ],
     series: [
       { label: 'τ' },
-      { label: 'pushes', fill: '#1a56dbcc', stroke: '#1a56db', paths: uPlot.paths.bars({ size: [0.8, 60] }), points: { show: false } },
+      { label: 'accepted', fill: `${HIST_COLORS.accepted}cc`, stroke: HIST_COLORS.accepted, paths: uPlot.paths.bars({ size: [0.45, 40], align: -1 }), points: { show: false } },
+      { label: 'refused', fill: `${HIST_COLORS.refused}cc`, stroke: HIST_COLORS.refused, paths: uPlot.paths.bars({ size: [0.45, 40], align: 1 }), points: { show: false } },
     ],
-  }, [[], []]);
+  }, [[], [], []]);
   makeChart('chart-alpha', {
     scales: { x: { time: false }, y: { range: [0, 1] } },
     axes: [{ ...AXIS, label: 'time since run start (s)' }, { ...AXIS, label: 'α_eff' }],
@@ -261,7 +269,8 @@ function drawActivity(u) {
   ctx.beginPath();
   ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
   ctx.clip();
-  for (const s of state.spans) {
+  // The closed spans, then the rounds under way drawn up to now.
+  for (const s of state.spans.concat(state.openSpans)) {
     const row = rows.get(s.worker);
     if (row === undefined) continue;
     const x0 = u.valToPos((s.start_ms - now) / 1000, 'x', true);
@@ -291,12 +300,20 @@ function redrawCharts() {
   c['chart-accuracy'].setSeries(3, { show: !!acc.overlay });
   labelOverlay();
   c['chart-accuracy'].setData(data);
-  const taus = state.histogram.map(([t]) => t);
-  c['chart-histogram'].setData([taus, state.histogram.map(([, n]) => n)]);
+  c['chart-histogram'].setData(histogramData(state.histogram, state.refusedHistogram));
   c['chart-alpha'].setData([pushSeries.x, pushSeries.alpha]);
   c['chart-distance'].setData([pushSeries.x, pushSeries.distance]);
   c['chart-bytes'].setData([state.rates.map((r) => r.t), state.rates.map((r) => r.up), state.rates.map((r) => r.down)]);
   c['chart-activity'].setData([[-TIMELINE_S, 0], [null, null]]);
+}
+
+/** The histogram's columns: every τ either series has, ascending, and the accepted and
+ * refused counts at each (null where none). */
+function histogramData(accepted, refused) {
+  const a = new Map(accepted);
+  const r = new Map(refused);
+  const taus = [...new Set([...a.keys(), ...r.keys()])].sort((x, y) => x - y);
+  return [taus, taus.map((t) => a.get(t) ?? null), taus.map((t) => r.get(t) ?? null)];
 }
 
 // ---- data --------------------------------------------------------------------------------
@@ -340,6 +357,7 @@ function onSnapshot(m) {
   state.evals = [];
   state.pushes = 0;
   state.spans = [];
+  state.openSpans = [];
   state.rates = [];
   acc.x = []; acc.accuracy = []; acc.loss = [];
   pushSeries.x = []; pushSeries.alpha = []; pushSeries.distance = [];
@@ -378,8 +396,11 @@ function onCommon(m) {
   updateCurrentRun(m);
   state.version = m.version;
   state.histogram = m.histogram;
+  state.refusedHistogram = m.refused_histogram ?? [];
+  state.openSpans = m.open_spans ?? [];
   state.devices = m.devices;
   renderDevices();
+  renderWorkRefused(m.work_refused ?? null);
   renderTopology(m.swarm ?? null);
   wordFor(!!m.swarm);
   $('head-version').textContent = String(m.version);
@@ -407,12 +428,19 @@ function renderDevices() {
     cell('name').textContent = d.name;
     showBackend(tr, d);
     const st = cell('state');
-    st.textContent = STATE_LABEL[d.state] || d.state;
-    st.className = `t-state t-state-${d.state}`;
+    const alert = d.alert;
+    st.textContent = alert ? alert.label : (STATE_LABEL[d.state] || d.state);
+    st.className = alert ? `t-state t-level-${alert.level}` : `t-state t-state-${d.state}`;
     tr.dataset.state = d.state;
+    tr.dataset.level = alert ? alert.level : 'ok';
+    showAlert(tr, d);
     cell('steps').textContent = fmt(d.steps_per_s, 1);
     cell('pushes').textContent = `${d.accepted} / ${d.pushes}`;
+    const refused = cell('refused');
+    refused.textContent = `${d.refused ?? 0} refused`;
+    refused.classList.toggle('t-bad', (d.refused ?? 0) > 0);
     cell('tau').textContent = fmt(d.mean_tau, 2);
+    showRecent(cell('recent'), d.recent ?? []);
     cell('distance').textContent = fmt(d.distance, 3);
     cell('seen').textContent = fmt(d.last_seen_s, 1);
     const slider = tr.querySelector('input[type=range]');
@@ -428,6 +456,65 @@ function renderDevices() {
   $('no-devices').hidden = state.devices.length > 0;
   const live = state.devices.filter((d) => d.state !== 'removed' && d.state !== 'disconnected').length;
   $('dev-count').textContent = `${live} connected of ${state.devices.length}`;
+}
+
+/** The staleness of a device's last pushes, oldest first; a refused one struck and red. */
+function showRecent(el, recent) {
+  el.replaceChildren(...recent.map((m) => {
+    const span = document.createElement(m.accepted ? 'span' : 's');
+    span.textContent = String(m.tau);
+    span.className = m.accepted ? 't-tau' : 't-tau t-tau-refused';
+    span.title = m.accepted ? `accepted, τ = ${m.tau}` : `refused (code ${m.code}), τ = ${m.tau}`;
+    return span;
+  }));
+  if (!recent.length) el.textContent = '–';
+}
+
+/** The device's alert row under it: why it is amber or red, in the relay's words. */
+function showAlert(tr, d) {
+  const alert = d.alert;
+  if (!alert) {
+    tr.alertRow?.remove();
+    tr.alertRow = null;
+    return;
+  }
+  if (!tr.alertRow) tr.alertRow = alertRow(d, tr.sub ?? tr);
+  const row = tr.alertRow;
+  row.className = `t-alert-row t-alert-${alert.level}`;
+  const why = row.querySelector('[data-k=reason]');
+  why.textContent = alert.reason;
+  row.querySelector('[data-k=who]').textContent = d.name;
+}
+
+/** The room's banner: how much of the class's work the settings threw away, and the
+ * settings changes (computed by the relay) that keep it, one button each. */
+function renderWorkRefused(w) {
+  state.workRefused = w;
+  const el = $('refused-banner');
+  el.hidden = !w;
+  if (!w) return;
+  $('refused-text').textContent = w.text;
+  const key = JSON.stringify(w.fixes);
+  const fixes = $('refused-fixes');
+  if (fixes.dataset.key === key) return;
+  fixes.dataset.key = key;
+  fixes.replaceChildren(...w.fixes.map((f) => {
+    const li = document.createElement('li');
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = f.label;
+    b.addEventListener('click', async () => {
+      try {
+        const r = await control({ type: 'settings', ...f.settings });
+        renderSettings(r.settings, false);
+        toast(`${f.label}: ${f.detail}`);
+      } catch { /* toast shown */ }
+    });
+    const small = document.createElement('span');
+    small.textContent = f.detail;
+    li.append(b, small);
+    return li;
+  }));
 }
 
 const BACKEND_NAME = { gpu: 'GPU', cpu: 'CPU' };
@@ -455,7 +542,8 @@ function deviceRow(d, body) {
   tr.dataset.id = String(d.id);
   tr.innerHTML = `
     <td data-k="name" class="t-name"></td><td data-k="backend" class="t-backend"></td><td><span data-k="state"></span></td>
-    <td data-k="steps" class="t-num"></td><td data-k="pushes" class="t-num"></td><td data-k="tau" class="t-num"></td>
+    <td data-k="steps" class="t-num"></td><td class="t-num t-pushes"><span data-k="pushes"></span><small data-k="refused"></small></td>
+    <td data-k="tau" class="t-num"></td><td data-k="recent" class="t-recent"></td>
     <td data-k="distance" class="t-num"></td><td data-k="seen" class="t-num"></td>
     <td class="t-delay"><input type="range" min="0" max="10000" step="100" aria-label="artificial delay of ${d.name} in ms">
       <output data-k="delay"></output></td>
@@ -485,13 +573,25 @@ function deviceRow(d, body) {
   return tr;
 }
 
+/** A device's alert row, put after `above` (its row, or its backend row); there only
+ * while it has an alert. */
+function alertRow(d, above) {
+  const row = document.createElement('tr');
+  row.className = 't-alert-row';
+  row.dataset.for = String(d.id);
+  row.innerHTML = `<td></td><td colspan="10" class="t-alert-why"><span aria-hidden="true">⚠</span>
+    <strong data-k="who"></strong>: <span data-k="reason"></span></td>`;
+  above.after(row);
+  return row;
+}
+
 /** A browser tab's second row: why it trains on its backend, with both measured speeds
  * (the sentence its page shows), and the teacher's auto | gpu | cpu choice. */
 function backendRow(d, body) {
   const sub = document.createElement('tr');
   sub.className = 't-sub';
   sub.dataset.for = String(d.id);
-  sub.innerHTML = `<td></td><td colspan="9" class="t-backend-why"><span data-k="backend-why"></span>
+  sub.innerHTML = `<td></td><td colspan="10" class="t-backend-why"><span data-k="backend-why"></span>
     <label class="t-choice">backend <select data-k="backend-choice" aria-label="backend of ${d.name}">
       <option value="" disabled>the tab's own</option><option value="auto">auto (the faster)</option>
       <option value="gpu">GPU</option><option value="cpu">CPU</option></select></label></td>`;

@@ -443,7 +443,10 @@ mod tests {
         let view = serde_json::to_value(HyperView::of(&h)).unwrap();
         let view = view.as_object().unwrap();
         let keys: Vec<&str> = SCHEMA.iter().map(|s| s.key).collect();
-        assert_eq!(view.keys().map(String::as_str).collect::<Vec<_>>().len(), keys.len());
+        assert_eq!(
+            view.keys().map(String::as_str).collect::<Vec<_>>().len(),
+            keys.len()
+        );
         for key in keys {
             // The view shows it, and a change made of what the view shows leaves it as it was.
             let one = serde_json::json!({ key: view[key] });

@@ -1,15 +1,22 @@
 //! What the teacher's dashboard infers about each device from the timings the relay sees:
-//! activity spans (computing, waiting, communicating), steps per second, a device's state,
-//! and bytes per second. Pure: no I/O and no clock; every time is passed in, in
-//! milliseconds since the Unix epoch.
+//! activity spans (computing, waiting, at a barrier, communicating), steps per second, a
+//! device's state, its recent verdicts, and bytes per second. Pure: no I/O and no clock;
+//! every time is passed in, in milliseconds since the Unix epoch.
 //!
-//! The relay sees three moments per round of a device: when it finished sending the device
-//! a center (`sent`), when the device's next push arrived (`arrival`), and when it finished
+//! The relay sees up to four moments per round of a device: when it finished sending the
+//! device a center (`sent`), when the device's next push arrived (`arrival`), when a barrier
+//! released that push (`released`, only under a barrier strategy), and when it finished
 //! sending the center that answers that push. From these, with the artificial delay the
 //! teacher set (a device waits its delay after computing, before pushing):
 //! - `computing`: from the previous center sent to `arrival - delay`;
 //! - `waiting`: the last `delay` milliseconds before `arrival` (never more than the gap);
-//! - `communicating`: from `arrival` until the answering center was written to the socket.
+//! - `barrier`: from `arrival` until the round closed (the push was held for slower ones);
+//! - `communicating`: from `arrival` (or the round's close) until the answering center was
+//!   written to the socket.
+//!
+//! A round still under way is drawn up to now by [`Activity::open_spans`]: before its push
+//! arrives it is all `computing` (the relay cannot yet tell the delay apart), then its
+//! `barrier` wait or its answer grows until the center is sent.
 //!
 //! The center's and the push's time on the network are inside `computing` (the relay cannot
 //! see them apart); on a LAN they are milliseconds against rounds of hundreds.
@@ -22,13 +29,19 @@ use serde::Serialize;
 pub const SPAN_CAPACITY: usize = 20_000;
 /// Pushes per device kept for its steps per second.
 pub const RATE_PUSHES: usize = 8;
+/// Answered pushes per device whose verdict (staleness, accepted or refused) is kept for
+/// the device table and its state ([`crate::devices::device_alert`]).
+pub const RECENT_VERDICTS: usize = 8;
 
 /// What a device was doing during a span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpanKind {
     Computing,
+    /// The teacher's artificial delay.
     Waiting,
+    /// Held at a barrier until the round closed.
+    Barrier,
     Communicating,
 }
 
@@ -52,13 +65,27 @@ pub fn infer_spans(
     sent: u64,
     delay_ms: u32,
 ) -> Vec<Span> {
+    infer_round(worker, prev_sent, arrival, None, sent, delay_ms)
+}
+
+/// [`infer_spans`] for a push a barrier held until `released`: the time from `arrival` to
+/// `released` (clamped to `[arrival, sent]`) is `barrier`, the rest of the answer
+/// `communicating`. The spans still tile `[prev_sent, sent]` in time order.
+pub fn infer_round(
+    worker: u64,
+    prev_sent: Option<u64>,
+    arrival: u64,
+    released: Option<u64>,
+    sent: u64,
+    delay_ms: u32,
+) -> Vec<Span> {
     let span = |kind, start_ms, end_ms| Span {
         worker,
         kind,
         start_ms,
         end_ms,
     };
-    let mut out = Vec::with_capacity(3);
+    let mut out = Vec::with_capacity(4);
     if let Some(prev) = prev_sent.filter(|&p| p <= arrival) {
         let wait = u64::from(delay_ms).min(arrival - prev);
         let compute_end = arrival - wait;
@@ -69,8 +96,12 @@ pub fn infer_spans(
             out.push(span(SpanKind::Waiting, compute_end, arrival));
         }
     }
-    if sent > arrival {
-        out.push(span(SpanKind::Communicating, arrival, sent));
+    let answered = released.map_or(arrival, |r| r.clamp(arrival, sent.max(arrival)));
+    if answered > arrival {
+        out.push(span(SpanKind::Barrier, arrival, answered));
+    }
+    if sent > answered {
+        out.push(span(SpanKind::Communicating, answered, sent));
     }
     out
 }
@@ -144,8 +175,24 @@ struct Track {
     last_sent: Option<u64>,
     /// The arrival of the push whose answer is not sent yet.
     pending: Option<u64>,
+    /// Whether that push is held at a barrier.
+    held: bool,
+    /// When the barrier released it (the round closed or was abandoned).
+    released: Option<u64>,
     /// Its last pushes, `(wall_ms, local_steps)`, oldest first.
     recent: VecDeque<(u64, u32)>,
+    /// The verdicts of its last [`RECENT_VERDICTS`] answered pushes, oldest first.
+    verdicts: VecDeque<PushMark>,
+}
+
+/// One answered push as the device table shows it: its staleness and its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PushMark {
+    /// Staleness in versions (refused pushes too).
+    pub tau: u64,
+    pub accepted: bool,
+    /// 0 when accepted, else the refusal's error code.
+    pub code: u16,
 }
 
 /// Every device's timeline of one room, the newest [`SPAN_CAPACITY`] spans.
@@ -165,6 +212,110 @@ impl Activity {
         t.pending = None;
     }
 
+    /// A push from `worker` arrived at `arrival`, before the room handled it: from now on
+    /// its round is waiting for its answer (or for the barrier).
+    pub fn arrived(&mut self, worker: u64, arrival: u64) {
+        let t = self.tracks.entry(worker).or_default();
+        t.pending = Some(arrival);
+        t.held = false;
+        t.released = None;
+    }
+
+    /// `worker`'s push is held at a barrier.
+    pub fn held(&mut self, worker: u64) {
+        if let Some(t) = self.tracks.get_mut(&worker) {
+            t.held = t.pending.is_some();
+        }
+    }
+
+    /// The barrier released `worker`'s held push at `at` (its round closed or was
+    /// abandoned); its answer is being sent.
+    pub fn released(&mut self, worker: u64, at: u64) {
+        if let Some(t) = self.tracks.get_mut(&worker)
+            && t.held
+        {
+            t.held = false;
+            t.released = Some(at);
+        }
+    }
+
+    /// `worker`'s connection ended: it has no round under way.
+    pub fn left(&mut self, worker: u64) {
+        if let Some(t) = self.tracks.get_mut(&worker) {
+            t.last_sent = None;
+            t.pending = None;
+            t.held = false;
+            t.released = None;
+        }
+    }
+
+    /// One of `worker`'s pushes was answered (accepted or refused) with `mark`.
+    pub fn verdict(&mut self, worker: u64, mark: PushMark) {
+        let t = self.tracks.entry(worker).or_default();
+        if t.verdicts.len() == RECENT_VERDICTS {
+            t.verdicts.pop_front();
+        }
+        t.verdicts.push_back(mark);
+    }
+
+    /// Forgets every device's verdicts (the room was reset: they judged the old run).
+    pub fn clear_verdicts(&mut self) {
+        for t in self.tracks.values_mut() {
+            t.verdicts.clear();
+        }
+    }
+
+    /// The verdicts of `worker`'s last [`RECENT_VERDICTS`] answered pushes, oldest first.
+    pub fn verdicts(&self, worker: u64) -> Vec<PushMark> {
+        self.tracks
+            .get(&worker)
+            .map(|t| t.verdicts.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Since when `worker`'s push has been held at a barrier, if it is now.
+    pub fn held_since(&self, worker: u64) -> Option<u64> {
+        let t = self.tracks.get(&worker)?;
+        t.pending.filter(|_| t.held)
+    }
+
+    /// The spans of every round still under way, drawn up to `now`, for the devices that
+    /// `live` gives a delay for (connected and training; their artificial delay): `computing`
+    /// since its center was sent while no push has arrived; once one has, the round's spans
+    /// as [`infer_round`] splits them, its `barrier` wait up to `now` while held, or its
+    /// answer up to `now`. [`Activity::center_sent`] records the same round for good.
+    pub fn open_spans(&self, now: u64, live: impl Fn(u64) -> Option<u32>) -> Vec<Span> {
+        let mut out = Vec::new();
+        for (&worker, t) in &self.tracks {
+            let Some(delay) = live(worker) else { continue };
+            match t.pending {
+                Some(arrival) => {
+                    let released = if t.held { Some(now) } else { t.released };
+                    let end = now.max(arrival);
+                    out.extend(infer_round(
+                        worker,
+                        t.last_sent,
+                        arrival,
+                        released,
+                        end,
+                        delay,
+                    ));
+                }
+                None => {
+                    if let Some(sent) = t.last_sent.filter(|&s| s < now) {
+                        out.push(Span {
+                            worker,
+                            kind: SpanKind::Computing,
+                            start_ms: sent,
+                            end_ms: now,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// A push of `local_steps` steps from `worker` arrived at `arrival`.
     pub fn pushed(&mut self, worker: u64, arrival: u64, local_steps: u32) {
         let t = self.tracks.entry(worker).or_default();
@@ -181,7 +332,9 @@ impl Activity {
         let Some(arrival) = t.pending.take() else {
             return;
         };
-        let spans = infer_spans(worker, t.last_sent, arrival, sent, delay_ms);
+        let released = t.released.take();
+        t.held = false;
+        let spans = infer_round(worker, t.last_sent, arrival, released, sent, delay_ms);
         t.last_sent = Some(sent);
         for s in spans {
             if self.spans.len() == SPAN_CAPACITY {
@@ -248,6 +401,35 @@ mod tests {
                 }
                 _ => prop_assert!(spans.iter().all(|s| s.kind == SpanKind::Communicating)),
             }
+        }
+
+        /// With a barrier: the spans still tile the round in order, the barrier lies
+        /// inside `[arrival, released]`, and nothing but communicating follows it.
+        #[test]
+        fn a_barrier_round_tiles_too(
+            prev in prop::option::of(0u64..10_000),
+            arrival in 0u64..20_000,
+            held in 0u64..5_000,
+            answer in 0u64..500,
+            delay in 0u32..20_000,
+        ) {
+            let released = arrival + held;
+            let sent = released + answer;
+            let spans = infer_round(7, prev, arrival, Some(released), sent, delay);
+            for w in spans.windows(2) {
+                prop_assert_eq!(w[0].end_ms, w[1].start_ms);
+            }
+            let barrier: Vec<_> = spans.iter().filter(|s| s.kind == SpanKind::Barrier).collect();
+            prop_assert!(barrier.len() <= 1);
+            for b in &barrier {
+                prop_assert!(b.start_ms == arrival && b.end_ms == released);
+            }
+            prop_assert_eq!(barrier.len(), usize::from(held > 0));
+            prop_assert_eq!(spans.last().map(|s| s.end_ms), (sent > prev.filter(|&p| p <= arrival).unwrap_or(arrival)).then_some(sent));
+            // The same round without the barrier differs only in how [arrival, sent] is named.
+            let plain = infer_spans(7, prev, arrival, sent, delay);
+            let before = |v: &[Span]| v.iter().filter(|s| s.end_ms <= arrival).copied().collect::<Vec<_>>();
+            prop_assert_eq!(before(&spans), before(&plain));
         }
 
         #[test]
@@ -320,5 +502,84 @@ mod tests {
         // A center sent with no push pending records nothing.
         a.center_sent(3, 6000, 0);
         assert_eq!(a.spans_since(next).0.len(), 1);
+    }
+
+    #[test]
+    fn a_held_push_is_drawn_at_the_barrier_up_to_now_and_then_for_good() {
+        let mut a = Activity::default();
+        let live = |_: u64| Some(0u32);
+        a.joined(1, 0);
+        // Computing: one open span from the center sent until now.
+        assert_eq!(
+            a.open_spans(500, live),
+            vec![Span {
+                worker: 1,
+                kind: SpanKind::Computing,
+                start_ms: 0,
+                end_ms: 500
+            }]
+        );
+        a.arrived(1, 1000);
+        a.held(1);
+        assert_eq!(a.held_since(1), Some(1000));
+        let open: Vec<_> = a
+            .open_spans(4000, live)
+            .iter()
+            .map(|s| (s.kind, s.start_ms, s.end_ms))
+            .collect();
+        assert_eq!(
+            open,
+            vec![
+                (SpanKind::Computing, 0, 1000),
+                (SpanKind::Barrier, 1000, 4000)
+            ]
+        );
+        // The round closes at 5000; the answer is written at 5010.
+        a.pushed(1, 1000, 8);
+        a.released(1, 5000);
+        assert_eq!(a.held_since(1), None);
+        a.center_sent(1, 5010, 0);
+        let (spans, _) = a.spans_since(0);
+        let kinds: Vec<_> = spans
+            .iter()
+            .map(|s| (s.kind, s.start_ms, s.end_ms))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (SpanKind::Computing, 0, 1000),
+                (SpanKind::Barrier, 1000, 5000),
+                (SpanKind::Communicating, 5000, 5010),
+            ]
+        );
+        // A device that is not live, or that left, has no open span.
+        assert!(a.open_spans(6000, |_| None).is_empty());
+        a.left(1);
+        assert!(a.open_spans(6000, live).is_empty());
+    }
+
+    #[test]
+    fn verdicts_keep_the_newest_and_a_reset_forgets_them() {
+        let mut a = Activity::default();
+        for tau in 0..20 {
+            a.verdict(
+                2,
+                PushMark {
+                    tau,
+                    accepted: tau < 10,
+                    code: if tau < 10 { 0 } else { 8 },
+                },
+            );
+        }
+        let v = a.verdicts(2);
+        assert_eq!(v.len(), RECENT_VERDICTS);
+        assert_eq!(v.first().map(|m| m.tau), Some(20 - RECENT_VERDICTS as u64));
+        assert_eq!(
+            v.last().map(|m| (m.tau, m.accepted, m.code)),
+            Some((19, false, 8))
+        );
+        assert!(a.verdicts(3).is_empty());
+        a.clear_verdicts();
+        assert!(a.verdicts(2).is_empty());
     }
 }

@@ -19,9 +19,9 @@ use warp::{Filter, Reply};
 use crate::Shutdown;
 use crate::activity::{Activity, Counter, Span, bytes_per_s};
 use crate::backends::Backends;
-use crate::devices::{DeviceRow, device_rows};
+use crate::devices::{DeviceRow, WorkRefused, device_rows, work_refused};
 use crate::hub::{Hub, RoomSlot};
-use crate::room::{Room, SwarmView, wall_ms};
+use crate::room::{Room, SwarmView, trains, wall_ms};
 use crate::runs::{EvalPoint, PushPoint, Runs};
 use crate::teacher::SettingsView;
 use crate::ws::WsConfig;
@@ -53,7 +53,11 @@ struct Gathered {
     evals: Vec<EvalPoint>,
     pushes: Vec<PushPoint>,
     spans: Vec<Span>,
+    /// The rounds under way, drawn up to now (replaced by every message).
+    open_spans: Vec<Span>,
     histogram: Vec<(u64, u64)>,
+    refused_histogram: Vec<(u64, u64)>,
+    work_refused: Option<WorkRefused>,
     counter: Counter,
     totals: serde_json::Value,
     swarm: Option<SwarmView>,
@@ -91,19 +95,38 @@ fn gather(
         bytes_in: t.bytes_in,
         bytes_out: t.bytes_out,
     };
+    let live = |id: u64| {
+        room.workers()
+            .get(&id)
+            .filter(|w| trains(w.kind) && w.connected && !w.paused && !w.removed)
+            .map(|w| w.delay_ms)
+    };
+    let name = |id: u64| {
+        room.workers()
+            .get(&id)
+            .map_or_else(|| format!("#{id}"), |w| w.name.clone())
+    };
     let g = Gathered {
         version: room.center().0,
         settings: SettingsView::of(room.settings()),
-        devices: device_rows(room, activity, backends, Instant::now()),
+        devices: device_rows(room, activity, backends, Instant::now(), now),
         evals: run.evals.since(cur.evals),
         pushes: run.pushes.since(cur.pushes),
         spans,
+        open_spans: activity.open_spans(now, live),
         histogram: room
             .ledger()
             .histogram()
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect(),
+        refused_histogram: room
+            .ledger()
+            .refused_histogram()
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        work_refused: work_refused(room.ledger().records(), now, &room.settings().hyper, name),
         counter,
         totals: serde_json::to_value(t).unwrap_or_default(),
         swarm: room.swarm_view(),
@@ -147,7 +170,10 @@ fn snapshot(hub: &Hub, slot: &RoomSlot, code: &str, g: Gathered) -> serde_json::
         "evals": g.evals,
         "pushes": g.pushes,
         "spans": g.spans,
+        "open_spans": g.open_spans,
         "histogram": g.histogram,
+        "refused_histogram": g.refused_histogram,
+        "work_refused": g.work_refused,
         "totals": g.totals,
         "swarm": g.swarm,
     })
@@ -166,7 +192,10 @@ fn update(run: u64, prev: Counter, g: Gathered) -> serde_json::Value {
         "evals": g.evals,
         "pushes": g.pushes,
         "spans": g.spans,
+        "open_spans": g.open_spans,
         "histogram": g.histogram,
+        "refused_histogram": g.refused_histogram,
+        "work_refused": g.work_refused,
         "bytes_per_s": { "in": bin, "out": bout },
         "totals": g.totals,
         "swarm": g.swarm,
@@ -285,7 +314,7 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activity::DeviceState;
+    use crate::activity::{DeviceState, SpanKind};
     use crate::room::RoomSettings;
     use easel_protocol::message::Join;
     use easel_protocol::{Backend, ClientKind, Codec, LENET5_28, Limits, Push};
@@ -346,6 +375,137 @@ mod tests {
         let json = snapshot(&hub, &slot, "ABCDE", g);
         assert_eq!(json["type"], "snapshot");
         assert_eq!(json["run"]["name"], "second");
+    }
+
+    fn joined(hub: &Hub, slot: &RoomSlot) -> u64 {
+        let join = Join {
+            room: slot.with_room(|r| r.code().to_string()),
+            kind: ClientKind::Bot,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        };
+        hub.join(&join, false).unwrap().worker_id
+    }
+
+    fn push(base_version: u64) -> Push {
+        Push {
+            base_version,
+            local_steps: 4,
+            samples: 32,
+            loss: 1.0,
+            payload: easel_protocol::codec::encode(Codec::Fp32, &[0.0; 44_426], &mut rand::rng()),
+        }
+    }
+
+    /// A device whose pushes come too late: its row counts them refused and turns red with
+    /// the reason, the refused histogram has them, and the room's banner offers the fix.
+    #[test]
+    fn refused_work_is_counted_shown_red_and_bannered() {
+        let mut settings = RoomSettings::default();
+        settings.hyper.tau_max = 1;
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            settings,
+            std::sync::Arc::new(easel_client::Lenet),
+        );
+        let slot = hub.room(&hub.create_room()).unwrap();
+        let (slow, fast) = (joined(&hub, &slot), joined(&hub, &slot));
+        for v in 0..4 {
+            slot.push(fast, &push(v), 10, 0);
+            slot.center_sent(fast);
+        }
+        for _ in 0..2 {
+            slot.push(slow, &push(0), 10, 0);
+            slot.center_sent(slow);
+        }
+        let mut cur = Cursor::default();
+        let (_, g) = slot.with_view(|r, runs, a, b| gather(r, runs, a, b, &mut cur));
+        let row = g.devices.iter().find(|d| d.id == slow).unwrap();
+        assert_eq!((row.pushes, row.accepted, row.refused), (2, 0, 2));
+        assert_eq!(
+            row.recent
+                .iter()
+                .map(|m| (m.tau, m.accepted))
+                .collect::<Vec<_>>(),
+            [(4, false), (4, false)]
+        );
+        let alert = row.alert.as_ref().expect("an alert");
+        assert_eq!(alert.level, crate::devices::Level::Red);
+        assert!(
+            alert
+                .reason
+                .starts_with("4 versions late, limit 1: its work is thrown away"),
+            "{}",
+            alert.reason
+        );
+        assert!(
+            g.devices
+                .iter()
+                .find(|d| d.id == fast)
+                .unwrap()
+                .alert
+                .is_none()
+        );
+        assert_eq!(g.refused_histogram, vec![(4, 2)]);
+        assert_eq!(g.histogram, vec![(0, 4)]);
+        let banner = g.work_refused.clone().expect("2 of 6 pushes refused");
+        assert_eq!((banner.pushes, banner.refused, banner.max_tau), (6, 2, 4));
+        assert_eq!(banner.fixes[0].settings.tau_max, Some(8));
+        let json = update(cur.run, Counter::default(), g);
+        assert_eq!(json["work_refused"]["refused"], 2);
+        assert_eq!(json["devices"][0]["alert"]["level"], "red");
+        assert_eq!(json["refused_histogram"][0][1], 2);
+    }
+
+    /// Under FedAvg a held push is drawn at the barrier up to now, and its device says how
+    /// many it waits for once it has waited a second.
+    #[test]
+    fn a_held_push_waits_at_the_barrier_on_the_dashboard() {
+        let mut settings = RoomSettings::default();
+        settings.hyper.merge = easel_protocol::Merge::Fedavg { m_of_n: None };
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            settings,
+            std::sync::Arc::new(easel_client::Lenet),
+        );
+        let slot = hub.room(&hub.create_room()).unwrap();
+        let (a, _b, _c) = (
+            joined(&hub, &slot),
+            joined(&hub, &slot),
+            joined(&hub, &slot),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(slot.push(a, &push(0), 10, 0).is_none(), "held");
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut cur = Cursor::default();
+        let (_, g) = slot.with_view(|r, runs, act, b| gather(r, runs, act, b, &mut cur));
+        let open: Vec<_> = g
+            .open_spans
+            .iter()
+            .filter(|s| s.worker == a)
+            .map(|s| s.kind)
+            .collect();
+        assert_eq!(open, [SpanKind::Computing, SpanKind::Barrier]);
+        assert!(
+            g.open_spans
+                .iter()
+                .filter(|s| s.worker != a)
+                .all(|s| s.kind == SpanKind::Computing)
+        );
+        let row = g.devices.iter().find(|d| d.id == a).unwrap();
+        let alert = row.alert.as_ref().expect("an amber alert");
+        assert_eq!(alert.level, crate::devices::Level::Amber);
+        assert!(
+            alert
+                .reason
+                .starts_with("waiting for 2 slower devices at the FedAvg barrier"),
+            "{}",
+            alert.reason
+        );
     }
 
     #[test]

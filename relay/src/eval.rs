@@ -28,23 +28,27 @@ pub async fn evaluate_rooms(
 ) -> usize {
     let mut done = 0;
     for (code, slot) in hub.rooms() {
-        let (version, center) = slot.center();
+        let ticket = slot.center_for_eval();
+        let version = ticket.version;
         if last.get(&code) == Some(&version) {
             continue;
         }
         let f = evaluator.clone();
+        let center = ticket.center.clone();
         // A forward pass over 2,000 digits takes tens of milliseconds: not on the reactor.
         let Ok((accuracy, loss)) = tokio::task::spawn_blocking(move || f(&center)).await else {
             tracing::warn!(room = %code, "evaluation panicked");
             continue;
         };
-        // A reset while this ran makes the point one of no run: record_eval drops it.
-        let recorded = slot.record_eval(EvalPoint {
+        // A reset while this ran makes the point one of no run: the ticket's epoch is
+        // then an older one, and record_scored drops it.
+        let point = EvalPoint {
             wall_ms: wall_ms(),
             version,
             accuracy,
             loss,
-        });
+        };
+        let recorded = slot.record_scored(&ticket, point);
         last.insert(code, version);
         done += usize::from(recorded);
     }
@@ -170,5 +174,74 @@ mod tests {
         assert_eq!(calls(), 2, "no new center, no new score");
         stop.fire();
         task.await.unwrap();
+    }
+
+    /// The same race through [`evaluate_rooms`] itself: the teacher resets the room while
+    /// the evaluator is scoring the old center (93.7%). The fresh run must not get that
+    /// score, and the next evaluation scores the new center.
+    #[tokio::test]
+    async fn a_reset_during_an_evaluation_never_puts_the_old_score_in_the_new_run() {
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
+        let code = hub.create_room();
+        let slot = hub.room(&code).unwrap();
+        let resets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, r) = (slot.clone(), resets.clone());
+        let evaluator: Evaluator = Arc::new(move |_: &[f32]| {
+            // Only the first call races: the reset lands while the old center is scored.
+            if r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                s.start_run("fresh", true);
+                (0.937, 0.2)
+            } else {
+                (0.1, 2.3)
+            }
+        });
+        let mut last = HashMap::new();
+        assert_eq!(evaluate_rooms(&hub, &evaluator, &mut last).await, 0);
+        let run = slot.runs_json()["current"].as_u64().unwrap();
+        assert!(slot.evals().is_empty(), "{:?}", slot.evals());
+        assert!(!slot.run_json(run).unwrap().to_string().contains("0.937"));
+        assert_eq!(evaluate_rooms(&hub, &evaluator, &mut last).await, 1);
+        let evals = slot.evals();
+        assert_eq!(evals.len(), 1);
+        assert_eq!(
+            (evals[0].version, evals[0].accuracy),
+            (slot.center().0, 0.1)
+        );
+    }
+
+    /// A ticket taken before a reset is refused after it, and a score is recorded under its
+    /// ticket's version, whatever version the point claims (so it can never pass for a
+    /// newer center's). The epoch check and the version floor are independent guards.
+    #[tokio::test]
+    async fn a_ticket_from_before_a_reset_is_refused_whatever_its_version() {
+        let hub = Hub::new(
+            "t".into(),
+            Limits::default(),
+            RoomSettings::default(),
+            std::sync::Arc::new(easel_client::Lenet),
+        );
+        let slot = hub.room(&hub.create_room()).unwrap();
+        let before = slot.center_for_eval();
+        slot.start_run("fresh", true);
+        let after = slot.center_for_eval();
+        let point = EvalPoint {
+            wall_ms: wall_ms(),
+            version: u64::MAX,
+            accuracy: 0.937,
+            loss: 0.2,
+        };
+        assert!(!slot.record_scored(&before, point));
+        assert!(slot.evals().is_empty());
+        assert!(slot.record_scored(&after, point));
+        assert_eq!(
+            slot.evals()[0].version,
+            after.version,
+            "the ticket's version is kept"
+        );
     }
 }

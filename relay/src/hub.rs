@@ -15,7 +15,7 @@ use easel_protocol::{
 };
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::activity::Activity;
+use crate::activity::{Activity, PushMark};
 use crate::backends::Backends;
 use crate::room::{self, Room, RoomSettings, wall_ms};
 use crate::runs::{PushPoint, Runs};
@@ -133,6 +133,15 @@ impl Mailbox {
 
 pub use crate::runs::EvalPoint;
 
+/// A center taken for evaluation, tagged with the room's reset epoch
+/// ([`RoomSlot::center_for_eval`]).
+#[derive(Clone, Debug)]
+pub struct EvalTicket {
+    epoch: u64,
+    pub version: u64,
+    pub center: Arc<[f32]>,
+}
+
 /// A handle on the relay's rooms; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Hub {
@@ -187,6 +196,10 @@ struct RoomState {
     /// evaluation runs outside the lock, so one of the center from before a reset can
     /// arrive after it; it belongs to no run and is dropped.
     eval_floor: u64,
+    /// Resets of this room since the relay started serving it: an evaluation is tagged
+    /// with the epoch of the center it scored ([`EvalTicket`]) and dropped when a reset
+    /// came in between, whatever the versions say.
+    eval_epoch: u64,
     /// The named runs, the last one current.
     runs: Runs,
     /// Every device's inferred timeline and rates.
@@ -342,6 +355,7 @@ fn insert_room(
                 connections: 0,
                 evals: VecDeque::new(),
                 eval_floor: 0,
+                eval_epoch: 0,
                 runs,
                 activity: Activity::default(),
                 backends: Backends::default(),
@@ -383,6 +397,7 @@ impl Hub {
                 connections: 0,
                 evals,
                 eval_floor,
+                eval_epoch: 0,
                 runs: r.runs,
                 activity: Activity::default(),
                 backends: Backends::default(),
@@ -508,6 +523,7 @@ impl RoomSlot {
         let delta = room::decode_update(push);
         let (ack, center) = {
             let mut st = lock(&self.state);
+            st.activity.arrived(worker, wall_ms());
             let pushed = st
                 .room
                 .handle_decoded(worker, push, delta, bytes_in, Instant::now());
@@ -516,6 +532,10 @@ impl RoomSlot {
                 let (_, full) = st.room.center_message(0);
                 self.centers.send_replace(full);
             }
+            if pushed.ack.is_none() {
+                st.activity.held(worker);
+            }
+            released_locked(&mut st, &pushed.released);
             answer_locked(&mut st, pushed.released);
             queue_locked(&mut st, pushed.forwards);
             let ack = pushed.ack?;
@@ -632,7 +652,7 @@ impl RoomSlot {
         serde_json::json!({
             "settings": SettingsView::of(st.room.settings()),
             "run": st.runs.current().id,
-            "devices": crate::devices::device_rows(&st.room, &st.activity, &st.backends, Instant::now()),
+            "devices": crate::devices::device_rows(&st.room, &st.activity, &st.backends, Instant::now(), wall_ms()),
         })
     }
 
@@ -649,7 +669,10 @@ impl RoomSlot {
                 .room
                 .release_held(code::RESYNC, "the teacher reset the room: resync");
             st.eval_floor = st.room.reset(center, Instant::now());
+            st.eval_epoch += 1;
             st.resets += 1;
+            released_locked(&mut st, &released);
+            st.activity.clear_verdicts();
             answer_locked(&mut st, released);
             st.evals.clear();
             let (_, full) = st.room.center_message(0);
@@ -707,12 +730,14 @@ impl RoomSlot {
         {
             st.controls.remove(&worker);
             st.room.leave(worker);
+            st.activity.left(worker);
             // A barrier round waiting for this worker would wait for ever.
             let released = st.room.release_held(
                 code::RESYNC,
                 "a worker left; the round starts again: resync",
             );
             record_rows_locked(&mut st, released.len());
+            released_locked(&mut st, &released);
             answer_locked(&mut st, released);
         }
     }
@@ -730,19 +755,34 @@ impl RoomSlot {
         }
     }
 
+    /// The newest center to evaluate, with the epoch it belongs to: hand the ticket back
+    /// to [`RoomSlot::record_scored`] with its score.
+    pub fn center_for_eval(&self) -> EvalTicket {
+        let st = lock(&self.state);
+        let (version, center) = st.room.center();
+        EvalTicket {
+            epoch: st.eval_epoch,
+            version,
+            center,
+        }
+    }
+
+    /// Records the score of a ticket's center (its `version` is the ticket's), unless the
+    /// room was reset since the ticket was taken: then the score is the old model's, it
+    /// belongs to no run, and it is dropped (`false`).
+    pub fn record_scored(&self, ticket: &EvalTicket, mut point: EvalPoint) -> bool {
+        point.version = ticket.version;
+        let mut st = lock(&self.state);
+        if ticket.epoch != st.eval_epoch {
+            return false;
+        }
+        record_eval_locked(&mut st, point)
+    }
+
     /// Records an evaluation of the center, unless it scored a center from before the
     /// last reset (then it is dropped and `false` returned).
     pub fn record_eval(&self, point: EvalPoint) -> bool {
-        let mut st = lock(&self.state);
-        if point.version < st.eval_floor {
-            return false;
-        }
-        if st.evals.len() == EVAL_HISTORY {
-            st.evals.pop_front();
-        }
-        st.evals.push_back(point);
-        st.runs.current_mut().record_eval(point);
-        true
+        record_eval_locked(&mut lock(&self.state), point)
     }
 
     /// The evaluations so far, oldest first.
@@ -834,6 +874,20 @@ impl RoomSlot {
     }
 }
 
+/// Keeps an evaluation in the room and its current run, unless it scored a center older
+/// than the last reset's.
+fn record_eval_locked(st: &mut RoomState, point: EvalPoint) -> bool {
+    if point.version < st.eval_floor {
+        return false;
+    }
+    if st.evals.len() == EVAL_HISTORY {
+        st.evals.pop_front();
+    }
+    st.evals.push_back(point);
+    st.runs.current_mut().record_eval(point);
+    true
+}
+
 /// Applies a Control with the room locked and hands what each worker must be told to its
 /// connection's [`Pending`] (coalesced, never dropped).
 fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
@@ -850,6 +904,7 @@ fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
             "the round was abandoned (a worker paused or the strategy changed): resync",
         );
         record_rows_locked(st, released.len());
+        released_locked(st, &released);
         answer_locked(st, released);
     }
     queue_locked(st, forwards);
@@ -868,9 +923,26 @@ fn record_rows_locked(st: &mut RoomState, rows: usize) {
     } = st;
     let records = room.ledger().records();
     let skip = records.len().saturating_sub(rows);
-    for point in records.skip(skip).map(PushPoint::from) {
+    for r in records.skip(skip) {
+        let point = PushPoint::from(r);
         runs.current_mut().record_push(point);
         activity.pushed(point.worker, point.wall_ms, point.local_steps);
+        activity.verdict(
+            r.worker,
+            PushMark {
+                tau: r.tau,
+                accepted: r.accepted(),
+                code: r.code,
+            },
+        );
+    }
+}
+
+/// The barrier released these workers' held pushes now: their timelines end the wait.
+fn released_locked(st: &mut RoomState, released: &[(u64, easel_protocol::Ack)]) {
+    let now = wall_ms();
+    for (id, _) in released {
+        st.activity.released(*id, now);
     }
 }
 

@@ -118,6 +118,9 @@ pub struct Ledger {
     totals: Totals,
     /// Accepted pushes by staleness, exact.
     histogram: BTreeMap<u64, u64>,
+    /// Refused pushes by staleness ([`counts_as_refused_work`]): exact since the ledger
+    /// began, or since a restart counted from the records a checkpoint kept.
+    refused_histogram: BTreeMap<u64, u64>,
     workers: BTreeMap<u64, WorkerStats>,
 }
 
@@ -139,6 +142,7 @@ impl Ledger {
             records: VecDeque::new(),
             totals: Totals::default(),
             histogram: BTreeMap::new(),
+            refused_histogram: BTreeMap::new(),
             workers: BTreeMap::new(),
         }
     }
@@ -170,6 +174,9 @@ impl Ledger {
             t.refused += 1;
             *t.refused_by_code.entry(r.code).or_default() += 1;
             w.refused += 1;
+            if counts_as_refused_work(r.code) {
+                *self.refused_histogram.entry(r.tau).or_default() += 1;
+            }
         }
         if self.records.len() == self.capacity {
             self.records.pop_front();
@@ -190,11 +197,17 @@ impl Ledger {
     ) -> Ledger {
         let capacity = capacity.max(1);
         let skip = records.len().saturating_sub(capacity);
+        let records: VecDeque<Record> = records.into_iter().skip(skip).collect();
+        let mut refused_histogram = BTreeMap::new();
+        for r in records.iter().filter(|r| counts_as_refused_work(r.code)) {
+            *refused_histogram.entry(r.tau).or_default() += 1;
+        }
         Ledger {
             capacity,
-            records: records.into_iter().skip(skip).collect(),
+            records,
             totals,
             histogram,
+            refused_histogram,
             workers,
         }
     }
@@ -211,7 +224,7 @@ impl Ledger {
     }
 
     /// The kept records, oldest first.
-    pub fn records(&self) -> impl ExactSizeIterator<Item = &Record> {
+    pub fn records(&self) -> impl ExactSizeIterator<Item = &Record> + DoubleEndedIterator {
         self.records.iter()
     }
 
@@ -223,6 +236,12 @@ impl Ledger {
     /// Accepted pushes by staleness `tau`, exact.
     pub fn histogram(&self) -> &BTreeMap<u64, u64> {
         &self.histogram
+    }
+
+    /// Refused pushes by staleness `tau`, RESYNC refusals left out
+    /// ([`counts_as_refused_work`]).
+    pub fn refused_histogram(&self) -> &BTreeMap<u64, u64> {
+        &self.refused_histogram
     }
 
     /// Exact figures per worker id.
@@ -310,6 +329,15 @@ impl Ledger {
     }
 }
 
+/// Whether a refusal with this code threw a device's work away for its staleness or its
+/// content: every refusal but RESYNC (10), which is the relay's bookkeeping (a reset, a
+/// restart, an abandoned barrier round) rather than the settings judging the work, and whose
+/// `tau` can be a restart's gap of a million versions. The refused histogram, the device
+/// states and the room's refused-work banner count these.
+pub fn counts_as_refused_work(code: u16) -> bool {
+    code != 0 && code != easel_protocol::codes::code::RESYNC
+}
+
 /// A CSV field, quoted when it holds a comma, a quote or a line break.
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -394,6 +422,47 @@ mod tests {
         assert_eq!(w1.last_alpha_eff, Some(0.5 / 3.0));
         assert_eq!(l.histogram().get(&4), Some(&1));
         assert_eq!(l.totals().refused_by_code.get(&8), Some(&1));
+    }
+
+    #[test]
+    fn refused_pushes_have_their_own_histogram_without_resyncs() {
+        let mut l = Ledger::new(2);
+        l.record(rec(1, 3, 0));
+        l.record(rec(1, 88, 8));
+        l.record(rec(1, 88, 8));
+        l.record(rec(2, 1_000_000, easel_protocol::codes::code::RESYNC));
+        assert_eq!(
+            l.refused_histogram().iter().collect::<Vec<_>>(),
+            [(&88, &2)]
+        );
+        assert_eq!(l.histogram().iter().collect::<Vec<_>>(), [(&3, &1)]);
+        // After a restart it is counted again from the kept records.
+        let back = Ledger::restore(
+            2,
+            l.records().cloned().collect(),
+            l.totals().clone(),
+            l.histogram().clone(),
+            l.workers().clone(),
+        );
+        assert_eq!(
+            back.refused_histogram().iter().collect::<Vec<_>>(),
+            [(&88, &1)]
+        );
+    }
+
+    /// The export keeps every refused push with its staleness and its refusal code.
+    #[test]
+    fn a_refused_push_is_in_the_csv_with_its_tau_and_code() {
+        let mut l = Ledger::new(10);
+        l.record(rec(3, 88, 8));
+        let csv = l.to_csv();
+        let header: Vec<&str> = CSV_HEADER.split(',').collect();
+        let row: Vec<&str> = csv.lines().nth(1).unwrap_or_default().split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name).map(|i| row[i]);
+        assert_eq!(col("tau"), Some("88"));
+        assert_eq!(col("accepted"), Some("false"));
+        assert_eq!(col("code"), Some("8"));
+        assert_eq!(col("worker"), Some("3"));
     }
 
     #[test]

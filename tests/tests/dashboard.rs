@@ -224,6 +224,15 @@ async fn dashboard_sees_bots_controls_them_and_exports_runs() {
         .collect();
     assert!(device(&live, ids[0])["steps_per_s"].as_f64().unwrap() > 0.0);
     assert!(live["bytes_per_s"]["in"].as_f64().is_some());
+    // Every device counted: refused pushes, each push's staleness, the rounds under way.
+    assert!(device(&live, ids[0])["refused"].as_u64().is_some());
+    assert!(
+        device(&live, ids[0])["recent"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    );
+    assert!(live["refused_histogram"].is_array() && live["open_spans"].is_array());
+    assert!(live.get("work_refused").is_some(), "{live}");
 
     // Delay one bot: the answer, then the pushed table, show it; its timeline gets waiting.
     let (status, state) = post(
