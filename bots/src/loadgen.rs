@@ -80,18 +80,28 @@ impl Target {
 
     /// The room's settings through the teacher API: the push codec and `tau_max`.
     pub fn configure(&self, codec_up: &str, tau_max: u32) -> anyhow::Result<()> {
-        let body = serde_json::json!({
+        self.control(&serde_json::json!({
             "type": "settings",
             "codec_up": codec_up,
             "tau_max": tau_max,
-        })
-        .to_string();
+        }))
+        .map(drop)
+    }
+
+    /// Sends one command of `POST /api/rooms/CODE/control`; the room's new state, or the
+    /// relay's reason for refusing it.
+    pub fn control(&self, command: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
         let path = format!("/api/rooms/{}/control?admin={}", self.room, self.admin);
+        let body = command.to_string();
         let (status, text) = http(self.addr, "POST", &path, Some(&body), &self.origin())?;
         if status != 200 {
-            bail!("the relay refused the room settings ({status}): {text}");
+            let why = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("the relay refused {} ({status}): {why}", command["type"]);
         }
-        Ok(())
+        Ok(serde_json::from_str(&text)?)
     }
 
     /// The room's ledger as CSV.

@@ -1,5 +1,6 @@
 //! `easel rooms list` and `easel rooms export`: the rooms and runs kept in the database,
-//! read without stopping a relay that serves it.
+//! read without stopping a relay that serves it. `easel rooms apply`: a simulator
+//! configuration's settings applied to a live room.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,17 @@ pub enum RoomsCommand {
         format: Format,
         #[command(flatten)]
         db: DbArg,
+    },
+    /// Applies a simulator configuration (`easel sim --config FILE`) to a live room: its
+    /// training settings and strategy, and its partition when it differs. The rest of the
+    /// file (workers, speeds, network) describes a simulated class; the room has a real one.
+    Apply {
+        /// The configuration, TOML or JSON, as `easel sim --config` reads it.
+        config: PathBuf,
+        /// The teacher URL `easel serve` prints:
+        /// `http://127.0.0.1:PORT/teacher.html?room=CODE&admin=TOKEN`.
+        #[arg(long, value_name = "URL")]
+        teacher: String,
     },
 }
 
@@ -80,6 +92,7 @@ pub fn rooms(cmd: RoomsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        RoomsCommand::Apply { config, teacher } => apply(&config, &teacher),
         RoomsCommand::Export {
             code,
             run,
@@ -98,6 +111,43 @@ pub fn rooms(cmd: RoomsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `easel rooms apply`: the configuration's settings, then its partition, sent to the room.
+fn apply(config: &std::path::Path, teacher: &str) -> anyhow::Result<()> {
+    let cfg = easel_sim::SimConfig::load(config)?;
+    let target = easel_bots::loadgen::Target::from_teacher_url(teacher)?;
+    let change = easel_protocol::settings::SettingsChange::of(&cfg.room_hyper());
+    let mut command = serde_json::to_value(&change)?;
+    command["type"] = "settings".into();
+    let state = target.control(&command).with_context(|| {
+        format!(
+            "applying {} to room {} (is `easel serve` running at {}?)",
+            config.display(),
+            target.room,
+            target.addr
+        )
+    })?;
+    let settings = &state["settings"];
+    println!(
+        "room {}: strategy {}, lr {}, batch {}, local steps {}, push codec {}, tau_max {}",
+        target.room,
+        settings["strategy"],
+        settings["lr"],
+        settings["batch"],
+        settings["local_steps"],
+        settings["codec_up"],
+        settings["tau_max"]
+    );
+    if settings["partition"].as_str() != Some(cfg.partition.as_str()) {
+        let scheme = serde_json::json!({ "type": "partition", "scheme": cfg.partition });
+        target.control(&scheme)?;
+        println!(
+            "partition {}: the devices rejoin with new shards",
+            cfg.partition
+        );
+    }
+    Ok(())
 }
 
 /// How long ago a wall time was, for people.

@@ -842,3 +842,54 @@ fn bots_resume_as_themselves_after_the_relay_is_killed_and_restarted() {
     drop(bots);
     std::fs::remove_dir_all(&home).unwrap();
 }
+
+/// `easel rooms apply`: a simulator configuration's strategy, training settings and
+/// partition reach a live room through the teacher URL; one the room's vocabulary cannot
+/// say (a codec without a name) is refused with the setting named, and changes nothing.
+#[test]
+fn an_experiment_file_is_applied_to_a_live_room() {
+    let home = temp_dir("apply");
+    let serve = start_serve(&home, &[]);
+    let base = std::fs::read_to_string(source("experiments/single/easgd.toml")).unwrap();
+    let strategy = base.find("[strategy]").unwrap();
+    let fedavg = format!(
+        "{}[strategy]\nkind = \"fedavg\"\nk = 4\nm_of_n = 3\n",
+        base[..strategy].replace("partition = \"iid\"", "partition = \"classes:2\"")
+    );
+    let path = home.join("fedavg.toml");
+    std::fs::write(&path, &fedavg).unwrap();
+    let apply = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_easel"))
+            .args(["rooms", "apply"])
+            .arg(file)
+            .args(["--teacher", &serve.teacher])
+            .output()
+            .unwrap()
+    };
+    let out = apply(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("strategy \"fedavg:3\""), "{stdout}");
+    assert!(stdout.contains("local steps 4"), "{stdout}");
+    assert!(stdout.contains("push codec \"qsgd8\""), "{stdout}");
+    assert!(stdout.contains("partition classes:2"), "{stdout}");
+    // Applied twice: the same settings, and no partition change the second time.
+    let again = apply(&path);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success() && !stdout.contains("partition"),
+        "{stdout}"
+    );
+
+    let odd = fedavg.replace("bucket = 512", "bucket = 100");
+    let odd_path = home.join("odd.toml");
+    std::fs::write(&odd_path, odd).unwrap();
+    let refused = apply(&odd_path);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("codec"), "{stderr}");
+}

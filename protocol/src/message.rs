@@ -363,6 +363,64 @@ impl Hyper {
         }
     }
 
+    /// These settings with `strategy` as the room's: its kind becomes the [`Merge`] and its
+    /// numbers the shared fields ([`Hyper::strategy`] reads them back). FedAvg's `k` and
+    /// ADACOMM's `k0` become `local_steps`; bounded staleness's `s` becomes `tau_max`; a
+    /// swarm's `quantize` codec (the simulator's exchanges) becomes both codecs, since a live
+    /// room's exchanges are its pushes and centers.
+    pub fn with_strategy(mut self, strategy: &crate::strategy::Strategy) -> Hyper {
+        use crate::strategy::Strategy as S;
+        self.merge = match *strategy {
+            S::Easgd {
+                alpha,
+                staleness,
+                tau_max,
+            } => {
+                (self.alpha, self.staleness, self.tau_max) = (alpha, staleness, tau_max);
+                Merge::Easgd
+            }
+            S::Fedavg { k, m_of_n } => {
+                self.local_steps = k;
+                Merge::Fedavg { m_of_n }
+            }
+            S::AsyncSgd { staleness, tau_max } => {
+                (self.staleness, self.tau_max) = (staleness, tau_max);
+                Merge::AsyncSgd
+            }
+            S::Bounded { s, b } => {
+                self.tau_max = s;
+                Merge::Bounded { b }
+            }
+            S::Adacomm {
+                k0,
+                k_min,
+                interval_s,
+            } => {
+                self.local_steps = k0;
+                Merge::Adacomm {
+                    k0,
+                    k_min,
+                    interval_s: interval_s as f32,
+                }
+            }
+            S::Fedbuff {
+                m,
+                staleness,
+                tau_max,
+            } => {
+                (self.staleness, self.tau_max) = (staleness, tau_max);
+                Merge::Fedbuff { m }
+            }
+            S::Swarm { topology, quantize } => {
+                if let Some(c) = quantize {
+                    (self.codec_up, self.codec_down) = (c, c);
+                }
+                Merge::Swarm { topology }
+            }
+        };
+        self
+    }
+
     /// The full strategy these settings make (see [`Merge`] for which field is which).
     pub fn strategy(&self) -> crate::strategy::Strategy {
         use crate::strategy::Strategy as S;
@@ -1301,6 +1359,21 @@ mod tests {
             device,
             use_backend
         ]
+    }
+
+    proptest! {
+        /// `with_strategy` is `strategy`'s inverse: settings given their own strategy stay
+        /// the same (but ADACOMM's period starts again at `k0`), and any settings given
+        /// another's strategy make exactly that strategy.
+        #[test]
+        fn with_strategy_inverts_strategy(h in hyper(), other in hyper()) {
+            let local_steps = match h.merge {
+                Merge::Adacomm { k0, .. } => k0,
+                _ => h.local_steps,
+            };
+            prop_assert_eq!(h.with_strategy(&h.strategy()), Hyper { local_steps, ..h });
+            prop_assert_eq!(other.with_strategy(&h.strategy()).strategy(), h.strategy());
+        }
     }
 
     proptest! {

@@ -152,28 +152,58 @@ pub const SCHEMA: &[Setting] = &[
 /// Settings to change; every field is optional. Adding a setting is one field here, one
 /// line in [`SettingsChange::apply`], one row of [`SCHEMA`] (the dashboard builds its form
 /// from it) and one in the relay's settings view.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsChange {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f32>,
     /// `constant`, `inverse`, `exp:A` (`(1 + tau)^-A`) or `hinge:A:B`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub staleness: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tau_max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_steps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f32>,
     /// A codec name of [`codec_names`].
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub codec_up: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub codec_down: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_feedback: Option<bool>,
     /// How the room merges: a name of [`parse_strategy`] (`easgd`, `fedavg`, `fedavg:M`,
     /// `async_sgd`, `bounded`, `bounded:B`, `adacomm:K0:KMIN:INTERVAL_S`, `fedbuff:M`,
     /// `swarm:TOPOLOGY`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
 }
 
 impl SettingsChange {
+    /// Every setting of `h`, in the vocabulary's words: applied to any settings, it gives
+    /// `h` (when `h`'s codecs have names; others are refused with the codec named).
+    pub fn of(h: &Hyper) -> SettingsChange {
+        let v = HyperView::of(h);
+        SettingsChange {
+            alpha: Some(v.alpha),
+            staleness: Some(v.staleness),
+            tau_max: Some(v.tau_max),
+            local_steps: Some(v.local_steps),
+            lr: Some(v.lr),
+            batch: Some(v.batch),
+            momentum: Some(v.momentum),
+            codec_up: Some(v.codec_up),
+            codec_down: Some(v.codec_down),
+            error_feedback: Some(v.error_feedback),
+            strategy: Some(v.strategy),
+        }
+    }
+
     /// `hyper` with the listed fields changed and checked, or the field to fix and how.
     pub fn apply(&self, mut h: Hyper) -> Result<Hyper, SettingsError> {
         fn set<T: Copy>(slot: &mut T, v: Option<T>) {
@@ -453,6 +483,38 @@ mod tests {
             let change: SettingsChange = serde_json::from_value(one).unwrap();
             assert_eq!(change.apply(h), Ok(h), "{key}");
         }
+    }
+
+    #[test]
+    fn a_full_change_of_some_settings_gives_those_settings_from_any() {
+        let target = Hyper {
+            alpha: 0.25,
+            staleness: Staleness::Hinge { a: 1.0, b: 4 },
+            tau_max: 7,
+            local_steps: 3,
+            lr: 0.02,
+            batch: 16,
+            momentum: 0.9,
+            codec_up: named_codecs(LENET5_28.param_count)[2].1,
+            codec_down: Codec::Fp16,
+            error_feedback: true,
+            merge: Merge::Fedbuff { m: 3 },
+        };
+        let change = SettingsChange::of(&target);
+        assert_eq!(change.apply(Hyper::default()), Ok(target));
+        // Through JSON, as `easel rooms apply` sends it.
+        let json = serde_json::to_value(&change).unwrap();
+        let back: SettingsChange = serde_json::from_value(json).unwrap();
+        assert_eq!(back.apply(Hyper::default()), Ok(target));
+        // A codec without a name is refused, naming the field.
+        let odd = Hyper {
+            codec_up: Codec::Qsgd { bits: 3, bucket: 7 },
+            ..target
+        };
+        assert_eq!(
+            SettingsChange::of(&odd).apply(target).unwrap_err().field,
+            "codec_up"
+        );
     }
 
     #[test]

@@ -294,6 +294,24 @@ impl SimConfig {
             .saturating_add(SHARED)
     }
 
+    /// The settings a live room takes from this run: the training of `train` and the
+    /// strategy (`Hyper::with_strategy`); the rest of the file (workers, speeds, network,
+    /// duration) describes the simulated class, which a live room has for real.
+    pub fn room_hyper(&self) -> easel_protocol::Hyper {
+        let t = &self.train;
+        easel_protocol::Hyper {
+            lr: t.lr,
+            batch: t.batch,
+            local_steps: t.local_steps,
+            momentum: t.momentum,
+            codec_up: t.codec_up,
+            codec_down: t.codec_down,
+            error_feedback: t.error_feedback,
+            ..easel_protocol::Hyper::default()
+        }
+        .with_strategy(&self.strategy)
+    }
+
     /// The partition scheme, parsed.
     pub fn partition_scheme(&self) -> Result<Partition, String> {
         self.partition
