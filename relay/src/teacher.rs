@@ -155,7 +155,7 @@ mod tests {
                 Ok(RoomSettings::default().hyper)
             );
         }
-        assert_eq!(keys.len(), 11);
+        assert!(keys.len() >= 11, "{keys:?}");
         assert!(v["codecs"].as_array().unwrap().len() >= 7);
     }
 

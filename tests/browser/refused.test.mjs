@@ -110,6 +110,25 @@ test('a slow device whose pushes are all refused is red, counted, in the histogr
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForTimeout(1200);
   await screenshot(page, 'refused-390x844.png');
+  // On the projector the class sees it too: the banner, in the question's place, with
+  // nothing to scroll.
+  await page.setViewportSize({ width: 1920, height: 1080 });
+  await page.locator('#view-toggle').click();
+  await page.waitForTimeout(1200);
+  const onProjector = await page.evaluate(() => {
+    const b = document.getElementById('refused-banner').getBoundingClientRect();
+    return {
+      projector: document.body.classList.contains('projector'),
+      banner: b.height > 0 && b.bottom <= innerHeight && b.right <= innerWidth,
+      text: document.getElementById('refused-text').textContent,
+      scrolls: document.documentElement.scrollHeight > innerHeight
+        || document.documentElement.scrollWidth > innerWidth,
+    };
+  });
+  assert.ok(onProjector.projector && onProjector.banner && !onProjector.scrolls, JSON.stringify(onProjector));
+  assert.match(onProjector.text, /thrown away/);
+  await screenshot(page, 'refused-projector-1920x1080.png');
+  await page.locator('#view-toggle').click();
   await page.setViewportSize({ width: 1280, height: 800 });
 
   // The teacher takes the first fix: the relay raises τ max.
