@@ -317,16 +317,11 @@ mod tests {
     use crate::activity::{DeviceState, SpanKind};
     use crate::room::RoomSettings;
     use easel_protocol::message::Join;
-    use easel_protocol::{Backend, ClientKind, Codec, LENET5_28, Limits, Push};
+    use easel_protocol::{Backend, ClientKind, Codec, LENET5_28, Push};
 
     #[test]
     fn a_cursor_gets_each_point_once_and_a_new_run_is_a_snapshot() {
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", RoomSettings::default());
         let slot = hub.room(&hub.create_room()).unwrap();
         let join = Join {
             room: String::new(),
@@ -405,12 +400,7 @@ mod tests {
     fn refused_work_is_counted_shown_red_and_bannered() {
         let mut settings = RoomSettings::default();
         settings.hyper.tau_max = 1;
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            settings,
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", settings);
         let slot = hub.room(&hub.create_room()).unwrap();
         let (slow, fast) = (joined(&hub, &slot), joined(&hub, &slot));
         for v in 0..4 {
@@ -466,12 +456,7 @@ mod tests {
     fn a_held_push_waits_at_the_barrier_on_the_dashboard() {
         let mut settings = RoomSettings::default();
         settings.hyper.merge = easel_protocol::Merge::Fedavg { m_of_n: None };
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            settings,
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", settings);
         let slot = hub.room(&hub.create_room()).unwrap();
         let (a, _b, _c) = (
             joined(&hub, &slot),

@@ -80,16 +80,10 @@ pub fn spawn(
 mod tests {
     use super::*;
     use crate::room::RoomSettings;
-    use easel_protocol::Limits;
 
     #[tokio::test]
     async fn each_new_center_is_evaluated_once() {
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", RoomSettings::default());
         let code = hub.create_room();
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = calls.clone();
@@ -113,12 +107,7 @@ mod tests {
     /// Its score is the old model's and must not open the new run.
     #[tokio::test]
     async fn a_score_from_before_a_reset_is_not_recorded_in_the_new_run() {
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", RoomSettings::default());
         let code = hub.create_room();
         let slot = hub.room(&code).unwrap();
         let (old, _) = slot.center();
@@ -144,12 +133,7 @@ mod tests {
     /// only at the next tick (`every` later), and never the same version twice.
     #[tokio::test(start_paused = true)]
     async fn the_loop_scores_each_new_center_at_the_next_tick() {
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", RoomSettings::default());
         let code = hub.create_room();
         let slot = hub.room(&code).unwrap();
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -181,12 +165,7 @@ mod tests {
     /// score, and the next evaluation scores the new center.
     #[tokio::test]
     async fn a_reset_during_an_evaluation_never_puts_the_old_score_in_the_new_run() {
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", RoomSettings::default());
         let code = hub.create_room();
         let slot = hub.room(&code).unwrap();
         let resets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -219,12 +198,7 @@ mod tests {
     /// newer center's). The epoch check and the version floor are independent guards.
     #[tokio::test]
     async fn a_ticket_from_before_a_reset_is_refused_whatever_its_version() {
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", RoomSettings::default());
         let slot = hub.room(&hub.create_room()).unwrap();
         let before = slot.center_for_eval();
         slot.start_run("fresh", true);

@@ -133,10 +133,11 @@ impl Mailbox {
 
 pub use crate::runs::EvalPoint;
 
-/// A center taken for evaluation, tagged with the room's reset epoch
+/// A center taken for evaluation, tagged with the room's reset count
 /// ([`RoomSlot::center_for_eval`]).
 #[derive(Clone, Debug)]
 pub struct EvalTicket {
+    /// The room's resets when the center was taken.
     epoch: u64,
     pub version: u64,
     pub center: Arc<[f32]>,
@@ -196,17 +197,14 @@ struct RoomState {
     /// evaluation runs outside the lock, so one of the center from before a reset can
     /// arrive after it; it belongs to no run and is dropped.
     eval_floor: u64,
-    /// Resets of this room since the relay started serving it: an evaluation is tagged
-    /// with the epoch of the center it scored ([`EvalTicket`]) and dropped when a reset
-    /// came in between, whatever the versions say.
-    eval_epoch: u64,
     /// The named runs, the last one current.
     runs: Runs,
     /// Every device's inferred timeline and rates.
     activity: Activity,
     /// Each tab's reported backend and measured speeds, and the teacher's choices.
     backends: Backends,
-    /// Resets so far (the saved ledger starts again at each).
+    /// Resets so far (the saved ledger starts again at each); an [`EvalTicket`] carries
+    /// the count it was taken at, and a score is dropped when a reset came in between.
     resets: u64,
     /// What the last checkpoint wrote ([`crate::store`]).
     saved: crate::store::Cursor,
@@ -334,6 +332,18 @@ impl Hub {
     }
 }
 
+/// A hub for the crate's tests: admin token `token`, the default limits, rooms made with
+/// `settings`, and the LeNet the binary passes in.
+#[cfg(test)]
+pub(crate) fn test_hub(token: &str, settings: RoomSettings) -> Hub {
+    Hub::new(
+        token.into(),
+        Limits::default(),
+        settings,
+        Arc::new(easel_client::Lenet),
+    )
+}
+
 /// A new room `code` with `settings` and `center` (version 0) in `rooms`.
 fn insert_room(
     rooms: &mut HashMap<String, Arc<RoomSlot>>,
@@ -355,7 +365,6 @@ fn insert_room(
                 connections: 0,
                 evals: VecDeque::new(),
                 eval_floor: 0,
-                eval_epoch: 0,
                 runs,
                 activity: Activity::default(),
                 backends: Backends::default(),
@@ -397,7 +406,6 @@ impl Hub {
                 connections: 0,
                 evals,
                 eval_floor,
-                eval_epoch: 0,
                 runs: r.runs,
                 activity: Activity::default(),
                 backends: Backends::default(),
@@ -669,7 +677,6 @@ impl RoomSlot {
                 .room
                 .release_held(code::RESYNC, "the teacher reset the room: resync");
             st.eval_floor = st.room.reset(center, Instant::now());
-            st.eval_epoch += 1;
             st.resets += 1;
             released_locked(&mut st, &released);
             st.activity.clear_verdicts();
@@ -761,7 +768,7 @@ impl RoomSlot {
         let st = lock(&self.state);
         let (version, center) = st.room.center();
         EvalTicket {
-            epoch: st.eval_epoch,
+            epoch: st.resets,
             version,
             center,
         }
@@ -773,7 +780,7 @@ impl RoomSlot {
     pub fn record_scored(&self, ticket: &EvalTicket, mut point: EvalPoint) -> bool {
         point.version = ticket.version;
         let mut st = lock(&self.state);
-        if ticket.epoch != st.eval_epoch {
+        if ticket.epoch != st.resets {
             return false;
         }
         record_eval_locked(&mut st, point)
@@ -999,12 +1006,7 @@ mod tests {
 
     #[test]
     fn rooms_are_independent_and_found_by_code_in_any_case() {
-        let hub = Hub::new(
-            "tok".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("tok", RoomSettings::default());
         let (a, b) = (hub.create_room(), hub.create_room());
         assert_ne!(a, b);
         assert!(hub.room(&a.to_lowercase()).is_some());
@@ -1054,12 +1056,7 @@ mod tests {
     fn controls_coalesce_to_the_newest_and_the_answer_to_a_held_push_still_comes() {
         let mut settings = RoomSettings::default();
         settings.hyper.merge = easel_protocol::Merge::Fedavg { m_of_n: None };
-        let hub = Hub::new(
-            "tok".into(),
-            Limits::default(),
-            settings,
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("tok", settings);
         let code = hub.create_room();
         let join = Join {
             room: code,
@@ -1119,12 +1116,7 @@ mod tests {
 
     #[test]
     fn a_resumed_worker_gets_back_its_delay_and_pause() {
-        let hub = Hub::new(
-            "tok".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("tok", RoomSettings::default());
         let code = hub.create_room();
         let join = Join {
             room: code,
@@ -1183,12 +1175,7 @@ mod tests {
 
     #[test]
     fn teacher_commands_reach_the_connections_they_concern() {
-        let hub = Hub::new(
-            "tok".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("tok", RoomSettings::default());
         let code = hub.create_room();
         let join = Join {
             room: code.clone(),

@@ -400,12 +400,7 @@ mod tests {
 
     /// A hub with one room and a connection state that joined it as a bot.
     fn joined_bot() -> (Hub, Option<Joined>) {
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", RoomSettings::default());
         let room = hub.create_room();
         let (mut joined, mut channels, mut replies) = (None, None, Vec::new());
         on_message(
@@ -486,12 +481,7 @@ mod tests {
         mpsc::UnboundedReceiver<WsMessage>,
         u64,
     ) {
-        let hub = Hub::new(
-            "t".into(),
-            Limits::default(),
-            RoomSettings::default(),
-            std::sync::Arc::new(easel_client::Lenet),
-        );
+        let hub = crate::hub::test_hub("t", RoomSettings::default());
         let code = hub.create_room();
         let slot = hub.room(&code).expect("just created");
         let (to_relay, incoming) = mpsc::unbounded_channel();
