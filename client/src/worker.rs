@@ -540,6 +540,9 @@ impl<T: Trainer + ?Sized> Worker<T> {
             // The teacher's backend is the browser's business (web.rs handles it before the
             // worker sees it); the relay sends it to browser tabs only.
             Message::UseBackend(_) => Err(WorkerError::Unexpected("UseBackend")),
+            // Lessons are the student page's business too, and only tabs vote.
+            Message::Question(_) => Err(WorkerError::Unexpected("Question")),
+            Message::Vote(_) => Err(WorkerError::Unexpected("Vote")),
         }
     }
 

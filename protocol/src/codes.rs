@@ -37,6 +37,9 @@ pub mod code {
     /// A `Join` resumes a worker with a resume token that is not that worker's. Join again
     /// without resuming (as a new worker).
     pub const BAD_RESUME_TOKEN: u16 = 14;
+    /// A `Vote` for a lesson that is not asking (over, or another lesson), or for an
+    /// answer it does not offer. Nothing is closed; the vote is not counted.
+    pub const BAD_VOTE: u16 = 15;
 }
 
 /// WebSocket close codes the relay uses: RFC 6455's, and Easel's own from 4000.

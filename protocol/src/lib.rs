@@ -32,8 +32,8 @@ pub use aggregate::{
 pub use codec::{Codec, CodecError, ErrorFeedback, encoded_len};
 pub use message::{
     Ack, Backend, BackendChoice, Center, ChosenBy, ClientKind, Control, DeviceReport, ErrorMessage,
-    Hyper, Limits, Merge, Message, ModelInfo, Outcome, ProtocolError, Push, Resume, ResumeToken,
-    Shard, Welcome,
+    Hyper, Limits, Merge, Message, ModelInfo, Outcome, ProtocolError, Push, Question,
+    QuestionPhase, Resume, ResumeToken, Shard, Vote, Welcome,
 };
 pub use model_spec::{LENET5_28, LayerKind, LayerSpec, ModelOps, ModelSpec, TensorSpec};
 pub use partition::{Partition, PartitionError};

@@ -28,6 +28,8 @@ pub mod ty {
     pub const ERROR: u8 = 7;
     pub const DEVICE: u8 = 8;
     pub const USE_BACKEND: u8 = 9;
+    pub const QUESTION: u8 = 10;
+    pub const VOTE: u8 = 11;
 }
 
 pub use crate::codes::code;
@@ -126,6 +128,57 @@ pub struct DeviceReport {
     /// The decision in words, as the student page shows it ("GPU 480 digits/s, CPU 9,600
     /// digits/s: training on the CPU ..."). At most [`Limits::max_string`] bytes.
     pub why: String,
+}
+
+/// The most answers a [`Question`] offers (and the fewest: [`MIN_ANSWERS`]).
+pub const MAX_ANSWERS: usize = 4;
+/// The fewest answers a [`Question`] offers.
+pub const MIN_ANSWERS: usize = 2;
+
+/// Where a lesson's question stands ([`Question::phase`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuestionPhase {
+    /// Asked: the student may vote, and change the vote, until the run starts.
+    Open = 0,
+    /// The runs are on: votes are closed, the projector shows the class's answer.
+    Closed = 1,
+    /// The runs are over: [`Question::supported`] and [`Question::outcome`] say what was
+    /// measured.
+    Reveal = 2,
+    /// The teacher ended the lesson: the page puts the question away.
+    Over = 3,
+}
+
+/// The teacher's question of a lesson, as one student sees it (relay -> tab; PROTOCOL.md,
+/// Question). Sent when a lesson is asked, at each change of phase, after each of this
+/// device's votes, and after a Welcome while a lesson is on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Question {
+    /// The lesson's number in its room; a [`Vote`] names it.
+    pub lesson: u32,
+    pub phase: QuestionPhase,
+    /// The question, at most [`Limits::max_string`] bytes.
+    pub text: String,
+    /// [`MIN_ANSWERS`] to [`MAX_ANSWERS`] answers, each at most [`Limits::max_string`] bytes.
+    pub answers: Vec<String>,
+    /// This device's vote, an index into `answers`.
+    pub voted: Option<u8>,
+    /// At [`QuestionPhase::Reveal`]: the answer the measurement supports, `None` when it
+    /// supports none (no measurable difference where the answers claim one).
+    pub supported: Option<u8>,
+    /// At [`QuestionPhase::Reveal`]: what was measured, in a sentence; empty before.
+    pub outcome: String,
+}
+
+/// A student's answer to the lesson's open question (tab -> relay; PROTOCOL.md, Vote). A
+/// later vote replaces the earlier one; the relay answers with the device's [`Question`],
+/// or with an Error ([`code::BAD_VOTE`]) that closes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vote {
+    /// [`Question::lesson`].
+    pub lesson: u32,
+    /// An index into [`Question::answers`].
+    pub answer: u8,
 }
 
 /// Bits of [`Join::capabilities`]. Fp32 is always supported; unknown bits are ignored.
@@ -580,6 +633,10 @@ pub enum Message {
     Device(DeviceReport),
     /// The teacher's backend for one tab (relay -> tab).
     UseBackend(BackendChoice),
+    /// A lesson's question, as this tab sees it (relay -> tab).
+    Question(Question),
+    /// A student's answer (tab -> relay).
+    Vote(Vote),
 }
 
 impl Message {
@@ -595,6 +652,8 @@ impl Message {
             Message::Error(_) => ty::ERROR,
             Message::Device(_) => ty::DEVICE,
             Message::UseBackend(_) => ty::USE_BACKEND,
+            Message::Question(_) => ty::QUESTION,
+            Message::Vote(_) => ty::VOTE,
         }
     }
 }
@@ -746,8 +805,40 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             put_str(&mut out, &d.why);
         }
         Message::UseBackend(c) => out.put_u8(*c as u8),
+        Message::Question(q) => {
+            out.put_u32(q.lesson);
+            out.put_u8(q.phase as u8);
+            put_str(&mut out, &q.text);
+            out.put_u8(q.answers.len() as u8);
+            for a in &q.answers {
+                put_str(&mut out, a);
+            }
+            out.put_u8(q.voted.unwrap_or(NO_ANSWER));
+            out.put_u8(q.supported.unwrap_or(NO_ANSWER));
+            put_str(&mut out, &q.outcome);
+        }
+        Message::Vote(v) => {
+            out.put_u32(v.lesson);
+            out.put_u8(v.answer);
+        }
     }
     out
+}
+
+/// The byte of an absent answer ([`Question::voted`], [`Question::supported`]).
+const NO_ANSWER: u8 = 255;
+
+/// An answer index of a question with `count` answers, or [`NO_ANSWER`].
+fn read_answer(
+    r: &mut Reader,
+    count: usize,
+    what: &'static str,
+) -> Result<Option<u8>, ProtocolError> {
+    match r.u8()? {
+        NO_ANSWER => Ok(None),
+        a if (a as usize) < count => Ok(Some(a)),
+        _ => Err(invalid(what)),
+    }
 }
 
 /// Reads one message. Total: see the module documentation.
@@ -899,6 +990,38 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Message, ProtocolError> {
             1 => BackendChoice::Gpu,
             2 => BackendChoice::Cpu,
             _ => return Err(invalid("backend choice")),
+        }),
+        ty::QUESTION => {
+            let lesson = r.u32()?;
+            let phase = match r.u8()? {
+                0 => QuestionPhase::Open,
+                1 => QuestionPhase::Closed,
+                2 => QuestionPhase::Reveal,
+                3 => QuestionPhase::Over,
+                _ => return Err(invalid("question phase")),
+            };
+            let text = read_str(&mut r, limits.max_string, "question")?;
+            let count = r.u8()? as usize;
+            if !(MIN_ANSWERS..=MAX_ANSWERS).contains(&count) {
+                return Err(invalid("answer count"));
+            }
+            let mut answers = Vec::with_capacity(count);
+            for _ in 0..count {
+                answers.push(read_str(&mut r, limits.max_string, "answer")?);
+            }
+            Message::Question(Question {
+                lesson,
+                phase,
+                text,
+                answers,
+                voted: read_answer(&mut r, count, "voted answer")?,
+                supported: read_answer(&mut r, count, "supported answer")?,
+                outcome: read_str(&mut r, limits.max_string, "outcome")?,
+            })
+        }
+        ty::VOTE => Message::Vote(Vote {
+            lesson: r.u32()?,
+            answer: r.u8()?,
         }),
         other => return Err(ProtocolError::UnknownType(other)),
     };
@@ -1348,6 +1471,33 @@ mod tests {
             Just(BackendChoice::Cpu)
         ]
         .prop_map(Message::UseBackend);
+        let question = (
+            any::<u32>(),
+            0u8..4,
+            text(200),
+            prop::collection::vec(text(64), MIN_ANSWERS..=MAX_ANSWERS),
+            (any::<u8>(), any::<u8>()),
+            text(200),
+        )
+            .prop_map(|(lesson, phase, text, answers, (v, s), outcome)| {
+                let pick = |x: u8| (x < 200).then_some(x % answers.len() as u8);
+                Message::Question(Question {
+                    lesson,
+                    phase: [
+                        QuestionPhase::Open,
+                        QuestionPhase::Closed,
+                        QuestionPhase::Reveal,
+                        QuestionPhase::Over,
+                    ][phase as usize],
+                    text,
+                    voted: pick(v),
+                    supported: pick(s),
+                    answers,
+                    outcome,
+                })
+            });
+        let vote = (any::<u32>(), any::<u8>())
+            .prop_map(|(lesson, answer)| Message::Vote(Vote { lesson, answer }));
         prop_oneof![
             join,
             welcome,
@@ -1357,7 +1507,9 @@ mod tests {
             control,
             error,
             device,
-            use_backend
+            use_backend,
+            question,
+            vote
         ]
     }
 
@@ -1609,6 +1761,61 @@ mod tests {
         );
         assert_eq!(BackendChoice::parse(" GPU "), Some(BackendChoice::Gpu));
         assert_eq!(BackendChoice::parse("tpu"), None);
+    }
+
+    #[test]
+    fn a_question_and_a_vote_have_the_protocol_md_layout() {
+        let q = Question {
+            lesson: 3,
+            phase: QuestionPhase::Reveal,
+            text: "Which first?".into(),
+            answers: vec!["sync".into(), "async".into(), "same".into()],
+            voted: Some(1),
+            supported: None,
+            outcome: "async at 37 s".into(),
+        };
+        let bytes = encode(&Message::Question(q.clone()));
+        // Lesson at 6, phase at 10, the question's length at 11.
+        assert_eq!(bytes[5], ty::QUESTION);
+        assert_eq!(bytes[6..10], 3u32.to_le_bytes());
+        assert_eq!(bytes[10], 2);
+        assert_eq!(bytes[11..15], 12u32.to_le_bytes());
+        // After the question: the count, three answers, voted, supported, the outcome.
+        let at = 15 + 12;
+        assert_eq!(bytes[at], 3);
+        let answers_end = at + 1 + (4 + 4) + (4 + 5) + (4 + 4);
+        assert_eq!(bytes[answers_end..answers_end + 2], [1, 255]);
+        assert_eq!(bytes.len(), answers_end + 2 + 4 + 13);
+        assert_eq!(decode(&bytes, &small()), Ok(Message::Question(q.clone())));
+        let mut b = bytes.clone();
+        b[answers_end] = 3;
+        assert_eq!(
+            decode(&b, &small()),
+            Err(ProtocolError::InvalidValue {
+                what: "voted answer"
+            })
+        );
+        let mut b = bytes.clone();
+        b[at] = 5;
+        assert_eq!(
+            decode(&b, &small()),
+            Err(ProtocolError::InvalidValue {
+                what: "answer count"
+            })
+        );
+        let mut b = bytes.clone();
+        b[10] = 4;
+        assert_eq!(
+            decode(&b, &small()),
+            Err(ProtocolError::InvalidValue {
+                what: "question phase"
+            })
+        );
+        let vote = encode(&Message::Vote(Vote {
+            lesson: 3,
+            answer: 2,
+        }));
+        assert_eq!(vote[5..], [ty::VOTE, 3, 0, 0, 0, 2]);
     }
 
     #[test]

@@ -176,11 +176,13 @@ fn snapshot(hub: &Hub, slot: &RoomSlot, code: &str, g: Gathered) -> serde_json::
         "work_refused": g.work_refused,
         "totals": g.totals,
         "swarm": g.swarm,
+        "lesson": slot.lesson_json(),
+        "lessons": crate::lesson::PRESETS,
     })
 }
 
 /// The `update` message; `prev` is the counter of the previous message.
-fn update(run: u64, prev: Counter, g: Gathered) -> serde_json::Value {
+fn update(slot: &RoomSlot, run: u64, prev: Counter, g: Gathered) -> serde_json::Value {
     let (bin, bout) = bytes_per_s(prev, g.counter);
     serde_json::json!({
         "type": "update",
@@ -199,6 +201,7 @@ fn update(run: u64, prev: Counter, g: Gathered) -> serde_json::Value {
         "bytes_per_s": { "in": bin, "out": bout },
         "totals": g.totals,
         "swarm": g.swarm,
+        "lesson": slot.lesson_json(),
     })
 }
 
@@ -299,7 +302,7 @@ async fn serve(
                 let msg = if fresh {
                     snapshot(&hub, &slot, &code, g)
                 } else {
-                    update(cur.run, prev, g)
+                    update(&slot, cur.run, prev, g)
                 };
                 let text = msg.to_string();
                 match tokio::time::timeout(send_timeout, tx.send(WsMessage::text(text))).await {
@@ -444,7 +447,7 @@ mod tests {
         let banner = g.work_refused.clone().expect("2 of 6 pushes refused");
         assert_eq!((banner.pushes, banner.refused, banner.max_tau), (6, 2, 4));
         assert_eq!(banner.fixes[0].settings.tau_max, Some(8));
-        let json = update(cur.run, Counter::default(), g);
+        let json = update(&slot, cur.run, Counter::default(), g);
         assert_eq!(json["work_refused"]["refused"], 2);
         assert_eq!(json["devices"][0]["alert"]["level"], "red");
         assert_eq!(json["refused_histogram"][0][1], 2);

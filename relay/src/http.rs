@@ -262,6 +262,7 @@ pub async fn run<R: Reply + 'static>(
             signal.clone(),
         ));
     }
+    tasks.push(crate::conductor::spawn(hub.clone(), signal.clone()));
     if let Some(evaluator) = config.evaluator {
         tasks.push(eval::spawn(hub, evaluator, config.eval_every, signal));
     }
@@ -361,12 +362,18 @@ pub fn api(hub: Hub) -> BoxedFilter<(Response,)> {
     let schema = warp::path!("api" / "settings")
         .and(warp::get())
         .map(|| warp::reply::json(&crate::teacher::schema_json()).into_response());
+    // The lessons' catalogue: public too.
+    let lessons = warp::path!("api" / "lessons")
+        .and(warp::get())
+        .map(|| warp::reply::json(&crate::lesson::PRESETS).into_response());
     create
         .or(list)
         .unify()
         .or(ledger)
         .unify()
         .or(schema)
+        .unify()
+        .or(lessons)
         .unify()
         .boxed()
 }
@@ -400,6 +407,27 @@ pub fn teacher_api(hub: Hub) -> BoxedFilter<(Response,)> {
             let mut v = room.runs_json();
             v["started"] = id.into();
             warp::reply::with_status(warp::reply::json(&v), StatusCode::CREATED).into_response()
+        },
+    );
+    let lesson = json_post(
+        hub.clone(),
+        "lesson",
+        "expected {\"action\": \"ask\", \"preset\": KEY, \"seconds\": S, \"target\": A}, {\"action\": \"run\"} or {\"action\": \"end\"}",
+        |room, a: crate::teacher::LessonAction| {
+            let done = match a {
+                crate::teacher::LessonAction::Ask {
+                    preset,
+                    seconds,
+                    target,
+                } => crate::lesson::Options::new(seconds, target)
+                    .and_then(|o| room.ask_lesson(&preset, o)),
+                crate::teacher::LessonAction::Run => room.begin_lesson(),
+                crate::teacher::LessonAction::End => room.end_lesson(),
+            };
+            match done {
+                Ok(v) => warp::reply::json(&v).into_response(),
+                Err(why) => bad_request(&why),
+            }
         },
     );
     let h = hub.clone();
@@ -463,6 +491,8 @@ pub fn teacher_api(hub: Hub) -> BoxedFilter<(Response,)> {
         });
     control
         .or(start)
+        .unify()
+        .or(lesson)
         .unify()
         .or(list)
         .unify()

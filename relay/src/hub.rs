@@ -11,12 +11,14 @@ use std::time::Instant;
 
 use easel_protocol::message::{self, Join, code};
 use easel_protocol::{
-    BackendChoice, Control, DeviceReport, ErrorMessage, Limits, Message, ModelOps, Push,
+    BackendChoice, ClientKind, Control, DeviceReport, ErrorMessage, Hyper, Limits, Message,
+    ModelOps, Push, Question, Vote,
 };
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::activity::{Activity, PushMark};
 use crate::backends::Backends;
+use crate::lesson::{self, Lesson, Options, Phase, Step};
 use crate::room::{self, Room, RoomSettings, wall_ms};
 use crate::runs::{PushPoint, Runs};
 use crate::teacher::{MAX_DELAY_MS, SettingsView, TeacherControl};
@@ -61,6 +63,8 @@ struct Latest {
     pause: Option<Control>,
     /// The teacher's backend for this tab (sent as `UseBackend`, not a Control).
     backend: Option<BackendChoice>,
+    /// The lesson's question as this tab sees it (a `Question`, not a Control).
+    question: Option<Question>,
 }
 
 impl Pending {
@@ -87,6 +91,17 @@ impl Pending {
     /// Takes the unsent backend choice, if any.
     pub fn take_backend(&self) -> Option<BackendChoice> {
         lock(&self.latest).backend.take()
+    }
+
+    /// Replaces the unsent question with `q`.
+    pub fn put_question(&self, q: Question) {
+        lock(&self.latest).question = Some(q);
+        self.notify.notify_one();
+    }
+
+    /// Takes the unsent question, if any.
+    pub fn take_question(&self) -> Option<Question> {
+        lock(&self.latest).question.take()
     }
 
     /// Resolves after a [`Pending::put`] (possibly one already taken).
@@ -208,6 +223,12 @@ struct RoomState {
     resets: u64,
     /// What the last checkpoint wrote ([`crate::store`]).
     saved: crate::store::Cursor,
+    /// The room's lesson, the current or the last one ([`crate::lesson`]); in memory only.
+    lesson: Option<Lesson>,
+    /// Lessons asked so far (a lesson's id).
+    lessons: u32,
+    /// The settings and partition from before the lesson's first arm, put back after it.
+    before_lesson: Option<(Hyper, String)>,
 }
 
 /// What a connection gets when its Join is accepted.
@@ -370,6 +391,9 @@ fn insert_room(
                 backends: Backends::default(),
                 resets: 0,
                 saved: crate::store::Cursor::default(),
+                lesson: None,
+                lessons: 0,
+                before_lesson: None,
             }),
             centers,
             model: model.clone(),
@@ -411,6 +435,9 @@ impl Hub {
                 backends: Backends::default(),
                 resets: r.resets,
                 saved: r.cursor,
+                lesson: None,
+                lessons: 0,
+                before_lesson: None,
             }),
             centers,
             model: self.shared.model.clone(),
@@ -500,6 +527,13 @@ impl RoomSlot {
             .unwrap_or_default();
         if let Some(c) = st.backends.chosen(welcome.worker_id) {
             restore.push(message::encode(&Message::UseBackend(c)));
+        }
+        if join.kind == ClientKind::Browser
+            && let Some(l) = st.lesson.as_ref().filter(|l| l.phase != Phase::Over)
+        {
+            restore.push(message::encode(&Message::Question(
+                l.question(welcome.worker_id),
+            )));
         }
         Ok(Session {
             worker_id: welcome.worker_id,
@@ -622,14 +656,7 @@ impl RoomSlot {
                 }
             }
             TeacherControl::Partition { scheme } => {
-                for id in st.room.set_partition(scheme).map_err(msg)? {
-                    close_locked(
-                        &mut st,
-                        id,
-                        close::REJOIN,
-                        "the partition changed: join again for a new shard",
-                    );
-                }
+                set_partition_locked(&mut st, scheme).map_err(msg)?;
             }
             TeacherControl::Backend { device, backend } => {
                 let choice = crate::teacher::parse_backend_choice(backend)?;
@@ -883,6 +910,242 @@ impl RoomSlot {
 
 /// Keeps an evaluation in the room and its current run, unless it scored a center older
 /// than the last reset's.
+/// The room's lessons ([`crate::lesson`]): the hub applies what a lesson's [`Step`] asks
+/// for; [`crate::conductor`] calls [`RoomSlot::lesson_tick`] every half second.
+impl RoomSlot {
+    /// Asks the lesson `key` of the class in the room: every tab shows the question and the
+    /// vote opens. Refused while another lesson's runs are on, or when the class is too
+    /// small for it.
+    pub fn ask_lesson(&self, key: &str, options: Options) -> Result<serde_json::Value, String> {
+        let preset = lesson::preset(key)?;
+        {
+            let mut st = lock(&self.state);
+            if st
+                .lesson
+                .as_ref()
+                .is_some_and(|l| matches!(l.phase, Phase::Starting { .. } | Phase::Arm { .. }))
+            {
+                return Err("a lesson is running: end it first".into());
+            }
+            let class = class_locked(&st);
+            let steps = st.room.settings().hyper.local_steps;
+            let id = st.lessons + 1;
+            let l = Lesson::ask(id, preset, &class, steps, options, wall_ms())?;
+            st.lessons = id;
+            st.lesson = Some(l);
+            broadcast_question_locked(&st);
+        }
+        Ok(self.lesson_json())
+    }
+
+    /// Counts a tab's vote; its question with the vote, or the Error to answer.
+    pub fn vote(&self, worker: u64, v: Vote) -> Result<Question, ErrorMessage> {
+        let mut st = lock(&self.state);
+        let Some(l) = st.lesson.as_mut() else {
+            return Err(room::error(code::BAD_VOTE, "no lesson is asking"));
+        };
+        l.vote(worker, v)
+            .map_err(|why| room::error(code::BAD_VOTE, why))?;
+        Ok(l.question(worker))
+    }
+
+    /// Closes the vote and starts the lesson's first arm.
+    pub fn begin_lesson(&self) -> Result<serde_json::Value, String> {
+        let step = {
+            let mut st = lock(&self.state);
+            let before = (
+                st.room.settings().hyper,
+                st.room.settings().partition.scheme.clone(),
+            );
+            let step = st
+                .lesson
+                .as_mut()
+                .ok_or("no lesson: ask one first")?
+                .begin()?;
+            st.before_lesson = Some(before);
+            step
+        };
+        self.lesson_step(step);
+        Ok(self.lesson_json())
+    }
+
+    /// Ends the lesson (putting the room's settings back when an arm was on).
+    pub fn end_lesson(&self) -> Result<serde_json::Value, String> {
+        let put_back = lock(&self.state)
+            .lesson
+            .as_mut()
+            .ok_or("no lesson to end")?
+            .stop("the teacher ended the lesson");
+        if put_back {
+            self.lesson_step(Step::Interrupted);
+        } else {
+            broadcast_question_locked(&lock(&self.state));
+        }
+        Ok(self.lesson_json())
+    }
+
+    /// Moves the lesson on when its arm reached the target or its time.
+    pub fn lesson_tick(&self) {
+        let step = {
+            let mut st = lock(&self.state);
+            let now = wall_ms();
+            let RoomState { lesson, runs, .. } = &mut *st;
+            lesson.as_mut().and_then(|l| l.advance(runs.current(), now))
+        };
+        if let Some(step) = step {
+            self.lesson_step(step);
+        }
+    }
+
+    /// The lesson as the dashboard shows it, `null` when there has been none.
+    pub fn lesson_json(&self) -> serde_json::Value {
+        let st = lock(&self.state);
+        let voters = st
+            .room
+            .workers()
+            .values()
+            .filter(|w| w.kind == ClientKind::Browser && w.connected && !w.removed)
+            .count();
+        st.lesson
+            .as_ref()
+            .map_or(serde_json::Value::Null, |l| l.to_json(voters, wall_ms()))
+    }
+
+    fn lesson_step(&self, step: Step) {
+        match step {
+            Step::Start(index) => self.start_arm(index),
+            Step::Reveal | Step::Interrupted => {
+                let mut st = lock(&self.state);
+                put_back_locked(&mut st);
+                broadcast_question_locked(&st);
+            }
+        }
+    }
+
+    /// Sets arm `index` up (its settings over the room's from before the lesson, its
+    /// partition, the plan's delays) and starts its run from a fresh center.
+    fn start_arm(&self, index: usize) {
+        let name = {
+            let mut st = lock(&self.state);
+            let (Some(l), Some((hyper, partition))) = (&st.lesson, &st.before_lesson) else {
+                return;
+            };
+            let arm = l.arms[index].clone();
+            let delays = l.plan.delays.clone();
+            let name = format!("lesson {} · {}", l.id, arm.label);
+            let partition = arm.partition.clone().unwrap_or_else(|| partition.clone());
+            let applied = arm
+                .settings
+                .apply(*hyper)
+                .map_err(|e| e.message)
+                .and_then(|h| {
+                    control_locked(&mut st, &Control::Settings(h)).map_err(|e| e.message)
+                });
+            if let Err(why) = applied {
+                if let Some(l) = st.lesson.as_mut() {
+                    l.stop(&format!("the arm's settings were refused: {why}"));
+                }
+                put_back_locked(&mut st);
+                broadcast_question_locked(&st);
+                return;
+            }
+            change_partition_locked(&mut st, &partition);
+            for (worker, ms) in delays {
+                // A device that left since the plan is no longer there to delay.
+                let _ = control_locked(
+                    &mut st,
+                    &Control::Delay {
+                        worker: Some(worker),
+                        ms,
+                    },
+                );
+            }
+            if index == 0 {
+                broadcast_question_locked(&st);
+            }
+            name
+        };
+        let run = self.start_run(&name, true);
+        if let Some(l) = lock(&self.state).lesson.as_mut() {
+            l.arm_started(index, run, wall_ms());
+        }
+    }
+}
+
+/// The training devices a lesson plans with: connected, not paused, not removed.
+fn class_locked(st: &RoomState) -> Vec<lesson::Device> {
+    st.room
+        .workers()
+        .values()
+        .filter(|w| room::trains(w.kind) && w.connected && !w.paused && !w.removed)
+        .map(|w| lesson::Device {
+            worker: w.id,
+            name: w.name.clone(),
+            steps_per_s: st.activity.steps_per_s(w.id),
+        })
+        .collect()
+}
+
+/// Every connected tab gets the lesson's question as it sees it.
+fn broadcast_question_locked(st: &RoomState) {
+    let Some(l) = &st.lesson else { return };
+    for (id, (_, mailbox)) in &st.controls {
+        if st
+            .room
+            .workers()
+            .get(id)
+            .is_some_and(|w| w.kind == ClientKind::Browser)
+        {
+            mailbox.controls.put_question(l.question(*id));
+        }
+    }
+}
+
+/// Puts back the settings and partition from before the lesson, and lifts its delays.
+fn put_back_locked(st: &mut RoomState) {
+    let Some((hyper, partition)) = st.before_lesson.take() else {
+        return;
+    };
+    let _ = control_locked(st, &Control::Settings(hyper));
+    change_partition_locked(st, &partition);
+    let delayed: Vec<u64> = st
+        .lesson
+        .iter()
+        .flat_map(|l| l.plan.delays.iter())
+        .filter(|(_, ms)| **ms > 0)
+        .map(|(w, _)| *w)
+        .collect();
+    for worker in delayed {
+        let _ = control_locked(
+            st,
+            &Control::Delay {
+                worker: Some(worker),
+                ms: 0,
+            },
+        );
+    }
+}
+
+/// Changes the partition; the connected devices rejoin for a new shard.
+fn set_partition_locked(st: &mut RoomState, scheme: &str) -> Result<(), ErrorMessage> {
+    for id in st.room.set_partition(scheme)? {
+        close_locked(
+            st,
+            id,
+            close::REJOIN,
+            "the partition changed: join again for a new shard",
+        );
+    }
+    Ok(())
+}
+
+/// [`set_partition_locked`] when `scheme` is not the room's already (a lesson's arms).
+fn change_partition_locked(st: &mut RoomState, scheme: &str) {
+    if st.room.settings().partition.scheme != scheme {
+        let _ = set_partition_locked(st, scheme);
+    }
+}
+
 fn record_eval_locked(st: &mut RoomState, point: EvalPoint) -> bool {
     if point.version < st.eval_floor {
         return false;
@@ -1240,5 +1503,108 @@ mod tests {
         assert_eq!(state["run"], 2);
         assert_eq!(room.center().0, 1, "the reset center is the next version");
         assert_eq!(room.watched_version(), Some(1));
+    }
+
+    #[test]
+    fn a_lesson_asks_every_tab_counts_votes_runs_its_arm_and_puts_the_room_back() {
+        let hub = crate::hub::test_hub("tok", RoomSettings::default());
+        let code = hub.create_room();
+        let join = |kind| Join {
+            room: code.clone(),
+            kind,
+            backend: Backend::Cpu,
+            capabilities: 0,
+            layout_hash: LENET5_28.layout_hash(),
+            resume_worker: None,
+        };
+        let tab = hub.join(&join(ClientKind::Browser), false).unwrap();
+        let bot = hub.join(&join(ClientKind::Bot), false).unwrap();
+        let room = tab.room.clone();
+        let opts = Options::new(Some(10), Some(0.9)).unwrap();
+        assert!(
+            room.ask_lesson("nope", opts)
+                .unwrap_err()
+                .contains("compression")
+        );
+        let v = room.ask_lesson("compression", opts).unwrap();
+        assert_eq!(v["phase"]["phase"], "vote");
+        assert_eq!(
+            (v["voters"].as_u64(), v["plan"]["devices"].as_u64()),
+            (Some(1), Some(2))
+        );
+        // The tab is asked; the bot is not.
+        let q = tab
+            .pending
+            .take_question()
+            .expect("the tab gets the question");
+        assert_eq!(
+            (q.lesson, q.phase),
+            (1, easel_protocol::QuestionPhase::Open)
+        );
+        assert_eq!(bot.pending.take_question(), None);
+        let voted = room
+            .vote(
+                tab.worker_id,
+                Vote {
+                    lesson: 1,
+                    answer: 2,
+                },
+            )
+            .unwrap();
+        assert_eq!(voted.voted, Some(2));
+        let bad = room
+            .vote(
+                tab.worker_id,
+                Vote {
+                    lesson: 1,
+                    answer: 9,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(bad.code, code::BAD_VOTE);
+        assert_eq!(room.lesson_json()["tally"], serde_json::json!([0, 0, 1]));
+        // A tab joining now is asked too, right after its Welcome.
+        let late = hub.join(&join(ClientKind::Browser), false).unwrap();
+        assert!(late.restore.iter().any(|m| m[5] == message::ty::QUESTION));
+        // Run: the first arm's settings and a fresh named run.
+        let before = room.with_room(|r| r.settings().hyper);
+        let v = room.begin_lesson().unwrap();
+        assert_eq!(v["phase"]["phase"], "arm");
+        assert_eq!(v["phase"]["index"], 0);
+        let runs = room.runs_json();
+        assert_eq!(
+            runs["runs"].as_array().unwrap().last().unwrap()["name"],
+            "lesson 1 · fp32 (no compression)"
+        );
+        assert_eq!(
+            tab.pending.take_question().map(|q| q.phase),
+            Some(easel_protocol::QuestionPhase::Closed)
+        );
+        assert!(
+            room.vote(
+                tab.worker_id,
+                Vote {
+                    lesson: 1,
+                    answer: 0
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            room.ask_lesson("gossip", opts)
+                .unwrap_err()
+                .contains("end it first")
+        );
+        // The teacher ends it: the room's settings come back, the tabs put it away.
+        room.with_room(|r| assert_eq!(r.settings().hyper.codec_up, Codec::Fp32));
+        let v = room.end_lesson().unwrap();
+        assert_eq!(v["phase"]["phase"], "over");
+        assert_eq!(v["stopped"], "the teacher ended the lesson");
+        room.with_room(|r| assert_eq!(r.settings().hyper, before));
+        assert_eq!(
+            tab.pending.take_question().map(|q| q.phase),
+            Some(easel_protocol::QuestionPhase::Over)
+        );
+        drop((bot, late));
     }
 }

@@ -21,12 +21,14 @@
 pub mod activity;
 pub mod backends;
 pub mod checkpoint;
+pub mod conductor;
 pub mod dashboard;
 pub mod devices;
 pub mod eval;
 pub mod http;
 pub mod hub;
 pub mod ledger;
+pub mod lesson;
 pub mod memory;
 pub mod origin;
 pub mod reply;

@@ -49,6 +49,23 @@ pub enum TeacherControl {
     },
 }
 
+/// One command of `POST /api/rooms/CODE/lesson`, tagged by `action` ([`crate::lesson`]).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LessonAction {
+    /// Asks the lesson `preset` (a key of `GET /api/lessons`): the vote opens. `seconds`
+    /// is each run's limit, `target` the accuracy a run stops at.
+    Ask {
+        preset: String,
+        seconds: Option<u32>,
+        target: Option<f64>,
+    },
+    /// Closes the vote and starts the runs.
+    Run,
+    /// Ends the lesson; the room's settings from before it come back.
+    End,
+}
+
 /// Reads the `backend` of a [`TeacherControl::Backend`], or says what to write.
 pub fn parse_backend_choice(text: &str) -> Result<easel_protocol::BackendChoice, String> {
     easel_protocol::BackendChoice::parse(text)

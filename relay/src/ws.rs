@@ -164,7 +164,9 @@ pub async fn serve_socket<S, E>(
                     .as_ref()
                     .map(|p| {
                         let controls = p.take().into_iter().map(Message::Control);
-                        controls.chain(p.take_backend().map(Message::UseBackend))
+                        controls
+                            .chain(p.take_backend().map(Message::UseBackend))
+                            .chain(p.take_question().map(Message::Question))
                     })
                     .into_iter()
                     .flatten()
@@ -311,11 +313,27 @@ fn on_message(
                 "only a joined browser tab reports its backend",
             )));
         }
+        (Message::Vote(v), Some(j)) if j.kind == ClientKind::Browser => {
+            match j.room.vote(j.worker, v) {
+                Ok(q) => replies.push(WsMessage::binary(message::encode(&Message::Question(q)))),
+                Err(e) => replies.push(error_msg(&e)),
+            }
+        }
+        (Message::Vote(_), _) => {
+            replies.push(error_msg(&error(
+                code::UNEXPECTED,
+                "only a joined browser tab votes",
+            )));
+        }
         (Message::Error(e), _) => {
             tracing::debug!(code = e.code, "client error: {}", e.message);
         }
         (
-            Message::Welcome(_) | Message::Center(_) | Message::Ack(_) | Message::UseBackend(_),
+            Message::Welcome(_)
+            | Message::Center(_)
+            | Message::Ack(_)
+            | Message::UseBackend(_)
+            | Message::Question(_),
             _,
         ) => {
             replies.push(error_msg(&error(
