@@ -113,9 +113,20 @@ pub struct Outcome {
 
 /// One HTTP/1.1 request to the relay: status and body.
 async fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    request(addr, method, path, "").await
+}
+
+/// One HTTP/1.1 request to the relay with a JSON `body` (none when empty): status and body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut tcp = TcpStream::connect(addr).await?;
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     tcp.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();

@@ -72,6 +72,22 @@ impl Partition {
             Partition::ClassesPerWorker { k } => Err(PartitionError::BadClassesPerWorker { k }),
         }
     }
+
+    /// [`Partition::validate`], and that the digits can be dealt to `workers` shards: at
+    /// least one, and for `classes:K` at least 10 class slots (`workers * k >= 10`), or
+    /// some digits would belong to no worker.
+    pub fn validate_for(&self, workers: usize) -> Result<(), PartitionError> {
+        if workers == 0 {
+            return Err(PartitionError::NoWorkers);
+        }
+        self.validate()?;
+        match *self {
+            Partition::ClassesPerWorker { k } if workers.saturating_mul(k) < CLASSES => {
+                Err(PartitionError::TooFewClassSlots { workers, k })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Reads `iid`, `dirichlet:ALPHA` or `classes:K`, the same text [`Partition`]'s `Display`

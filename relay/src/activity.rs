@@ -350,6 +350,13 @@ impl Activity {
         self.tracks.entry(worker).or_default().last_sent = now;
     }
 
+    /// Forgets a device's recent pushes (its rate), after a change of its delay.
+    pub fn forget_rate(&mut self, worker: u64) {
+        if let Some(t) = self.tracks.get_mut(&worker) {
+            t.recent.clear();
+        }
+    }
+
     /// Local steps per second of a device over its last [`RATE_PUSHES`] pushes.
     pub fn steps_per_s(&self, worker: u64) -> Option<f64> {
         let t = self.tracks.get(&worker)?;

@@ -928,9 +928,12 @@ impl RoomSlot {
                 return Err("a lesson is running: end it first".into());
             }
             let class = class_locked(&st);
-            let steps = st.room.settings().hyper.local_steps;
+            let room = lesson::Room {
+                local_steps: st.room.settings().hyper.local_steps,
+                shards: st.room.settings().partition.shards as usize,
+            };
             let id = st.lessons + 1;
-            let l = Lesson::ask(id, preset, &class, steps, options, wall_ms())?;
+            let l = Lesson::ask(id, preset, &class, room, options, wall_ms())?;
             st.lessons = id;
             st.lesson = Some(l);
             broadcast_question_locked(&st);
@@ -1072,8 +1075,11 @@ impl RoomSlot {
     }
 }
 
-/// The training devices a lesson plans with: connected, not paused, not removed.
+/// The training devices a lesson plans with: connected, not paused, not removed, each with
+/// its own speed: the teacher's delay taken out of its measured rounds (its rate is measured
+/// afresh after each change of delay, [`Activity::forget_rate`]).
 fn class_locked(st: &RoomState) -> Vec<lesson::Device> {
+    let steps = f64::from(st.room.settings().hyper.local_steps.max(1));
     st.room
         .workers()
         .values()
@@ -1081,7 +1087,10 @@ fn class_locked(st: &RoomState) -> Vec<lesson::Device> {
         .map(|w| lesson::Device {
             worker: w.id,
             name: w.name.clone(),
-            steps_per_s: st.activity.steps_per_s(w.id),
+            steps_per_s: st.activity.steps_per_s(w.id).map(|rate| {
+                let own_s = steps / rate - f64::from(w.delay_ms) / 1000.0;
+                if own_s > 0.0 { steps / own_s } else { rate }
+            }),
         })
         .collect()
 }
@@ -1163,6 +1172,16 @@ fn record_eval_locked(st: &mut RoomState, point: EvalPoint) -> bool {
 fn control_locked(st: &mut RoomState, c: &Control) -> Result<(), ErrorMessage> {
     let before = st.room.settings().hyper.strategy();
     let forwards = st.room.control(c)?;
+    if let Control::Delay { worker, .. } = c {
+        // Its rounds from before the change no longer say how fast it is.
+        let ids: Vec<u64> = match worker {
+            Some(id) => vec![*id],
+            None => st.room.workers().keys().copied().collect(),
+        };
+        for id in ids {
+            st.activity.forget_rate(id);
+        }
+    }
     let abandon = match c {
         Control::Settings(_) => st.room.settings().hyper.strategy() != before,
         Control::Pause { .. } => true,

@@ -128,8 +128,8 @@ pub const PRESETS: &[Preset] = &[
     Preset {
         key: "non-iid",
         kind: Kind::NonIid,
-        title: "Non-IID data: two digits per device",
-        question: "Each device sees only two kinds of digit. Does the shared model still learn all ten?",
+        title: "Non-IID data: a few digits per device",
+        question: "Each device sees only a few kinds of digit (two or three). Does the shared model still learn all ten?",
         answers: &["Yes, as well", "Yes, but slower", "No"],
         stragglers: false,
         min_devices: 2,
@@ -174,8 +174,15 @@ fn strategy(label: &str, strategy: &str) -> Arm {
     }
 }
 
-/// The two arms of `kind` for a class of `n` training devices.
-pub fn arms(kind: Kind, n: usize) -> [Arm; 2] {
+/// Classes per device of the non-IID arm for a room dealing `shards` shards: 2, or as
+/// many as it takes for every digit to be on some shard (`shards * k >= 10`).
+pub fn non_iid_classes(shards: usize) -> usize {
+    2usize.max(10usize.div_ceil(shards.max(1))).min(10)
+}
+
+/// The two arms of `kind` for a class of `n` training devices, in a room dealing `shards`
+/// shards.
+pub fn arms(kind: Kind, n: usize, shards: usize) -> [Arm; 2] {
     match kind {
         Kind::SyncAsync => [
             strategy("sync FedAvg", "fedavg"),
@@ -241,9 +248,9 @@ pub fn arms(kind: Kind, n: usize) -> [Arm; 2] {
                 }
             },
             Arm {
-                label: "non-IID: two digits per device".into(),
+                label: format!("non-IID: {} digits per device", non_iid_classes(shards)),
                 settings: SettingsChange::default(),
-                partition: Some("classes:2".into()),
+                partition: Some(format!("classes:{}", non_iid_classes(shards))),
             },
         ],
         Kind::Gossip => [
@@ -454,6 +461,9 @@ pub struct ArmResult {
     pub bytes_up: u64,
     /// The median time between two evaluations: the resolution of `reached_s`.
     pub eval_gap_s: Option<f64>,
+    /// Each evaluation that beat every earlier one: `(accuracy, seconds into the run)`.
+    #[serde(skip)]
+    pub records: Vec<(f64, f64)>,
 }
 
 impl ArmResult {
@@ -465,6 +475,12 @@ impl ArmResult {
             .windows(2)
             .map(|w| (w[1].wall_ms.saturating_sub(w[0].wall_ms)) as f64 / 1000.0)
             .collect();
+        let mut records: Vec<(f64, f64)> = Vec::new();
+        for e in &evals {
+            if records.last().is_none_or(|r| e.accuracy > r.0) {
+                records.push((e.accuracy, t(e.wall_ms)));
+            }
+        }
         let (mut pushes, mut refused, mut bytes_up) = (0, 0, 0);
         for p in run.pushes.iter() {
             pushes += 1;
@@ -484,7 +500,13 @@ impl ArmResult {
             refused,
             bytes_up,
             eval_gap_s: median(gaps),
+            records,
         }
+    }
+
+    /// When the center first scored at least `level`, seconds into the run.
+    pub fn time_to(&self, level: f64) -> Option<f64> {
+        self.records.iter().find(|r| r.0 >= level).map(|r| r.1)
     }
 
     fn bytes_per_push(&self) -> Option<f64> {
@@ -501,33 +523,51 @@ pub enum Race {
     Tie,
     /// Neither reached it; arm `0` or `1` got measurably higher.
     Higher(usize),
-    /// Neither reached it, and their best accuracies are about the same.
+    /// Neither reached it, their best accuracies are about the same, and they reached the
+    /// lower of the two at about the same time.
     TieBelow,
 }
 
+/// How two arms compare: the [`Race`], and when neither reached the target and their best
+/// accuracies are about the same, the level both reached that it was run to (the lower
+/// best): `Sooner` is then sooner to that level.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Comparison {
+    pub race: Race,
+    pub level: Option<f64>,
+}
+
 /// Compares two arms' results ([`SAME_TIME_SHARE`], [`SAME_TIME_EVALS`], [`SAME_ACCURACY`]).
-pub fn race(a: &ArmResult, b: &ArmResult) -> Race {
-    match (a.reached_s, b.reached_s) {
-        (Some(ta), Some(tb)) => {
-            let gap = a.eval_gap_s.unwrap_or(0.0).max(b.eval_gap_s.unwrap_or(0.0));
-            let tol = (SAME_TIME_SHARE * ta.min(tb)).max(SAME_TIME_EVALS * gap);
-            if (ta - tb).abs() <= tol {
-                Race::Tie
-            } else {
-                Race::Sooner(usize::from(tb < ta))
-            }
+pub fn race(a: &ArmResult, b: &ArmResult) -> Comparison {
+    let by_time = |ta: f64, tb: f64, tie: Race| {
+        let gap = a.eval_gap_s.unwrap_or(0.0).max(b.eval_gap_s.unwrap_or(0.0));
+        let tol = (SAME_TIME_SHARE * ta.min(tb)).max(SAME_TIME_EVALS * gap);
+        if (ta - tb).abs() <= tol {
+            tie
+        } else {
+            Race::Sooner(usize::from(tb < ta))
         }
-        (Some(_), None) => Race::Sooner(0),
-        (None, Some(_)) => Race::Sooner(1),
+    };
+    let to_target = |race| Comparison { race, level: None };
+    match (a.reached_s, b.reached_s) {
+        (Some(ta), Some(tb)) => to_target(by_time(ta, tb, Race::Tie)),
+        (Some(_), None) => to_target(Race::Sooner(0)),
+        (None, Some(_)) => to_target(Race::Sooner(1)),
         (None, None) => {
             let (xa, xb) = (
                 a.best_accuracy.unwrap_or(0.0),
                 b.best_accuracy.unwrap_or(0.0),
             );
-            if (xa - xb).abs() <= SAME_ACCURACY {
-                Race::TieBelow
-            } else {
-                Race::Higher(usize::from(xb > xa))
+            if (xa - xb).abs() > SAME_ACCURACY {
+                return to_target(Race::Higher(usize::from(xb > xa)));
+            }
+            let level = xa.min(xb);
+            match (a.time_to(level), b.time_to(level)) {
+                (Some(ta), Some(tb)) => Comparison {
+                    race: by_time(ta, tb, Race::TieBelow),
+                    level: Some(level),
+                },
+                _ => to_target(Race::TieBelow),
             }
         }
     }
@@ -570,9 +610,22 @@ pub fn verdict(preset: &Preset, plan: &Plan, results: &[ArmResult], target: f64)
             measurable: false,
         };
     };
-    let r = race(a, b);
+    let Comparison { race: r, level } = race(a, b);
+    // The time each arm is compared at: to the target, or to the level both reached.
+    let at = |x: &ArmResult| level.map_or(x.reached_s, |l| x.time_to(l));
+    let both_reached = match (level, at(a), at(b)) {
+        (Some(l), Some(ta), Some(tb)) => format!(
+            " Both reached {}: {} at {} s, {} at {} s.",
+            pct(l),
+            a.label,
+            ta.round(),
+            b.label,
+            tb.round()
+        ),
+        _ => String::new(),
+    };
     let both = format!(
-        "{} {}; {} {}",
+        "{} {}; {} {}.{both_reached}",
         a.label,
         outcome(a, target),
         b.label,
@@ -585,14 +638,22 @@ pub fn verdict(preset: &Preset, plan: &Plan, results: &[ArmResult], target: f64)
             (100.0 * SAME_TIME_SHARE) as u32
         ),
         Race::TieBelow => format!(
-            " No measurable difference: best accuracies within {} points, one run each.",
-            (100.0 * SAME_ACCURACY) as u32
+            " No measurable difference: best accuracies within {} points{}, one run each.",
+            (100.0 * SAME_ACCURACY) as u32,
+            if level.is_some() {
+                format!(
+                    " and there within {}% or two evaluations of each other",
+                    (100.0 * SAME_TIME_SHARE) as u32
+                )
+            } else {
+                String::new()
+            }
         ),
         _ => String::new(),
     };
     let times = |w: usize| -> String {
         let (x, y) = if w == 0 { (a, b) } else { (b, a) };
-        match (x.reached_s, y.reached_s) {
+        match (at(x), at(y)) {
             (Some(tx), Some(ty)) if tx > 0.0 => format!(", {}x sooner", short(ty / tx)),
             _ => String::new(),
         }
@@ -645,7 +706,7 @@ pub fn verdict(preset: &Preset, plan: &Plan, results: &[ArmResult], target: f64)
                 }
                 _ => format!("{} {}; {}.", waited(), refused(a), refused(b)),
             };
-            (format!("{lead}{both}.{tie_note}{extra}"), supported)
+            (format!("{lead}{both}{tie_note}{extra}"), supported)
         }
         Kind::Compression => {
             let ratio = match (a.bytes_per_push(), b.bytes_per_push()) {
@@ -658,13 +719,13 @@ pub fn verdict(preset: &Preset, plan: &Plan, results: &[ArmResult], target: f64)
                 ),
                 _ => String::new(),
             };
-            let supported = match (r, a.reached_s, b.reached_s) {
+            let supported = match (r, at(a), at(b)) {
                 (Race::Tie | Race::TieBelow, _, _) => Some(2),
                 (Race::Sooner(0), Some(ta), Some(tb)) if tb < 1.5 * ta => Some(1),
                 (Race::Sooner(0) | Race::Higher(0), _, _) => Some(0),
                 (Race::Sooner(_) | Race::Higher(_), _, _) => Some(2),
             };
-            (format!("{both}.{tie_note}{ratio}"), supported)
+            (format!("{both}{tie_note}{ratio}"), supported)
         }
         Kind::NonIid | Kind::Gossip => {
             let best_b = b.best_accuracy.unwrap_or(0.0);
@@ -673,7 +734,7 @@ pub fn verdict(preset: &Preset, plan: &Plan, results: &[ArmResult], target: f64)
                 Race::Sooner(0) | Race::Higher(0) if best_b >= LEARNED => Some(1),
                 _ => Some(2),
             };
-            (format!("{both}.{tie_note}"), supported)
+            (format!("{both}{tie_note}"), supported)
         }
     };
     Verdict {
@@ -730,6 +791,15 @@ pub enum Step {
     Reveal,
     /// Another run replaced the arm's: the lesson is over; put the room back.
     Interrupted,
+}
+
+/// What a lesson needs of the room's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Room {
+    /// Local steps per round (a made straggler waits some rounds of the median device).
+    pub local_steps: u32,
+    /// The shards the room deals (the non-IID arm's classes per device).
+    pub shards: usize,
 }
 
 /// The options of `POST .../lesson {"action":"ask", ...}`.
@@ -790,16 +860,20 @@ impl Lesson {
         id: u32,
         preset: &'static Preset,
         class: &[Device],
-        local_steps: u32,
+        room: Room,
         options: Options,
         now_ms: u64,
     ) -> Result<Lesson, String> {
+        let Room {
+            local_steps,
+            shards,
+        } = room;
         let plan = plan(preset, class, local_steps)?;
         debug_assert!((2..=MAX_ANSWERS).contains(&preset.answers.len()));
         Ok(Lesson {
             id,
             preset,
-            arms: arms(preset.kind, plan.devices),
+            arms: arms(preset.kind, plan.devices, shards),
             plan,
             options,
             asked_ms: now_ms,
@@ -964,6 +1038,11 @@ mod tests {
     use crate::runs::{EvalPoint, PushPoint, Runs};
     use proptest::prelude::*;
 
+    const ROOM: Room = Room {
+        local_steps: 16,
+        shards: 8,
+    };
+
     fn dev(worker: u64, rate: Option<f64>) -> Device {
         Device {
             worker,
@@ -982,12 +1061,16 @@ mod tests {
         // Every arm's settings apply to the default room: no preset names a bad setting.
         for p in PRESETS {
             for n in 1..6 {
-                for arm in arms(p.kind, n) {
-                    arm.settings
-                        .apply(easel_protocol::Hyper::default())
-                        .unwrap_or_else(|e| panic!("{} {}: {e:?}", p.key, arm.label));
-                    if let Some(s) = &arm.partition {
-                        s.parse::<easel_protocol::Partition>().expect("a partition");
+                for shards in 1..20 {
+                    for arm in arms(p.kind, n, shards) {
+                        arm.settings
+                            .apply(easel_protocol::Hyper::default())
+                            .unwrap_or_else(|e| panic!("{} {}: {e:?}", p.key, arm.label));
+                        if let Some(s) = &arm.partition {
+                            let part = s.parse::<easel_protocol::Partition>().expect("a partition");
+                            part.validate_for(shards)
+                                .unwrap_or_else(|e| panic!("{} {shards}: {e}", arm.label));
+                        }
                     }
                 }
             }
@@ -997,7 +1080,7 @@ mod tests {
     #[test]
     fn backup_workers_are_the_fastest_n_minus_one_of_the_class() {
         for n in 2..40 {
-            let [all, backup] = arms(Kind::Backup, n);
+            let [all, backup] = arms(Kind::Backup, n, 8);
             assert_eq!(all.settings.strategy.as_deref(), Some("fedavg"));
             assert_eq!(backup.settings.strategy, Some(format!("fedavg:{}", n - 1)));
             assert!(backup.label.contains(&format!("{} of {n}", n - 1)));
@@ -1078,21 +1161,25 @@ mod tests {
         fn the_race_is_symmetric(
             ta in prop::option::of(1.0f64..200.0), tb in prop::option::of(1.0f64..200.0),
             xa in 0.0f64..1.0, xb in 0.0f64..1.0, gap in prop::option::of(0.5f64..10.0),
+            (sa, sb) in (1.0f64..200.0, 1.0f64..200.0),
         ) {
-            let r = |t: Option<f64>, x: f64| ArmResult {
+            // A curve: half the best at a second, the best at `s`.
+            let r = |t: Option<f64>, x: f64, s: f64| ArmResult {
                 label: String::new(), run: 0, seconds: 200.0, reached_s: t,
                 best_accuracy: Some(x), pushes: 0, refused: 0, bytes_up: 0, eval_gap_s: gap,
+                records: vec![(0.5 * x, 1.0f64.min(s)), (x, s)],
             };
-            let (a, b) = (r(ta, xa), r(tb, xb));
+            let (a, b) = (r(ta, xa, sa), r(tb, xb, sb));
             let flip = |x: Race| match x {
                 Race::Sooner(w) => Race::Sooner(1 - w),
                 Race::Higher(w) => Race::Higher(1 - w),
                 t => t,
             };
-            prop_assert_eq!(race(&a, &b), flip(race(&b, &a)));
+            prop_assert_eq!(race(&a, &b).race, flip(race(&b, &a).race));
+            prop_assert_eq!(race(&a, &b).level, race(&b, &a).level);
             // Reaching the target always beats missing it.
             if ta.is_some() && tb.is_none() {
-                prop_assert_eq!(race(&a, &b), Race::Sooner(0));
+                prop_assert_eq!(race(&a, &b).race, Race::Sooner(0));
             }
         }
     }
@@ -1136,7 +1223,7 @@ mod tests {
         let sa = preset("sync-async").unwrap();
         let class = [dev(1, Some(40.0)), dev(2, Some(40.0))];
         let opts = Options::new(Some(60), Some(0.9)).unwrap();
-        let mut l = Lesson::ask(7, sa, &class, 16, opts, 0).unwrap();
+        let mut l = Lesson::ask(7, sa, &class, ROOM, opts, 0).unwrap();
         assert_eq!(l.question(1).phase, QuestionPhase::Open);
         l.vote(
             1,
@@ -1246,7 +1333,48 @@ mod tests {
             refused: 0,
             bytes_up: bytes,
             eval_gap_s: Some(2.0),
+            records: vec![(best, reached.unwrap_or(30.0))],
         }
+    }
+
+    #[test]
+    fn when_neither_reaches_the_target_the_race_is_to_the_level_both_reached() {
+        let sa = preset("sync-async").unwrap();
+        let plan = plan(
+            sa,
+            &[dev(1, Some(9.0)), dev(2, Some(40.0)), dev(3, Some(40.0))],
+            16,
+        )
+        .unwrap();
+        let mut sync = result("sync FedAvg", None, 0.963, 10, 1);
+        sync.records = vec![(0.5, 5.0), (0.963, 40.0)];
+        let mut asy = result("async EASGD", None, 0.9695, 10, 1);
+        asy.records = vec![(0.9, 2.0), (0.965, 3.0), (0.9695, 20.0)];
+        let c = race(&sync, &asy);
+        assert_eq!((c.race, c.level), (Race::Sooner(1), Some(0.963)));
+        let v = verdict(sa, &plan, &[sync.clone(), asy], 0.97);
+        assert_eq!(v.supported, Some(1));
+        assert!(
+            v.sentence
+                .contains("Both reached 96%: sync FedAvg at 40 s, async EASGD at 3 s."),
+            "{}",
+            v.sentence
+        );
+        assert!(
+            v.sentence.starts_with("Async EASGD first, 13x sooner"),
+            "{}",
+            v.sentence
+        );
+        // About as fast to that level too: no measurable difference.
+        let mut close = result("async EASGD", None, 0.97, 10, 1);
+        close.records = vec![(0.97, 38.0)];
+        let c = race(&sync, &close);
+        assert_eq!(c.race, Race::TieBelow);
+        assert!(
+            verdict(sa, &plan, &[sync, close], 0.99)
+                .sentence
+                .contains("No measurable difference")
+        );
     }
 
     #[test]
@@ -1332,7 +1460,7 @@ mod tests {
     fn another_run_in_the_middle_stops_the_lesson() {
         let g = preset("gossip").unwrap();
         let opts = Options::new(None, None).unwrap();
-        let mut l = Lesson::ask(1, g, &[dev(1, None), dev(2, None)], 16, opts, 0).unwrap();
+        let mut l = Lesson::ask(1, g, &[dev(1, None), dev(2, None)], ROOM, opts, 0).unwrap();
         l.begin().unwrap();
         l.arm_started(0, 5, 0);
         let other = run_with(6, &[], &[]);

@@ -869,8 +869,10 @@ impl Room {
     /// every Welcome from now on, resumes included. Returns the connected training workers,
     /// which must rejoin to get a shard of the new partition.
     pub fn set_partition(&mut self, scheme: &str) -> Result<Vec<u64>, ErrorMessage> {
+        let shards = self.settings.partition.shards as usize;
         let parsed: easel_protocol::Partition = scheme
             .parse()
+            .and_then(|p: easel_protocol::Partition| p.validate_for(shards).map(|()| p))
             .map_err(|e| error(code::MALFORMED, format!("invalid partition: {e}")))?;
         self.settings.partition.scheme = parsed.to_string();
         Ok(self
@@ -1345,6 +1347,13 @@ mod tests {
             .unwrap();
         assert!(r.set_partition("dirichlet:-1").is_err());
         assert!(r.set_partition("nonsense").is_err());
+        // Every shard but one digit each: some digits would belong to no worker.
+        let shards = r.settings().partition.shards;
+        let e = r.set_partition("classes:1").unwrap_err();
+        assert!(
+            shards < 10 && e.message.contains("cannot cover all 10 digits"),
+            "{e:?}"
+        );
         assert_eq!(r.settings().partition.scheme, "iid");
         assert_eq!(r.set_partition("Dirichlet:0.5"), Ok(vec![a]));
         assert_eq!(r.settings().partition.scheme, "dirichlet:0.5");

@@ -34,15 +34,7 @@ pub fn partition(
     scheme: Partition,
     seed: u64,
 ) -> Result<Vec<Vec<u32>>, PartitionError> {
-    if workers == 0 {
-        return Err(PartitionError::NoWorkers);
-    }
-    scheme.validate()?;
-    if let Partition::ClassesPerWorker { k } = scheme
-        && workers.saturating_mul(k) < CLASSES
-    {
-        return Err(PartitionError::TooFewClassSlots { workers, k });
-    }
+    scheme.validate_for(workers)?;
     if let Some(index) = labels.iter().position(|&l| l as usize >= CLASSES) {
         return Err(PartitionError::BadLabel {
             index,
