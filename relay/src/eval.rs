@@ -26,8 +26,21 @@ pub async fn evaluate_rooms(
     evaluator: &Evaluator,
     last: &mut HashMap<String, u64>,
 ) -> usize {
+    evaluate_due(hub, evaluator, last, |_, _| true).await
+}
+
+/// [`evaluate_rooms`] for the rooms `due` says are due.
+async fn evaluate_due(
+    hub: &Hub,
+    evaluator: &Evaluator,
+    last: &mut HashMap<String, u64>,
+    mut due: impl FnMut(&str, &crate::hub::RoomSlot) -> bool,
+) -> usize {
     let mut done = 0;
     for (code, slot) in hub.rooms() {
+        if !due(&code, &slot) {
+            continue;
+        }
         let ticket = slot.center_for_eval();
         let version = ticket.version;
         if last.get(&code) == Some(&version) {
@@ -55,7 +68,21 @@ pub async fn evaluate_rooms(
     done
 }
 
-/// Evaluates every room's center each `every` (only when it changed) until `shutdown`.
+/// Whether a room last evaluated `since` ago (never: `None`) is due: after `every`, or
+/// after [`LESSON_EVERY`] while its lesson's arm runs. A tick may come a little early:
+/// within a tenth of the interval counts.
+fn due(since: Option<Duration>, every: Duration, lesson_running: bool) -> bool {
+    let Some(since) = since else { return true };
+    let after = |d: Duration| since.saturating_add(d / 10) >= d;
+    after(every) || (lesson_running && after(LESSON_EVERY))
+}
+
+/// How often a room is evaluated while one of its lesson's arms runs: the resolution of
+/// the arm's time to the target ([`crate::lesson`]).
+pub const LESSON_EVERY: Duration = Duration::from_secs(1);
+
+/// Evaluates every room's center each `every` (only when it changed) until `shutdown`, and
+/// a room whose lesson's arm runs each [`LESSON_EVERY`] when that is sooner.
 pub fn spawn(
     hub: Hub,
     evaluator: Evaluator,
@@ -64,14 +91,24 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last = HashMap::new();
-        let mut tick = tokio::time::interval(every);
+        let mut at: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let mut tick = tokio::time::interval(every.min(LESSON_EVERY));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.wait() => break,
                 _ = tick.tick() => {}
             }
-            evaluate_rooms(&hub, &evaluator, &mut last).await;
+            let now = tokio::time::Instant::now();
+            evaluate_due(&hub, &evaluator, &mut last, |code, slot| {
+                let since = at.get(code).map(|t| now - *t);
+                let ok = due(since, every, slot.lesson_running());
+                if ok {
+                    at.insert(code.to_string(), now);
+                }
+                ok
+            })
+            .await;
         }
     })
 }
@@ -127,6 +164,21 @@ mod tests {
         assert!(slot.record_eval(point(new)));
         assert_eq!(slot.evals().len(), 1);
         assert!(slot.run_json(run).unwrap().to_string().contains("0.937"));
+    }
+
+    #[test]
+    fn a_room_is_due_every_interval_and_every_second_while_a_lesson_runs() {
+        let s = Duration::from_secs;
+        let every = s(5);
+        assert!(due(None, every, false));
+        assert!(!due(Some(s(1)), every, false));
+        assert!(due(Some(s(1)), every, true));
+        assert!(!due(Some(Duration::from_millis(500)), every, true));
+        assert!(
+            due(Some(Duration::from_millis(4_600)), every, false),
+            "a tick a little early"
+        );
+        assert!(due(Some(s(6)), every, false));
     }
 
     /// On tokio's paused clock: the loop scores the first center at once, a newer center

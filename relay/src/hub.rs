@@ -920,11 +920,7 @@ impl RoomSlot {
         let preset = lesson::preset(key)?;
         {
             let mut st = lock(&self.state);
-            if st
-                .lesson
-                .as_ref()
-                .is_some_and(|l| matches!(l.phase, Phase::Starting { .. } | Phase::Arm { .. }))
-            {
+            if running_locked(&st) {
                 return Err("a lesson is running: end it first".into());
             }
             let class = class_locked(&st);
@@ -1000,6 +996,11 @@ impl RoomSlot {
         }
     }
 
+    /// Whether one of the lesson's arms is running (evaluations come more often then).
+    pub fn lesson_running(&self) -> bool {
+        running_locked(&lock(&self.state))
+    }
+
     /// The lesson as the dashboard shows it, `null` when there has been none.
     pub fn lesson_json(&self) -> serde_json::Value {
         let st = lock(&self.state);
@@ -1073,6 +1074,12 @@ impl RoomSlot {
             l.arm_started(index, run, wall_ms());
         }
     }
+}
+
+fn running_locked(st: &RoomState) -> bool {
+    st.lesson
+        .as_ref()
+        .is_some_and(|l| matches!(l.phase, Phase::Starting { .. } | Phase::Arm { .. }))
 }
 
 /// The training devices a lesson plans with: connected, not paused, not removed, each with
