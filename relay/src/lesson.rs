@@ -367,14 +367,13 @@ pub fn plan(preset: &Preset, class: &[Device], local_steps: u32) -> Result<Plan,
         });
     }
     // All about as fast: the slowest (else the newest) waits about 4 of its rounds.
-    let slowest = class
-        .iter()
-        .min_by(|a, b| {
-            let ra = a.steps_per_s.unwrap_or(f64::INFINITY);
-            let rb = b.steps_per_s.unwrap_or(f64::INFINITY);
-            ra.total_cmp(&rb).then(b.worker.cmp(&a.worker))
-        })
-        .expect("the class has a device");
+    let Some(slowest) = class.iter().min_by(|a, b| {
+        let ra = a.steps_per_s.unwrap_or(f64::INFINITY);
+        let rb = b.steps_per_s.unwrap_or(f64::INFINITY);
+        ra.total_cmp(&rb).then(b.worker.cmp(&a.worker))
+    }) else {
+        return Err("a lesson needs at least one training device".into());
+    };
     let (delay, slowdown) = match med {
         Some(m) => {
             let round_ms = f64::from(local_steps.max(1)) / m * 1000.0;
