@@ -91,6 +91,7 @@ function startStudent() {
   };
 
   worker.onerror = (e) => fail(e.message || 'the training worker failed to start');
+  setUpQuestion(worker);
   worker.onmessage = (e) => {
     const m = e.data;
     switch (m.type) {
@@ -487,4 +488,57 @@ function startStudent() {
       return bar;
     }));
   }
+}
+
+// ---- the lesson's question: predict, vote, then see what was measured ----
+
+/** What each phase of a Question says under the heading. */
+const QUESTION_PHASE = {
+  open: 'tap your prediction (you can change it until the runs start)',
+  closed: 'votes are closed: the class is running the experiment',
+  reveal: 'what the class measured',
+};
+
+/** The question card: the teacher's question with one button per answer while the vote is
+ * open, the student's own vote marked, and at the reveal the answer the measurement
+ * supports. Listens to the room worker beside the page's own handler. */
+function setUpQuestion(worker) {
+  const card = $('question');
+  worker.addEventListener('message', (e) => {
+    const q = e.data;
+    if (q.type !== 'question') return;
+    if (q.phase === 'over') {
+      card.hidden = true;
+      return;
+    }
+    card.hidden = false;
+    card.dataset.phase = q.phase;
+    card.dataset.lesson = q.lesson;
+    $('question-phase').textContent = QUESTION_PHASE[q.phase] ?? '';
+    $('question-text').textContent = q.text;
+    $('question-answers').replaceChildren(...q.answers.map((text, i) => {
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'question-answer';
+      b.dataset.answer = i;
+      const mine = q.voted === i;
+      const right = q.phase === 'reveal' && q.supported === i;
+      b.classList.toggle('mine', mine);
+      b.classList.toggle('supported', right);
+      b.setAttribute('aria-pressed', String(mine));
+      const marks = [mine ? 'your vote' : null, right ? 'what the class measured' : null].filter(Boolean);
+      b.textContent = marks.length ? `${text} (${marks.join('; ')})` : text;
+      b.disabled = q.phase !== 'open';
+      b.addEventListener('click', () => worker.postMessage({ type: 'vote', lesson: q.lesson, answer: i }));
+      return b;
+    }));
+    const outcome = $('question-outcome');
+    outcome.hidden = q.phase !== 'reveal';
+    if (q.phase === 'reveal') {
+      const verdict = q.supported === null
+        ? 'No answer is supported: one run each showed no measurable difference.'
+        : q.voted === null ? '' : q.voted === q.supported ? 'Your prediction was right.' : 'Your prediction was not what the class measured.';
+      outcome.textContent = `${q.outcome} ${verdict}`.trim();
+    }
+  });
 }

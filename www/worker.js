@@ -16,7 +16,9 @@
 //               run), {type: 'resync', seconds, code, message} (a
 //               push refused with RESYNC: the class's model replaced this tab's, after a reset),
 //               {type: 'problem', text}, {type: 'fatal', message, retype} (`retype`: the room
-//               code is unknown, the page asks for it again).
+//               code is unknown, the page asks for it again), {type: 'question', lesson, phase,
+//               text, answers, voted, supported, outcome} (the lesson's question, PROTOCOL.md).
+// Also in: {type: 'vote', lesson, answer} (send the student's vote).
 
 import { WebSession, prepare_digit } from './pkg/easel_client.js';
 import { loadWasmAndDigits } from './boot.js';
@@ -76,8 +78,23 @@ self.onmessage = (e) => {
     ws?.close(4000, 'dropped by the page');
   } else if (m.type === 'lose-gpu') {
     serial(() => session?.lose_gpu());
+  } else if (m.type === 'vote') {
+    sendVote(m.lesson, m.answer);
   }
 };
+
+/** PROTOCOL.md's message type of a Question. */
+const QUESTION_TYPE = 10;
+
+/** Sends a Vote (PROTOCOL.md, Vote) at once, even while a round trains: the vote closes
+ * when the runs start, and a slow device's round may last longer than the question is open. */
+function sendVote(lesson, answer) {
+  if (!session || !ws || ws.readyState !== WebSocket.OPEN) {
+    post({ type: 'problem', text: 'Not connected to the room: the vote was not sent; tap again when connected.' });
+    return;
+  }
+  ws.send(session.vote_message(lesson, answer));
+}
 
 function fatal(text, retype = false) {
   stopped = true;
@@ -129,7 +146,10 @@ function connect() {
   sock.onmessage = (e) => {
     if (!(e.data instanceof ArrayBuffer)) return;
     const bytes = new Uint8Array(e.data);
-    serial(() => handle(sock, bytes));
+    // A Question (type byte 10, after the magic and the version) touches no training state:
+    // it is shown at once, not after a round that may last a minute on a slow device.
+    if (bytes.length > 5 && bytes[5] === QUESTION_TYPE) handle(sock, bytes);
+    else serial(() => handle(sock, bytes));
   };
   sock.onclose = (e) => {
     if (ws !== sock) return;
@@ -200,6 +220,10 @@ function handle(sock, bytes) {
       }
       post({ type: 'problem', text: `The relay says: ${ev.message} (code ${ev.code})` });
       break;
+    case 'question':
+      post({ type: 'question', lesson: ev.lesson, phase: ev.phase, text: ev.text, answers: ev.answers,
+        voted: ev.voted ?? null, supported: ev.supported ?? null, outcome: ev.outcome });
+      return;
     case 'ack':
       post({ type: 'problem',
         text: ev.accepted ? null : `Push refused: ${ev.message} (code ${ev.code}); taking the class's model.` });

@@ -31,7 +31,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use easel_protocol::message::{self, Message};
+use easel_protocol::message::{self, Message, QuestionPhase, Vote};
 use easel_protocol::{
     Backend, BackendChoice, ChosenBy, ClientKind, Control, DeviceReport, Limits, Outcome, Resume,
     ResumeToken,
@@ -903,6 +903,18 @@ enum SessionEvent {
     /// The teacher chose this tab's backend (`auto`, `gpu` or `cpu`); it applies from the
     /// next round.
     Backend { choice: &'static str },
+    /// The lesson's question as this tab sees it: `phase` `"open"` (the student may vote),
+    /// `"closed"` (the runs are on), `"reveal"` (`supported` and `outcome` say what was
+    /// measured) or `"over"` (put it away); `voted` is this tab's answer.
+    Question {
+        lesson: u32,
+        phase: &'static str,
+        text: String,
+        answers: Vec<String>,
+        voted: Option<u8>,
+        supported: Option<u8>,
+        outcome: String,
+    },
 }
 
 /// What the student page shows, as `WebSession::stats` returns it.
@@ -1093,8 +1105,9 @@ impl WebSession {
     }
 
     /// Handles one binary message from the relay and returns what it meant: an object with
-    /// `kind` `"welcome"`, `"ack"`, `"center"`, `"control"` or `"error"` (see the fields of
-    /// each in `SessionEvent`). Throws on bytes that break the session.
+    /// `kind` `"welcome"`, `"ack"`, `"center"`, `"control"`, `"error"`, `"backend"` or
+    /// `"question"` (see the fields of each in `SessionEvent`). Throws on bytes that break
+    /// the session.
     pub fn on_message(&self, bytes: Uint8Array) -> Result<JsValue, JsValue> {
         let bytes = bytes.to_vec();
         let mut s = self.state.borrow_mut();
@@ -1128,6 +1141,24 @@ impl WebSession {
                     choice: choice.name(),
                 }
             }
+            // The lesson's question is the page's business: the worker never sees it.
+            Message::Question(q) => {
+                s.handshake_down += bytes.len() as u64;
+                SessionEvent::Question {
+                    lesson: q.lesson,
+                    phase: match q.phase {
+                        QuestionPhase::Open => "open",
+                        QuestionPhase::Closed => "closed",
+                        QuestionPhase::Reveal => "reveal",
+                        QuestionPhase::Over => "over",
+                    },
+                    text: q.text,
+                    answers: q.answers,
+                    voted: q.voted,
+                    supported: q.supported,
+                    outcome: q.outcome,
+                }
+            }
             Message::Error(e) if !s.joined => {
                 s.handshake_down += bytes.len() as u64;
                 SessionEvent::Error {
@@ -1142,6 +1173,14 @@ impl WebSession {
             }
         };
         to_js(&event)
+    }
+
+    /// The bytes of a `Vote` for answer `answer` (an index into the Question's answers) of
+    /// lesson `lesson`; the relay answers with the Question, the vote in it, or with error 15.
+    pub fn vote_message(&self, lesson: u32, answer: u8) -> Uint8Array {
+        let bytes = message::encode(&Message::Vote(Vote { lesson, answer }));
+        self.state.borrow_mut().handshake_up += bytes.len() as u64;
+        Uint8Array::from(bytes.as_slice())
     }
 
     /// Whether a round may start: joined, no push in flight, not paused.
